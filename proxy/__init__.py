@@ -1,0 +1,3 @@
+"""Streaming transcription proxy: OpenAI-compatible API, uploads streamed through."""
+
+__version__ = "0.1.0"

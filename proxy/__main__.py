@@ -1,0 +1,42 @@
+"""``python -m proxy``: run the transcription proxy."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from .app import SERVER_SETTINGS, create_app
+from .config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, load the config and serve until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m proxy", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    parser.add_argument("--config", help="Bifrost-style JSON config file")
+    parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    web.run_app(
+        create_app(config),
+        host=args.host,
+        port=args.port,
+        print=lambda message: logging.getLogger("proxy").info("%s", message),
+        **SERVER_SETTINGS,  # type: ignore[arg-type]
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

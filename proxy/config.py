@@ -1,0 +1,344 @@
+"""Configuration: Bifrost's ``config.json`` shape read into frozen dataclasses.
+
+A Bifrost user can bring their file: keys we do not use are ignored with a
+warning, wrong types are a start-up error naming the key path, and
+``"env.NAME"`` values are read from the environment once, at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+ProviderKind = Literal["openai"]
+
+#: Provider names that are OpenAI-compatible without saying so in config.
+_OPENAI_COMPATIBLE_NAMES = frozenset({"openai"})
+
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key path."""
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """One upstream credential and the models it may be used for."""
+
+    value: str = field(repr=False)
+    name: str = ""
+    #: Empty or ``["*"]``: every model.
+    models: tuple[str, ...] = ()
+    weight: float = 1.0
+
+    def serves(self, model: str) -> bool:
+        """Whether this key may be used for ``model``."""
+        return not self.models or "*" in self.models or model in self.models
+
+    def lists(self, model: str) -> bool:
+        """Whether this key names ``model`` explicitly (not through ``*``)."""
+        return model in self.models
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """How to reach an upstream and how patient to be with it."""
+
+    base_url: str
+    max_retries: int = 0
+    retry_backoff_initial_ms: int = 500
+    retry_backoff_max_ms: int = 5000
+    #: Longest silence from the upstream once the request body is sent.
+    request_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One configured upstream."""
+
+    name: str
+    kind: ProviderKind
+    keys: tuple[KeyConfig, ...]
+    network: NetworkConfig
+    send_back_raw_response: bool = False
+
+    def lists(self, model: str) -> bool:
+        """Whether one of this provider's keys names ``model`` explicitly."""
+        return any(key.lists(model) for key in self.keys)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Bifrost's ``client`` section: limits that apply to every request."""
+
+    max_request_body_size_mb: int = 1024
+    allow_direct_keys: bool = False
+    enforce_auth_on_inference: bool = False
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        """The body size limit in bytes."""
+        return self.max_request_body_size_mb * MIB
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Our own settings, which Bifrost's file has no place for."""
+
+    spool_dir: str | None = None
+    max_fields: int = 64
+    max_field_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the proxy is configured with."""
+
+    providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+
+
+DEFAULT_BASE_URLS: Mapping[str, str] = {"openai": "https://api.openai.com"}
+
+
+class _Section:
+    """One JSON object being read, remembering its path and the keys used."""
+
+    def __init__(self, path: str, data: object, environ: Mapping[str, str]) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected an object, got {_json_type(data)}")
+        self.path = path
+        self.environ = environ
+        self._data: dict[str, Any] = data
+        self._used: set[str] = set()
+
+    def _get(self, key: str) -> object:
+        self._used.add(key)
+        return self._data.get(key)
+
+    def _where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def section(self, key: str) -> _Section:
+        value = self._get(key)
+        return _Section(self._where(key), {} if value is None else value, self.environ)
+
+    def sections(self, key: str) -> list[_Section]:
+        value = self._get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(f"{self._where(key)}: expected an array, got {_json_type(value)}")
+        where = self._where(key)
+        return [_Section(f"{where}[{i}]", item, self.environ) for i, item in enumerate(value)]
+
+    def keys(self) -> list[str]:
+        return list(self._data)
+
+    def string(self, key: str, default: str | None = None) -> str | None:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise ConfigError(f"{self._where(key)}: expected a string, got {_json_type(value)}")
+        if value.startswith("env."):
+            name = value[4:]
+            if name not in self.environ:
+                raise ConfigError(f"{self._where(key)}: environment variable {name} is not set")
+            return self.environ[name]
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{self._where(key)}: expected an array of strings")
+        return tuple(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"{self._where(key)}: expected true or false, got {_json_type(value)}"
+            )
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self._where(key)}: expected an integer, got {_json_type(value)}")
+        if value < minimum:
+            raise ConfigError(f"{self._where(key)}: must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, key: str, default: float, *, positive: bool = False) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{self._where(key)}: expected a number, got {_json_type(value)}")
+        if positive and value <= 0:
+            raise ConfigError(f"{self._where(key)}: must be greater than 0, got {value}")
+        return float(value)
+
+    def warn_unused(self) -> None:
+        for key in sorted(self._data.keys() - self._used):
+            log.warning("config: ignoring unknown key %s", self._where(key))
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the config file at ``path``, or build the defaults when it is None.
+
+    Raises :class:`ConfigError` naming the offending key path.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None:
+        return _default_config(environ)
+    try:
+        raw = orjson.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    return parse_config(raw, environ)
+
+
+def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Config:
+    """Build a :class:`Config` from an already decoded JSON document."""
+    root = _Section("", raw, os.environ if environ is None else environ)
+    client = _client(root.section("client"))
+    providers: dict[str, ProviderConfig] = {}
+    providers_section = root.section("providers")
+    for name in providers_section.keys():  # noqa: SIM118 (a _Section, not a dict)
+        provider = _provider(name, providers_section.section(name))
+        if provider is not None:
+            providers[name] = provider
+    proxy = _proxy(root.section("proxy"))
+    root.warn_unused()
+    return Config(providers=providers, client=client, proxy=proxy)
+
+
+def _client(section: _Section) -> ClientConfig:
+    client = ClientConfig(
+        max_request_body_size_mb=section.integer("max_request_body_size_mb", 1024, minimum=1),
+        allow_direct_keys=section.boolean("allow_direct_keys", False),
+        enforce_auth_on_inference=section.boolean("enforce_auth_on_inference", False),
+    )
+    section.warn_unused()
+    return client
+
+
+def _proxy(section: _Section) -> ProxySettings:
+    settings = ProxySettings(
+        spool_dir=section.string("spool_dir"),
+        max_fields=section.integer("max_fields", 64, minimum=1),
+        max_field_bytes=section.integer("max_field_bytes", 64 * 1024, minimum=1),
+    )
+    section.warn_unused()
+    return settings
+
+
+def _provider(name: str, section: _Section) -> ProviderConfig | None:
+    kind = _provider_kind(name, section)
+    if kind is None:
+        # A Bifrost file names providers with no transcription API (or ones
+        # this version cannot call); they are not an error, just unused.
+        log.warning("config: ignoring provider %r: no transcription adapter for it", name)
+        return None
+    network = section.section("network_config")
+    base_url = network.string("base_url", DEFAULT_BASE_URLS.get(name))
+    if not base_url:
+        raise ConfigError(f"{network.path}.base_url: required for provider {name!r}")
+    keys = tuple(_key(key) for key in section.sections("keys"))
+    provider = ProviderConfig(
+        name=name,
+        kind=kind,
+        keys=keys,
+        network=NetworkConfig(
+            base_url=base_url.rstrip("/"),
+            max_retries=network.integer("max_retries", 0),
+            retry_backoff_initial_ms=network.integer("retry_backoff_initial", 500),
+            retry_backoff_max_ms=network.integer("retry_backoff_max", 5000),
+            request_timeout_s=network.number(
+                "default_request_timeout_in_seconds", 30.0, positive=True
+            ),
+        ),
+        send_back_raw_response=section.boolean("send_back_raw_response", False),
+    )
+    network.warn_unused()
+    section.warn_unused()
+    return provider
+
+
+def _provider_kind(name: str, section: _Section) -> ProviderKind | None:
+    custom = section.section("custom_provider_config")
+    base_type = custom.string("base_provider_type")
+    custom.warn_unused()
+    if base_type is None and name in _OPENAI_COMPATIBLE_NAMES:
+        return "openai"
+    if base_type == "openai":
+        return "openai"
+    if base_type is not None:
+        raise ConfigError(
+            f"{custom.path}.base_provider_type: unsupported value {base_type!r} (supported: openai)"
+        )
+    return None
+
+
+def _key(section: _Section) -> KeyConfig:
+    value = section.string("value")
+    if value is None:
+        raise ConfigError(f"{section.path}.value: required")
+    key = KeyConfig(
+        value=value,
+        name=section.string("name", "") or "",
+        models=section.strings("models"),
+        weight=section.number("weight", 1.0, positive=True),
+    )
+    section.warn_unused()
+    return key
+
+
+def _default_config(environ: Mapping[str, str]) -> Config:
+    providers: dict[str, ProviderConfig] = {}
+    api_key = environ.get("OPENAI_API_KEY")
+    if api_key:
+        providers["openai"] = ProviderConfig(
+            name="openai",
+            kind="openai",
+            keys=(KeyConfig(value=api_key, name="env"),),
+            network=NetworkConfig(base_url=DEFAULT_BASE_URLS["openai"]),
+        )
+    return Config(providers=providers)

@@ -1,0 +1,221 @@
+"""The proxy's exception tree and the one error body every failure is sent as.
+
+Every error, whether the proxy's own or an upstream's, reaches the client in
+the Bifrost error shape whose ``error`` object is OpenAI's, so OpenAI SDKs
+raise the matching exception class.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy answers with.
+
+    ``retryable`` tells the router whether another attempt (a retry or a
+    fallback) may succeed where this one failed.
+    """
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str] = "internal_error"
+    #: True when the failure is the gateway's own rather than the request's
+    #: or the upstream's answer (Bifrost's ``is_bifrost_error``).
+    is_bifrost_error: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retryable: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.param = param
+        self.retryable = retryable
+        self.headers: dict[str, str] = dict(headers or {})
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status this error is answered with."""
+        return self.status
+
+    @property
+    def type(self) -> str:
+        """The OpenAI error ``type`` this error is reported as."""
+        return self.error_type
+
+
+class InvalidRequestError(ProxyError):
+    """A field is missing, malformed or out of range."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    default_code = "invalid_value"
+    is_bifrost_error = False
+
+
+class MalformedBodyError(InvalidRequestError):
+    """The multipart body cannot be parsed."""
+
+    default_code = "malformed_multipart"
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    """The body is not ``multipart/form-data``."""
+
+    status = 415
+    default_code = "unsupported_media_type"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    """The upload crossed the configured body size limit."""
+
+    status = 413
+    default_code = "request_too_large"
+
+
+class ClientGoneError(ProxyError):
+    """The client closed the connection before its body was complete.
+
+    Nobody is left to read the answer; the status only matters for logs.
+    """
+
+    status = 499
+    error_type = "invalid_request_error"
+    default_code = "client_closed_request"
+    is_bifrost_error = False
+
+
+class NotFoundError(ProxyError):
+    """No route matches the request path."""
+
+    status = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+    is_bifrost_error = False
+
+
+class MethodNotAllowedError(ProxyError):
+    """The path exists but not for this method."""
+
+    status = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+    is_bifrost_error = False
+
+
+class UpstreamError(ProxyError):
+    """The upstream answered with an error status; its details are passed on."""
+
+    error_type = "api_error"
+    default_code = "upstream_error"
+    is_bifrost_error = False
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            code=code,
+            param=param,
+            retryable=status == 429 or status >= 500,
+            headers=headers,
+        )
+        self._status = status
+        self._type = error_type or _type_for_status(status)
+
+    @property
+    def status_code(self) -> int:
+        return self._status
+
+    @property
+    def type(self) -> str:
+        return self._type
+
+
+class BadGatewayError(ProxyError):
+    """The upstream could not be reached or answered something unusable."""
+
+    status = 502
+    error_type = "api_error"
+    default_code = "bad_gateway"
+
+
+class GatewayTimeoutError(ProxyError):
+    """The upstream did not answer in time."""
+
+    status = 504
+    error_type = "timeout_error"
+    default_code = "upstream_timeout"
+
+
+class ServiceUnavailableError(ProxyError):
+    """The proxy cannot take the request right now."""
+
+    status = 503
+    error_type = "api_error"
+    default_code = "service_unavailable"
+
+
+def _type_for_status(status: int) -> str:
+    # The OpenAI error types its SDKs map to exception classes.
+    return {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "invalid_request_error",
+        413: "invalid_request_error",
+        422: "invalid_request_error",
+        429: "rate_limit_error",
+    }.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def new_event_id() -> str:
+    """A fresh id tying an error body to the log line that reports it."""
+    return f"evt_{uuid.uuid4().hex}"
+
+
+def error_body(
+    error: ProxyError,
+    *,
+    provider: str | None = None,
+    model_requested: str | None = None,
+    request_type: str = "transcription",
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """The JSON document an error is answered with (DESIGN.md section 5)."""
+    event_id = event_id or new_event_id()
+    extra_fields: dict[str, Any] = {"request_type": request_type}
+    if provider is not None:
+        extra_fields["provider"] = provider
+    if model_requested is not None:
+        extra_fields["model_requested"] = model_requested
+    return {
+        "event_id": event_id,
+        "type": error.type,
+        "is_bifrost_error": error.is_bifrost_error,
+        "status_code": error.status_code,
+        "error": {
+            "type": error.type,
+            "code": error.code,
+            "message": error.message,
+            "param": error.param,
+            "event_id": event_id,
+        },
+        "extra_fields": extra_fields,
+    }

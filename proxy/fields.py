@@ -1,0 +1,87 @@
+"""What the transcription form's text fields may hold (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+from .errors import InvalidRequestError
+from .models import FormField
+
+RESPONSE_FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt", "diarized_json"})
+PLAIN_TEXT_FORMATS = frozenset({"text", "srt", "vtt"})
+TIMESTAMP_GRANULARITIES = frozenset({"word", "segment"})
+
+#: Fields that may appear once; a second copy is ambiguous and refused.
+SINGULAR_FIELDS = frozenset(
+    {"model", "language", "prompt", "response_format", "temperature", "stream"}
+)
+
+#: Fields for the proxy only, never sent upstream.
+PROXY_ONLY_FIELDS = frozenset({"fallbacks", "fallbacks[]"})
+
+# ISO-639-1 codes are two letters; whisper servers also take a few
+# three-letter codes (haw, yue) and some accept a region suffix.
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?")
+
+
+def validate_field(field: FormField) -> None:
+    """Raise :class:`InvalidRequestError` naming the field when its value is unusable."""
+    name, value = field.name, field.value
+    if name == "model":
+        if not value.strip():
+            raise InvalidRequestError("model must not be empty", param=name)
+    elif name == "response_format":
+        if value not in RESPONSE_FORMATS:
+            choices = ", ".join(sorted(RESPONSE_FORMATS))
+            raise InvalidRequestError(
+                f"response_format must be one of {choices}; got {value!r}", param=name
+            )
+    elif name == "temperature":
+        parse_temperature(value)
+    elif name == "stream":
+        parse_stream(value)
+    elif name == "language":
+        if not _LANGUAGE.fullmatch(value):
+            raise InvalidRequestError(
+                f"language must be an ISO-639-1 code such as 'en'; got {value!r}", param=name
+            )
+    elif (
+        name in ("timestamp_granularities[]", "timestamp_granularities")
+        and value not in TIMESTAMP_GRANULARITIES
+    ):
+        raise InvalidRequestError(
+            f"{name} values must be 'word' or 'segment'; got {value!r}", param=name
+        )
+
+
+def parse_temperature(value: str) -> float:
+    """The temperature as a number in 0..1."""
+    try:
+        temperature = float(value)
+    except ValueError:
+        temperature = math.nan
+    if not 0.0 <= temperature <= 1.0:  # also false for NaN
+        raise InvalidRequestError(
+            f"temperature must be a number between 0 and 1; got {value!r}", param="temperature"
+        )
+    return temperature
+
+
+def parse_stream(value: str) -> bool:
+    """``true`` or ``false``, in any case."""
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false"):
+        raise InvalidRequestError(f"stream must be true or false; got {value!r}", param="stream")
+    return lowered == "true"
+
+
+def first_value(fields: Sequence[FormField], name: str) -> str | None:
+    """The value of the first field called ``name``, if any."""
+    return next((f.value for f in fields if f.name == name), None)
+
+
+def forwarded(fields: Sequence[FormField]) -> list[FormField]:
+    """The fields passed upstream as sent: all but ``model`` and the proxy's own."""
+    return [f for f in fields if f.name != "model" and f.name not in PROXY_ONLY_FIELDS]

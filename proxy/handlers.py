@@ -1,0 +1,95 @@
+"""Thin request handlers: read the form, route it, write the answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from typing import Any
+
+from aiohttp import web
+
+from .errors import BadGatewayError, InvalidRequestError
+from .fields import first_value, forwarded
+from .keys import FACTS_KEY, LIMITS_KEY, ROUTER_KEY
+from .models import AudioSource, FormField, TranscriptDone, UpstreamCall
+from .responses import json_response, transcription_response
+from .upload import FormReader
+
+RAW_REQUEST_HEADER = "x-bf-send-back-raw-request"
+RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process is up and serving."""
+    return json_response({"status": "ok"})
+
+
+async def create_transcription(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/audio/transcriptions`` and its OpenAI-integration aliases."""
+    facts = request[FACTS_KEY]
+    router = request.app[ROUTER_KEY]
+    async with FormReader(request, request.app[LIMITS_KEY]) as reader:
+        form = await reader.read()
+        if form.audio is None:
+            raise _missing("file")
+        requested = first_value(form.fields, "model")
+        if requested is None:
+            raise _missing("model")
+        facts.model_requested = requested
+        route = router.resolve(requested)
+        facts.provider = route.provider.name
+        facts.model_deployment = route.model
+        call = UpstreamCall(model=route.model, fields=form.fields, audio=form.audio)
+        done = await _final_answer(route.provider.transcribe(call))
+    fields = form.all_fields()
+    return transcription_response(
+        done,
+        facts,
+        response_format=first_value(fields, "response_format") or "json",
+        raw_request=(
+            _raw_request(call.model, fields, form.audio)
+            if _header_is_true(request, RAW_REQUEST_HEADER)
+            else None
+        ),
+        raw_response=(
+            route.provider.sends_back_raw_response or _header_is_true(request, RAW_RESPONSE_HEADER)
+        ),
+    )
+
+
+def _missing(name: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{name} is required", code="missing_required_field", param=name)
+
+
+async def _final_answer(events: AsyncGenerator[TranscriptDone, None]) -> TranscriptDone:
+    done: TranscriptDone | None = None
+    async with aclosing(events):
+        async for event in events:
+            done = event
+    if done is None:
+        raise BadGatewayError("the provider ended without an answer")
+    return done
+
+
+def _header_is_true(request: web.Request, name: str) -> bool:
+    return request.headers.get(name, "").strip().lower() == "true"
+
+
+def _raw_request(model: str, fields: Sequence[FormField], audio: AudioSource) -> dict[str, Any]:
+    """The upstream request's fields, without the audio bytes or any credential."""
+    document: dict[str, Any] = {"model": model}
+    for field in forwarded(fields):
+        if field.name in document:
+            previous = document[field.name]
+            document[field.name] = (
+                [*previous, field.value]
+                if isinstance(previous, list)
+                else [
+                    previous,
+                    field.value,
+                ]
+            )
+        else:
+            document[field.name] = field.value
+    document["file"] = {"filename": audio.filename, "content_type": audio.content_type}
+    return document

@@ -1,0 +1,15 @@
+"""Typed keys for application and request state."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config import Config
+from .models import RequestFacts
+from .router import Router
+from .upload import FormLimits
+
+CONFIG_KEY = web.AppKey("config", Config)
+LIMITS_KEY = web.AppKey("limits", FormLimits)
+ROUTER_KEY = web.AppKey("router", Router)
+FACTS_KEY = web.RequestKey("facts", RequestFacts)

@@ -1,0 +1,77 @@
+"""Plain data passed between the form reader, the router and the providers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One text part of the client's form, as sent."""
+
+    name: str
+    value: str
+    #: The part's own Content-Type, kept so pass-through fields reach the
+    #: upstream as the client framed them (the openai SDK sends some as JSON).
+    content_type: str | None = None
+
+
+class AudioSource(Protocol):
+    """The uploaded file: its name, its type and its bytes, read once, in order."""
+
+    @property
+    def filename(self) -> str: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def size(self) -> int | None:
+        """The byte count when known before reading (a spooled upload)."""
+
+    @property
+    def trailing_fields(self) -> Sequence[FormField]:
+        """Text fields the client sent after the file; complete once ``chunks`` ends."""
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The file's bytes as they become available."""
+
+
+@dataclass(frozen=True)
+class UpstreamCall:
+    """What a provider sends upstream: the model, the other fields, the audio."""
+
+    model: str
+    fields: Sequence[FormField]
+    audio: AudioSource
+
+
+@dataclass(frozen=True)
+class TranscriptDone:
+    """The upstream's complete answer.
+
+    ``document`` is set for JSON answers, ``text`` for the plain-text formats
+    (text, srt, vtt); ``raw`` is the body exactly as received.
+    """
+
+    raw: bytes
+    document: dict[str, Any] | None = None
+    text: str | None = None
+
+
+@dataclass
+class RequestFacts:
+    """What is known of a request so far, for its answer, its errors and its logs."""
+
+    started: float
+    request_type: str = "transcription"
+    provider: str | None = None
+    model_requested: str | None = None
+    model_deployment: str | None = None
+
+    def latency_ms(self) -> int:
+        """Whole milliseconds since the request started."""
+        return int((time.monotonic() - self.started) * 1000)

@@ -1,0 +1,103 @@
+"""Framing of the multipart/form-data body the proxy sends upstream."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Sequence
+
+from .errors import ProxyError
+from .fields import forwarded
+from .models import FormField, UpstreamCall
+
+CRLF = b"\r\n"
+
+# The WHATWG form-data encoding: these three characters cannot stand in a
+# quoted header parameter, everything else is sent as UTF-8.
+_QUOTE = str.maketrans({'"': "%22", "\r": "%0D", "\n": "%0A"})
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.translate(_QUOTE) + '"'
+
+
+class MultipartEncoder:
+    """Builds the pieces of one multipart body around a fresh random boundary."""
+
+    def __init__(self, boundary: str | None = None) -> None:
+        self.boundary = boundary or f"proxy-{secrets.token_hex(16)}"
+        self._delimiter = f"--{self.boundary}\r\n".encode("ascii")
+
+    @property
+    def content_type(self) -> str:
+        """The Content-Type header value naming this body's boundary."""
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def field(self, field: FormField) -> bytes:
+        """One complete text part."""
+        head = f"Content-Disposition: form-data; name={_quoted(field.name)}\r\n"
+        if field.content_type:
+            head += f"Content-Type: {field.content_type}\r\n"
+        return self._delimiter + head.encode() + CRLF + field.value.encode() + CRLF
+
+    def fields(self, fields: Sequence[FormField]) -> bytes:
+        """Several complete text parts, in order."""
+        return b"".join(self.field(f) for f in fields)
+
+    def file_head(self, name: str, filename: str, content_type: str) -> bytes:
+        """The delimiter and headers of a file part; its bytes follow."""
+        head = (
+            f"Content-Disposition: form-data; name={_quoted(name)}; "
+            f"filename={_quoted(filename)}\r\n"
+            f"Content-Type: {content_type}\r\n\r\n"
+        )
+        return self._delimiter + head.encode()
+
+    def closing(self) -> bytes:
+        """The final delimiter that ends the body."""
+        return f"--{self.boundary}--\r\n".encode("ascii")
+
+
+class UpstreamBody:
+    """The body of one upstream request: ``model``, the other fields, the file.
+
+    Text fields the client sent after a file that was already streaming go
+    after the file: reordering them would mean buffering the audio.
+    """
+
+    def __init__(self, call: UpstreamCall, encoder: MultipartEncoder | None = None) -> None:
+        self._call = call
+        self._encoder = encoder or MultipartEncoder()
+        #: Why the body could not be completed, when the cause is on the
+        #: client's side (the HTTP client reports only a broken request).
+        self.failure: ProxyError | None = None
+        audio = call.audio
+        self._head = self._encoder.fields(
+            [FormField("model", call.model), *forwarded(call.fields)]
+        ) + self._encoder.file_head("file", audio.filename, audio.content_type)
+
+    @property
+    def content_type(self) -> str:
+        """The Content-Type header for this body."""
+        return self._encoder.content_type
+
+    @property
+    def length(self) -> int | None:
+        """The byte count when the audio's size is known, for a Content-Length header."""
+        size = self._call.audio.size
+        if size is None:
+            return None
+        return len(self._head) + size + len(CRLF) + len(self._encoder.closing())
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The body's bytes, reading the audio as it goes."""
+        audio = self._call.audio
+        try:
+            yield self._head
+            async for chunk in audio.chunks():
+                yield chunk
+        except ProxyError as exc:
+            self.failure = exc
+            raise
+        yield (
+            CRLF + self._encoder.fields(forwarded(audio.trailing_fields)) + self._encoder.closing()
+        )

@@ -1,0 +1,35 @@
+"""The interface every provider adapter implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Protocol
+
+from ..models import TranscriptDone, UpstreamCall
+
+
+class Provider(Protocol):
+    """One upstream speech-to-text API.
+
+    ``transcribe`` yields the transcript's events and ends with one
+    :class:`TranscriptDone`; the handler decides how the client gets them.
+    Before its first event a provider raises ``ProxyError(retryable=...)``
+    so that the router can retry or fall back; after it, nothing is retried.
+    """
+
+    @property
+    def name(self) -> str:
+        """The provider's name in config and in ``provider/model`` strings."""
+
+    @property
+    def sends_back_raw_response(self) -> bool:
+        """Whether answers carry the upstream body in ``extra_fields.raw_response``."""
+
+    def lists(self, model: str) -> bool:
+        """Whether the provider's config names ``model`` explicitly."""
+
+    def serves(self, model: str) -> bool:
+        """Whether the provider has a key that may be used for ``model``."""
+
+    def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptDone, None]:
+        """Send ``call`` upstream and yield what comes back."""

@@ -1,0 +1,72 @@
+"""The answers the proxy writes: JSON transcripts, plain-text transcripts, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .errors import ProxyError, error_body
+from .models import RequestFacts, TranscriptDone
+
+JSON_TYPE = "application/json"
+
+
+def json_response(
+    document: Mapping[str, Any], *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A JSON answer, serialised once with orjson."""
+    return web.Response(
+        body=orjson.dumps(document), status=status, content_type=JSON_TYPE, headers=headers
+    )
+
+
+def error_response(error: ProxyError, facts: RequestFacts | None) -> web.Response:
+    """An error in the one documented shape (DESIGN.md section 5)."""
+    body = error_body(
+        error,
+        provider=facts.provider if facts else None,
+        model_requested=facts.model_requested if facts else None,
+        request_type=facts.request_type if facts else "transcription",
+    )
+    return json_response(body, status=error.status_code, headers=error.headers)
+
+
+def transcription_response(
+    done: TranscriptDone,
+    facts: RequestFacts,
+    *,
+    response_format: str,
+    raw_request: Mapping[str, Any] | None = None,
+    raw_response: bool = False,
+) -> web.Response:
+    """The complete non-streaming answer (DESIGN.md section 3)."""
+    latency = facts.latency_ms()
+    if done.document is None:
+        text = done.text or ""
+        content_type = "text/vtt" if response_format == "vtt" else "text/plain"
+        return web.Response(
+            text=text,
+            content_type=content_type,
+            charset="utf-8",
+            headers={
+                "x-bf-provider": facts.provider or "",
+                "x-bf-model": facts.model_deployment or "",
+                "x-bf-latency-ms": str(latency),
+            },
+        )
+    extra_fields: dict[str, Any] = {
+        "request_type": facts.request_type,
+        "provider": facts.provider,
+        "model_requested": facts.model_requested,
+        "model_deployment": facts.model_deployment,
+        "latency": latency,
+        "chunk_index": 0,
+    }
+    if raw_request is not None:
+        extra_fields["raw_request"] = raw_request
+    if raw_response:
+        extra_fields["raw_response"] = done.document
+    return json_response({**done.document, "extra_fields": extra_fields})

@@ -1,0 +1,71 @@
+"""Which provider serves a request, and under which model name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import InvalidRequestError, ServiceUnavailableError
+from .providers.base import Provider
+
+
+@dataclass(frozen=True)
+class Route:
+    """A provider and the model name it is sent."""
+
+    provider: Provider
+    #: The model as the upstream knows it (no ``provider/`` prefix).
+    model: str
+    #: The model as the client wrote it.
+    requested: str
+
+
+class Router:
+    """Resolves ``model`` fields to routes (DESIGN.md section 2)."""
+
+    def __init__(self, providers: Mapping[str, Provider]) -> None:
+        self._providers = dict(providers)
+
+    @property
+    def providers(self) -> Mapping[str, Provider]:
+        """The configured providers by name."""
+        return self._providers
+
+    def resolve(self, requested: str) -> Route:
+        """The route for a model string: ``provider/model`` or a bare model name.
+
+        A bare name goes to the provider whose keys list it, else ``openai``
+        when configured, else the only provider. A name such as
+        ``Systran/faster-whisper-small`` whose prefix is no provider is a bare
+        name too.
+        """
+        if not self._providers:
+            raise ServiceUnavailableError("no provider is configured", code="no_provider")
+        prefix, _, rest = requested.partition("/")
+        listing = [p for p in self._providers.values() if p.lists(requested)]
+        if rest and prefix in self._providers and not listing:
+            return Route(self._providers[prefix], rest, requested)
+        if len(listing) == 1:
+            return Route(listing[0], requested, requested)
+        if len(listing) > 1:
+            names = ", ".join(sorted(p.name for p in listing))
+            raise InvalidRequestError(
+                f"model {requested} is offered by several providers ({names}); "
+                f"name one as provider/{requested}",
+                code="ambiguous_model",
+                param="model",
+            )
+        if "openai" in self._providers:
+            return Route(self._providers["openai"], requested, requested)
+        if len(self._providers) == 1:
+            (only,) = self._providers.values()
+            return Route(only, requested, requested)
+        candidates = ", ".join(
+            sorted(p.name for p in self._providers.values() if p.serves(requested))
+        )
+        raise InvalidRequestError(
+            f"model {requested} does not name a provider; "
+            f"write it as provider/{requested} with one of: {candidates or 'none'}",
+            code="model_not_found",
+            param="model",
+        )

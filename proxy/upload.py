@@ -1,0 +1,315 @@
+"""The streaming form reader: the client's multipart body in, fields and audio out.
+
+The reader walks the parts in the order the client sent them. When the fields
+that pick the route have arrived by the time the ``file`` part starts, it
+stops there and hands out a :class:`LiveAudio` that reads the file straight
+off the client socket (the rest of the form is read after the file, as the
+upstream body is sent). When ``file`` comes first, the file is copied to a
+:class:`SpooledAudio` on disk, never to memory, and the rest of the form read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import IO, Self
+
+from aiohttp import BodyPartReader, MultipartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from .errors import (
+    ClientGoneError,
+    InvalidRequestError,
+    MalformedBodyError,
+    PayloadTooLargeError,
+    ProxyError,
+    UnsupportedMediaTypeError,
+)
+from .fields import SINGULAR_FIELDS, validate_field
+from .models import FormField
+
+log = logging.getLogger(__name__)
+
+#: Size of the pieces the file is read and forwarded in: reading in 64 KiB
+#: pieces costs about twice the CPU per GiB of 1 MiB pieces.
+FILE_CHUNK_BYTES = 1024 * 1024
+_FIELD_CHUNK_BYTES = 16 * 1024
+_DEFAULT_FILENAME = "audio"
+_DEFAULT_FILE_TYPE = "application/octet-stream"
+_IDENTITY_TRANSFER_ENCODINGS = frozenset({"", "binary", "8bit", "7bit"})
+
+
+@dataclass(frozen=True)
+class FormLimits:
+    """The caps enforced while reading a form."""
+
+    max_body_bytes: int
+    max_fields: int = 64
+    max_field_bytes: int = 64 * 1024
+    spool_dir: str | None = None
+
+
+@dataclass
+class TranscriptionForm:
+    """The form as far as it has been read.
+
+    With :class:`LiveAudio`, ``fields`` holds the fields sent before the file
+    and the audio's ``trailing_fields`` the rest, once the file is read.
+    """
+
+    fields: list[FormField] = field(default_factory=list)
+    audio: LiveAudio | SpooledAudio | None = None
+
+    def all_fields(self) -> Sequence[FormField]:
+        """Every text field the client sent, before and after the file."""
+        if self.audio is None:
+            return self.fields
+        return [*self.fields, *self.audio.trailing_fields]
+
+
+def check_content_type(request: web.BaseRequest) -> None:
+    """Refuse a body that is not multipart/form-data before reading any of it."""
+    if request.content_type != "multipart/form-data":
+        raise UnsupportedMediaTypeError(
+            f"the body must be multipart/form-data; got {request.content_type or 'no Content-Type'}"
+        )
+
+
+def check_declared_length(request: web.BaseRequest, limits: FormLimits) -> None:
+    """Refuse a body whose Content-Length is over the limit before reading any of it."""
+    declared = request.content_length
+    if declared is not None and declared > limits.max_body_bytes:
+        raise _too_large(limits)
+
+
+def _too_large(limits: FormLimits) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"the request body is larger than the limit of {limits.max_body_bytes} bytes"
+    )
+
+
+class FormReader:
+    """Reads one transcription form, streaming or spooling its file.
+
+    Use as an async context manager: leaving it removes any spool file.
+    """
+
+    def __init__(
+        self,
+        request: web.Request,
+        limits: FormLimits,
+        routing_fields: Collection[str] = ("model",),
+    ) -> None:
+        self._request = request
+        self._limits = limits
+        self._routing_fields = frozenset(routing_fields)
+        self._multipart: MultipartReader | None = None
+        self._field_count = 0
+        self._singular_seen: set[str] = set()
+        self._form = TranscriptionForm()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(self._form.audio, SpooledAudio):
+            self._form.audio.close()
+
+    async def read(self) -> TranscriptionForm:
+        """Read up to a streamable file part, or the whole form."""
+        check_content_type(self._request)
+        check_declared_length(self._request, self._limits)
+        with self._reading():
+            self._multipart = await self._request.multipart()
+        form = self._form
+        while (part := await self._next_part()) is not None:
+            if part.name != "file":
+                form.fields.append(await self._read_field(part))
+            elif form.audio is not None:
+                raise InvalidRequestError("only one file may be sent", param="file")
+            elif self._routing_fields <= {f.name for f in form.fields}:
+                form.audio = LiveAudio(self, part)
+                return form
+            else:
+                form.audio = await self._spool(part)
+        return form
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Translate what can go wrong while reading the client's body."""
+        try:
+            yield
+        except ProxyError:
+            raise
+        except ConnectionError as exc:
+            raise ClientGoneError("the client closed the connection") from exc
+        except (ValueError, AssertionError, HttpProcessingError) as exc:
+            transport = self._request.transport
+            if transport is None or transport.is_closing():
+                raise ClientGoneError("the client closed the connection") from exc
+            raise MalformedBodyError(f"malformed multipart body: {exc}") from exc
+        if self._request.content.total_bytes > self._limits.max_body_bytes:
+            raise _too_large(self._limits)
+
+    async def _next_part(self) -> BodyPartReader | None:
+        assert self._multipart is not None
+        with self._reading():
+            part = await self._multipart.next()
+        if isinstance(part, MultipartReader):
+            raise MalformedBodyError("nested multipart parts are not accepted")
+        if part is not None:
+            encoding = part.headers.get(hdrs.CONTENT_TRANSFER_ENCODING, "").lower()
+            if encoding not in _IDENTITY_TRANSFER_ENCODINGS:
+                raise MalformedBodyError(
+                    f"Content-Transfer-Encoding {encoding!r} is not supported", param=part.name
+                )
+        return part
+
+    async def _read_field(self, part: BodyPartReader) -> FormField:
+        name = part.name
+        if not name:
+            raise MalformedBodyError("a form part has no name")
+        self._field_count += 1
+        if self._field_count > self._limits.max_fields:
+            raise InvalidRequestError(
+                f"too many form fields (at most {self._limits.max_fields})",
+                code="too_many_fields",
+                param=name,
+            )
+        data = bytearray()
+        while True:
+            with self._reading():
+                chunk = await part.read_chunk(_FIELD_CHUNK_BYTES)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > self._limits.max_field_bytes:
+                raise InvalidRequestError(
+                    f"field {name} is larger than {self._limits.max_field_bytes} bytes",
+                    code="field_too_large",
+                    param=name,
+                )
+        try:
+            value = data.decode(part.get_charset("utf-8"))
+        except (UnicodeDecodeError, LookupError):
+            raise InvalidRequestError(f"field {name} is not valid text", param=name) from None
+        if name in SINGULAR_FIELDS:
+            if name in self._singular_seen:
+                raise InvalidRequestError(f"field {name} was sent more than once", param=name)
+            self._singular_seen.add(name)
+        result = FormField(name, value, part.headers.get(hdrs.CONTENT_TYPE))
+        validate_field(result)
+        return result
+
+    async def file_chunks(self, part: BodyPartReader) -> AsyncIterator[bytes]:
+        """The file part's bytes, straight off the client socket."""
+        while True:
+            with self._reading():
+                chunk = await part.read_chunk(FILE_CHUNK_BYTES)
+            if not chunk:
+                return
+            yield chunk
+
+    async def read_rest(self) -> list[FormField]:
+        """The text fields after a streamed file, up to the end of the form."""
+        rest: list[FormField] = []
+        while (part := await self._next_part()) is not None:
+            if part.name == "file":
+                raise InvalidRequestError("only one file may be sent", param="file")
+            rest.append(await self._read_field(part))
+        return rest
+
+    async def _spool(self, part: BodyPartReader) -> SpooledAudio:
+        spool = await SpooledAudio.create(
+            filename=part.filename or _DEFAULT_FILENAME,
+            content_type=part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE),
+            directory=self._limits.spool_dir,
+        )
+        # Registered before the first write so that __aexit__ removes it
+        # whatever happens while it fills.
+        self._form.audio = spool
+        async for chunk in self.file_chunks(part):
+            await spool.write(chunk)
+        return spool
+
+
+class LiveAudio:
+    """The file part read straight off the client socket: one pass, no copy kept."""
+
+    def __init__(self, reader: FormReader, part: BodyPartReader) -> None:
+        self._reader = reader
+        self._part = part
+        self._trailing: list[FormField] = []
+        self._started = False
+        self.filename = part.filename or _DEFAULT_FILENAME
+        self.content_type = part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE)
+        self.size: int | None = None
+
+    @property
+    def trailing_fields(self) -> Sequence[FormField]:
+        """The fields sent after the file; complete once :meth:`chunks` ends."""
+        return self._trailing
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The file's bytes as they arrive, then the rest of the form is read."""
+        if self._started:
+            raise RuntimeError("a live upload can be read only once")
+        self._started = True
+        async for chunk in self._reader.file_chunks(self._part):
+            yield chunk
+        self._trailing = await self._reader.read_rest()
+
+
+class SpooledAudio:
+    """The file copied to an anonymous temporary file, replayable from the start.
+
+    File I/O runs in worker threads: a large upload can hit the kernel's
+    dirty-page throttling, which would otherwise stall the event loop.
+    """
+
+    def __init__(self, file: IO[bytes], filename: str, content_type: str) -> None:
+        self._file = file
+        self.filename = filename
+        self.content_type = content_type
+        self.size: int | None = 0
+
+    @classmethod
+    async def create(cls, *, filename: str, content_type: str, directory: str | None) -> Self:
+        """Open an unnamed temporary file (nothing is left on disk even after a crash)."""
+        file = await asyncio.to_thread(
+            tempfile.TemporaryFile, mode="w+b", dir=directory, prefix="proxy-spool-"
+        )
+        return cls(file, filename, content_type)
+
+    @property
+    def trailing_fields(self) -> Sequence[FormField]:
+        """Always empty: a spooled file is sent last, after every field."""
+        return ()
+
+    async def write(self, chunk: bytes) -> None:
+        """Append ``chunk`` to the spool."""
+        await asyncio.to_thread(self._file.write, chunk)
+        assert self.size is not None
+        self.size += len(chunk)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The spooled bytes from the start."""
+        await asyncio.to_thread(self._file.seek, 0)
+        while chunk := await asyncio.to_thread(self._file.read, FILE_CHUNK_BYTES):
+            yield chunk
+
+    def close(self) -> None:
+        """Release the spool; its disk space goes with it."""
+        # Buffered files serialise close() with an in-flight write from a
+        # worker thread, so this cannot pull the descriptor out from under it.
+        self._file.close()

@@ -1,0 +1,240 @@
+"""Fixtures: a recording fake upstream and the proxy in front of it, both real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from aiohttp import BodyPartReader, web
+from aiohttp.test_utils import TestServer
+
+from proxy.app import create_app
+from proxy.config import parse_config
+
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+
+
+@dataclass
+class ReceivedPart:
+    """One part as the fake upstream received it."""
+
+    name: str
+    filename: str | None
+    content_type: str | None
+    value: str | None = None  # text parts
+    size: int = 0  # file parts
+    sha256: str = ""  # file parts
+
+
+@dataclass
+class ReceivedRequest:
+    """One request as the fake upstream received it."""
+
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    parts: list[ReceivedPart] = field(default_factory=list)
+    complete: bool = False  # the body was read to its closing boundary
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.parts]
+
+    def field(self, name: str) -> str | None:
+        return next((p.value for p in self.parts if p.name == name), None)
+
+    @property
+    def file(self) -> ReceivedPart:
+        return next(p for p in self.parts if p.name == "file")
+
+
+Responder = Callable[[web.Request, ReceivedRequest], Awaitable[web.StreamResponse]]
+
+
+async def transcript_json(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+    """What OpenAI answers, for each response_format."""
+    fmt = received.field("response_format") or "json"
+    text = f"heard {received.file.size} bytes"
+    if fmt == "text":
+        return web.Response(text=text + "\n", content_type="text/plain")
+    if fmt == "srt":
+        return web.Response(
+            text=f"1\n00:00:00,000 --> 00:00:01,000\n{text}\n\n", content_type="text/plain"
+        )
+    if fmt == "vtt":
+        return web.Response(
+            text=f"WEBVTT\n\n00:00:00.000 --> 00:00:01.000\n{text}\n\n", content_type="text/plain"
+        )
+    document: dict[str, Any] = {"text": text, "usage": {"type": "duration", "seconds": 2}}
+    if fmt == "verbose_json":
+        document = {
+            "task": "transcribe",
+            "language": "english",
+            "duration": 2.0,
+            "text": text,
+            "segments": [
+                {
+                    "id": 0,
+                    "seek": 0,
+                    "start": 0.0,
+                    "end": 2.0,
+                    "text": text,
+                    "tokens": [1, 2],
+                    "temperature": 0.0,
+                    "avg_logprob": -0.1,
+                    "compression_ratio": 1.0,
+                    "no_speech_prob": 0.01,
+                }
+            ],
+            "usage": {"type": "duration", "seconds": 2},
+        }
+    return web.json_response(document)
+
+
+class FakeUpstream:
+    """An OpenAI-compatible transcription server that records what reaches it.
+
+    It reads the body the way a real server does, part by part, hashing the
+    file as it streams, so a test can assert byte-exact arrival without the
+    upload being held anywhere.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[ReceivedRequest] = []
+        self.respond: Responder = transcript_json
+        #: Set once a request's body has begun arriving.
+        self.body_started = asyncio.Event()
+        #: Set when a request ended without its closing boundary.
+        self.aborted = asyncio.Event()
+        self.app = web.Application()
+        self.app.router.add_post("/v1/audio/transcriptions", self._handle)
+        self.server: TestServer | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("")).rstrip("/")
+
+    @property
+    def last(self) -> ReceivedRequest:
+        return self.requests[-1]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        received = ReceivedRequest(
+            path=request.path, query=dict(request.query), headers=dict(request.headers)
+        )
+        self.requests.append(received)
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                assert isinstance(part, BodyPartReader)
+                self.body_started.set()
+                item = ReceivedPart(
+                    name=part.name or "",
+                    filename=part.filename,
+                    content_type=part.headers.get("Content-Type"),
+                )
+                received.parts.append(item)
+                if part.filename is None:
+                    item.value = (await part.read()).decode()
+                    continue
+                digest = hashlib.sha256()
+                while chunk := await part.read_chunk(1024 * 1024):
+                    digest.update(chunk)
+                    item.size += len(chunk)
+                item.sha256 = digest.hexdigest()
+            received.complete = True
+        except Exception:
+            self.aborted.set()
+            raise
+        return await self.respond(request, received)
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> FakeUpstream:
+    fake = FakeUpstream()
+    fake.server = await aiohttp_server(fake.app)
+    return fake
+
+
+def provider_config(upstream: FakeUpstream, **network: Any) -> dict[str, Any]:
+    """A config with one OpenAI-compatible provider in front of ``upstream``."""
+    return {
+        "providers": {
+            "openai": {
+                "keys": [{"name": "main", "value": UPSTREAM_KEY, "models": ["*"]}],
+                "network_config": {"base_url": upstream.base_url, **network},
+            }
+        }
+    }
+
+
+ProxyFactory = Callable[[dict[str, Any]], Awaitable[TestServer]]
+
+
+@pytest.fixture
+def make_proxy(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> ProxyFactory:
+    async def start(raw_config: dict[str, Any]) -> TestServer:
+        return await aiohttp_server(create_app(parse_config(raw_config, {})))
+
+    return start
+
+
+@pytest.fixture
+async def proxy(make_proxy: ProxyFactory, upstream: FakeUpstream) -> TestServer:
+    return await make_proxy(provider_config(upstream))
+
+
+def base_url(server: TestServer) -> str:
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def sdk(proxy: TestServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(
+        base_url=f"{base_url(proxy)}/v1", api_key="sk-client", max_retries=0
+    )
+    async with client:
+        yield client
+
+
+def audio_bytes(size: int, seed: int = 1) -> bytes:
+    """Deterministic non-repeating bytes standing in for audio."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def json_of(body: bytes) -> dict[str, Any]:
+    document = orjson.loads(body)
+    assert isinstance(document, dict)
+    return document
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[Callable[[], list[str]]]:
+    """Open file descriptors of this process that look like spool files."""
+
+    def spool_fds() -> list[str]:
+        import os
+
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if "proxy-spool" in target or "(deleted)" in target:
+                found.append(target)
+        return found
+
+    yield spool_fds
