@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,7 +153,7 @@ class FakeUpstream:
                     item.size += len(chunk)
                 item.sha256 = digest.hexdigest()
             received.complete = True
-        except Exception:
+        except BaseException:  # a cancelled handler too: the client went away
             self.aborted.set()
             raise
         return await self.respond(request, received)
@@ -220,21 +223,28 @@ def json_of(body: bytes) -> dict[str, Any]:
     return document
 
 
+def _open_files() -> dict[str, str]:
+    files = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            files[fd] = os.readlink(f"/proc/self/fd/{fd}")
+    return files
+
+
 @pytest.fixture
-def no_leaks() -> Iterator[Callable[[], list[str]]]:
-    """Open file descriptors of this process that look like spool files."""
+def no_leaks() -> Callable[[], list[str]]:
+    """Files (spools, temp files) this process opened since the test began and still holds.
 
-    def spool_fds() -> list[str]:
-        import os
+    Sockets are left out: pooled keep-alive connections are meant to stay.
+    """
+    before = _open_files()
 
-        found = []
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
-            if "proxy-spool" in target or "(deleted)" in target:
-                found.append(target)
-        return found
+    def opened_since() -> list[str]:
+        gc.collect()
+        return sorted(
+            target
+            for fd, target in _open_files().items()
+            if before.get(fd) != target and target.startswith("/")
+        )
 
-    yield spool_fds
+    return opened_since

@@ -75,7 +75,7 @@ class OpenAICompatibleProvider:
             ) as response:
                 raw = await _read_capped(response)
                 if response.status >= 400:
-                    raise upstream_error(response.status, raw, response.headers)
+                    raise upstream_error(response.status, raw, response.headers, secret=key)
                 yield parse_answer(response.content_type, raw)
         except aiohttp.ClientError as exc:
             # A failure on the client's side of the body surfaces here as a
@@ -118,9 +118,17 @@ def parse_answer(media_type: str, raw: bytes) -> TranscriptDone:
     return TranscriptDone(raw=raw, document=document)
 
 
-def upstream_error(status: int, raw: bytes, headers: Mapping[str, str]) -> UpstreamError:
-    """An upstream's error answer, its type, code, message and param kept."""
+def upstream_error(
+    status: int, raw: bytes, headers: Mapping[str, str], *, secret: str | None = None
+) -> UpstreamError:
+    """An upstream's error answer, its type, code, message and param kept.
+
+    Some upstreams quote the key they were sent in their message; ``secret``
+    is blotted out wherever it appears.
+    """
     message, error_type, code, param = _error_details(raw)
+    if secret:
+        message = message.replace(secret, "***")
     passed_headers: dict[str, str] = {}
     if retry_after := headers.get(aiohttp.hdrs.RETRY_AFTER):
         passed_headers[aiohttp.hdrs.RETRY_AFTER] = retry_after
