@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 from . import handlers
 from .config import Config
 from .errors import MethodNotAllowedError, NotFoundError, ProxyError
-from .keys import CONFIG_KEY, FACTS_KEY, LIMITS_KEY, ROUTER_KEY
+from .keys import CONFIG_KEY, FACTS_KEY, LIMITS_KEY, ROUTER_KEY, SESSION_KEY
 from .models import RequestFacts
 from .providers import create_provider
 from .responses import error_response
@@ -55,6 +55,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     # limit: requests in flight are bounded where they come in, not here.
     connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
     async with aiohttp.ClientSession(connector=connector) as session:
+        app[SESSION_KEY] = session
         providers = {
             name: create_provider(provider, session)
             for name, provider in app[CONFIG_KEY].providers.items()

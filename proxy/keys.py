@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 from aiohttp import web
 
 from .config import Config
@@ -12,4 +13,5 @@ from .upload import FormLimits
 CONFIG_KEY = web.AppKey("config", Config)
 LIMITS_KEY = web.AppKey("limits", FormLimits)
 ROUTER_KEY = web.AppKey("router", Router)
+SESSION_KEY = web.AppKey("upstream_session", aiohttp.ClientSession)
 FACTS_KEY = web.RequestKey("facts", RequestFacts)
