@@ -1,0 +1,140 @@
+"""aiohttp's multipart reader with a boundary scan that does not copy the file's bytes.
+
+aiohttp finds the end of a part by joining each piece it reads onto the
+previous one and searching the join: one extra copy of every byte uploaded.
+:class:`StreamingPartReader` searches each piece where it lies and holds back
+only a suffix that could begin the delimiter. Audio almost never ends a piece
+that way, so nearly every piece is passed on as the very object read from the
+socket buffer. Everything else (part headers, text fields, the boundary lines
+between parts) is aiohttp's own code.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+from aiohttp import BodyPartReader, MultipartReader, hdrs
+from aiohttp.helpers import reify
+from aiohttp.multipart import content_disposition_filename, parse_content_disposition
+from aiohttp.streams import StreamReader
+
+# ``form-data`` and plain quoted parameters: what browsers, curl and the SDKs
+# send. Values with a backslash, a leading slash or a ``*`` parameter name go
+# to aiohttp's full parser, which handles (and sanitises) them.
+_PLAIN_DISPOSITION = re.compile(r'form-data(?:\s*;\s*[A-Za-z0-9_-]+="[^"\\/;][^"\\;]*")*\s*')
+_PLAIN_PARAMETER = re.compile(r'([A-Za-z0-9_-]+)="([^"]*)"')
+
+
+class StreamingPartReader(BodyPartReader):
+    """A body part whose :meth:`read_chunk` passes pieces through uncopied."""
+
+    def __init__(self, boundary: bytes, *args: Any, **kwargs: Any) -> None:
+        super().__init__(boundary, *args, **kwargs)
+        self._delimiter = b"\r\n" + boundary
+        self._held = b""
+        self._started = False
+
+    @reify
+    def _disposition(self) -> dict[str, str]:
+        # aiohttp parses the header anew for each of name and filename, and
+        # each parse costs more than the rest of a small request's form.
+        header = self.headers.get(hdrs.CONTENT_DISPOSITION)
+        if header is not None and _PLAIN_DISPOSITION.fullmatch(header):
+            pairs = _PLAIN_PARAMETER.findall(header)
+            params = {key.lower(): value for key, value in pairs}
+            if len(params) == len(pairs):
+                return params
+        return parse_content_disposition(header)[1]
+
+    @reify
+    def name(self) -> str | None:
+        """The part's ``name`` from its Content-Disposition header."""
+        return content_disposition_filename(self._disposition, "name")
+
+    @reify
+    def filename(self) -> str | None:
+        """The part's ``filename`` from its Content-Disposition header."""
+        return content_disposition_filename(self._disposition, "filename")
+
+    async def read_chunk(self, size: int = BodyPartReader.chunk_size) -> bytes:
+        """The next piece of the part's body, at most ``size`` bytes; ``b""`` at its end."""
+        if self._at_eof:
+            return b""
+        if self._length is not None or self.headers.get(hdrs.CONTENT_TRANSFER_ENCODING):
+            return await super().read_chunk(size)
+        # Room for a held-back partial delimiter plus at least one new byte.
+        size = max(size, len(self._delimiter))
+        if self._started:
+            data = await self._next_data(size)
+        else:
+            self._started = True
+            data = await self._first_data(size)
+            if self._at_eof:
+                return b""
+        while not (piece := self._scan(data)) and not self._at_eof:
+            data = await self._next_data(size)
+        return piece
+
+    async def _next_data(self, size: int) -> bytes:
+        data = await self._content.read(size - len(self._held))
+        if not data:
+            raise ValueError("the body ended inside a part")
+        if self._held:
+            data, self._held = self._held + data, b""
+        return data
+
+    async def _first_data(self, size: int) -> bytes:
+        # The blank line ending the part's headers has been read, so an empty
+        # part is followed directly by the boundary, without a CRLF before it.
+        boundary = self._boundary
+        data = b""
+        while len(data) < len(boundary) and boundary.startswith(data):
+            more = await self._content.read(size - len(data))
+            if not more:
+                raise ValueError("the body ended inside a part")
+            data += more
+        if data.startswith(boundary):
+            self._push_back(data)
+            self._at_eof = True
+            return b""
+        return data
+
+    def _scan(self, data: bytes) -> bytes:
+        end = data.find(self._delimiter)
+        if end != -1:
+            # The CRLF belongs to the delimiter; the boundary line and what
+            # follows go back for the multipart reader to parse.
+            self._push_back(data[end + 2 :])
+            self._at_eof = True
+            return data[:end]
+        keep = _partial_match_at_end(data, self._delimiter)
+        if keep:
+            self._held = data[-keep:]
+            return data[:-keep]
+        return data
+
+    def _push_back(self, data: bytes) -> None:
+        content: StreamReader = self._content
+        with warnings.catch_warnings():
+            # aiohttp's own part reader pushes back the same way.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            content.unread_data(data)
+
+
+def _partial_match_at_end(data: bytes, delimiter: bytes) -> int:
+    """The length of the longest end of ``data`` that is a proper start of ``delimiter``."""
+    first = delimiter[:1]
+    position = data.find(first, max(0, len(data) - len(delimiter) + 1))
+    while position != -1:
+        if delimiter.startswith(data[position:]):
+            return len(data) - position
+        position = data.find(first, position + 1)
+    return 0
+
+
+class StreamingMultipartReader(MultipartReader):
+    """A multipart reader whose parts are :class:`StreamingPartReader`s."""
+
+    part_reader_cls = StreamingPartReader
