@@ -11,6 +11,10 @@ from .models import FormField, UpstreamCall
 
 CRLF = b"\r\n"
 
+#: Pieces smaller than this are gathered into one write: each write is a
+#: send and a wake-up of the upstream, which is what a small request pays for.
+COALESCE_BYTES = 64 * 1024
+
 # The WHATWG form-data encoding: these three characters cannot stand in a
 # quoted header parameter, everything else is sent as UTF-8.
 _QUOTE = str.maketrans({'"': "%22", "\r": "%0D", "\n": "%0A"})
@@ -89,15 +93,30 @@ class UpstreamBody:
         return len(self._head) + size + len(CRLF) + len(self._encoder.closing())
 
     async def stream(self) -> AsyncIterator[bytes]:
-        """The body's bytes, reading the audio as it goes."""
+        """The body's bytes, reading the audio as it goes.
+
+        Large pieces of audio pass through as they are; small ones are
+        gathered, so that a small upload goes upstream in a single write.
+        """
         audio = self._call.audio
+        gathered = [self._head]
+        size = len(self._head)
         try:
-            yield self._head
             async for chunk in audio.chunks():
-                yield chunk
+                if size + len(chunk) < COALESCE_BYTES:
+                    gathered.append(chunk)
+                    size += len(chunk)
+                    continue
+                if gathered:
+                    yield b"".join(gathered)
+                if len(chunk) >= COALESCE_BYTES:
+                    yield chunk
+                    gathered, size = [], 0
+                else:
+                    gathered, size = [chunk], len(chunk)
         except ProxyError as exc:
             self.failure = exc
             raise
-        yield (
-            CRLF + self._encoder.fields(forwarded(audio.trailing_fields)) + self._encoder.closing()
-        )
+        gathered.append(CRLF + self._encoder.fields(forwarded(audio.trailing_fields)))
+        gathered.append(self._encoder.closing())
+        yield b"".join(gathered)

@@ -115,8 +115,10 @@ async def test_invalid_field_before_file(
 async def test_invalid_field_after_streaming_file_aborts_upstream(
     proxy: TestServer, upstream: FakeUpstream
 ) -> None:
+    # Large enough that the upstream has begun receiving it before the bad
+    # field arrives (a small body would be refused before any byte went out).
     status, body, _ = await post(
-        proxy, form(("model", "whisper-1"), ("file", b"RIFF" * 1000), ("temperature", "7"))
+        proxy, form(("model", "whisper-1"), ("file", b"RIFF" * 100_000), ("temperature", "7"))
     )
     assert status == 400
     assert_error(body, status=400, code="invalid_value", param="temperature")
