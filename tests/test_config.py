@@ -1,0 +1,194 @@
+"""Config loading: Bifrost's shape, env values, and errors that name the key path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.config import ConfigError, load_config, parse_config
+
+
+def write(tmp_path: Path, document: Any) -> Path:
+    path = tmp_path / "proxy.json"
+    path.write_bytes(orjson.dumps(document))
+    return path
+
+
+def test_bifrost_shape(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            {
+                "client": {"max_request_body_size_mb": 8, "allow_direct_keys": True},
+                "providers": {
+                    "openai": {
+                        "keys": [{"name": "main", "value": "env.OPENAI_API_KEY", "models": ["*"]}],
+                        "network_config": {
+                            "max_retries": 2,
+                            "retry_backoff_initial": 100,
+                            "retry_backoff_max": 900,
+                            "default_request_timeout_in_seconds": 12.5,
+                        },
+                        "send_back_raw_response": True,
+                    },
+                    "groq": {
+                        "keys": [{"value": "gsk-1", "models": ["whisper-large-v3"], "weight": 2}],
+                        "custom_provider_config": {"base_provider_type": "openai"},
+                        "network_config": {"base_url": "https://api.groq.com/openai/"},
+                    },
+                },
+                "proxy": {"max_fields": 10, "max_field_bytes": 100, "spool_dir": "/var/tmp"},
+            },
+        ),
+        {"OPENAI_API_KEY": "sk-from-env"},
+    )
+    assert config.client.max_request_body_bytes == 8 * 1024 * 1024
+    assert config.client.allow_direct_keys is True
+    openai = config.providers["openai"]
+    assert openai.keys[0].value == "sk-from-env"
+    assert openai.network.base_url == "https://api.openai.com"
+    assert openai.network.max_retries == 2
+    assert openai.network.retry_backoff_initial_ms == 100
+    assert openai.network.request_timeout_s == 12.5
+    assert openai.send_back_raw_response is True
+    groq = config.providers["groq"]
+    assert groq.kind == "openai"
+    assert groq.network.base_url == "https://api.groq.com/openai"
+    assert groq.lists("whisper-large-v3")
+    assert not groq.lists("whisper-1")
+    assert config.proxy.max_fields == 10
+    assert config.proxy.spool_dir == "/var/tmp"
+
+
+def test_secret_values_are_not_in_repr() -> None:
+    config = parse_config({"providers": {"openai": {"keys": [{"value": "sk-secret-1"}]}}}, {})
+    assert "sk-secret-1" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            {"providers": {"openai": {"keys": [{"value": "env.MISSING_KEY"}]}}},
+            "providers.openai.keys[0].value: environment variable MISSING_KEY is not set",
+        ),
+        (
+            {"providers": {"openai": {"network_config": {"max_retries": "two"}}}},
+            "providers.openai.network_config.max_retries: expected an integer, got a string",
+        ),
+        (
+            {"client": {"max_request_body_size_mb": 0}},
+            "client.max_request_body_size_mb: must be at least 1, got 0",
+        ),
+        (
+            {"providers": {"openai": {"keys": {"value": "x"}}}},
+            "providers.openai.keys: expected an array, got an object",
+        ),
+        (
+            {"providers": {"openai": {"keys": [{"name": "no value"}]}}},
+            "providers.openai.keys[0].value: required",
+        ),
+        (
+            {"providers": {"vllm": {"custom_provider_config": {"base_provider_type": "openai"}}}},
+            "providers.vllm.network_config.base_url: required for provider 'vllm'",
+        ),
+        (
+            {"providers": {"x": {"custom_provider_config": {"base_provider_type": "cohere"}}}},
+            "providers.x.custom_provider_config.base_provider_type: unsupported value 'cohere'",
+        ),
+        (
+            {"providers": {"openai": {"send_back_raw_response": "yes"}}},
+            "providers.openai.send_back_raw_response: expected true or false, got a string",
+        ),
+        ({"providers": []}, "providers: expected an object, got an array"),
+        ([], ": expected an object, got an array"),
+    ],
+)
+def test_errors_name_the_key_path(document: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(document, {})
+    assert str(raised.value).startswith(message)
+
+
+def test_unknown_keys_and_providers_warn(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="proxy.config"):
+        config = parse_config(
+            {
+                "framework": {"pricing": {}},
+                "client": {"drop_excess_requests": True},
+                "providers": {
+                    "anthropic": {"keys": [{"value": "x"}]},
+                    "openai": {"keys": [{"value": "k", "aliases": {}}]},
+                },
+            },
+            {},
+        )
+    assert list(config.providers) == ["openai"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "config: ignoring unknown key framework" in messages
+    assert "config: ignoring unknown key client.drop_excess_requests" in messages
+    assert "config: ignoring unknown key providers.openai.keys[0].aliases" in messages
+    assert any("ignoring provider 'anthropic'" in m for m in messages)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.json", {})
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(broken, {})
+
+
+def test_defaults_without_a_file() -> None:
+    assert load_config(None, {}).providers == {}
+    config = load_config(None, {"OPENAI_API_KEY": "sk-env"})
+    assert config.providers["openai"].keys[0].value == "sk-env"
+    assert config.providers["openai"].network.base_url == "https://api.openai.com"
+
+
+async def test_cli_reports_config_errors_and_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, {"providers": {"openai": {"keys": [{"value": "env.NOPE_NOT_SET"}]}}})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "--config",
+        str(path),
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert b"providers.openai.keys[0].value: environment variable NOPE_NOT_SET is not set" in stderr
+
+
+async def test_cli_serves(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "--port", str(port), stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as response:
+                        assert response.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the proxy did not start")
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 10) == 0
