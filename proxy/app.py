@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 
 from . import handlers
 from .config import Config
-from .errors import MethodNotAllowedError, NotFoundError, ProxyError
+from .errors import ExpectationFailedError, MethodNotAllowedError, NotFoundError, ProxyError
 from .keys import CONFIG_KEY, FACTS_KEY, LIMITS_KEY, ROUTER_KEY, SESSION_KEY
 from .models import RequestFacts
 from .providers import create_provider
@@ -74,7 +74,9 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     if request.version != aiohttp.HttpVersion11:
         return None
     if request.headers.get(aiohttp.hdrs.EXPECT, "").lower() != "100-continue":
-        return error_response(ProxyError("unknown Expect header", code="expectation_failed"), None)
+        return error_response(
+            ExpectationFailedError("only Expect: 100-continue is understood"), None
+        )
     try:
         check_content_type(request)
         check_declared_length(request, request.app[LIMITS_KEY])

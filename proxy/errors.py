@@ -82,6 +82,13 @@ class PayloadTooLargeError(InvalidRequestError):
     default_code = "request_too_large"
 
 
+class ExpectationFailedError(InvalidRequestError):
+    """The request's ``Expect`` header asks for something other than 100-continue."""
+
+    status = 417
+    default_code = "expectation_failed"
+
+
 class ClientGoneError(ProxyError):
     """The client closed the connection before its body was complete.
 

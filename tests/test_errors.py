@@ -496,3 +496,12 @@ async def test_unknown_path_and_wrong_method(proxy: TestServer) -> None:
             assert response.status == 405
             assert_error(json_of(await response.read()), status=405, code="method_not_allowed")
             assert "POST" in response.headers["Allow"]
+
+
+async def test_unknown_expectation(proxy: TestServer, upstream: FakeUpstream) -> None:
+    status, body, _ = await post(
+        proxy, form(("model", "whisper-1"), ("file", b"RIFF")), {"Expect": "something-else"}
+    )
+    assert status == 417
+    assert_error(body, status=417, code="expectation_failed")
+    assert upstream.requests == []
