@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 import pytest
@@ -21,6 +22,7 @@ from proxy.app import create_app
 from proxy.config import parse_config
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+URL = "/v1/audio/transcriptions"
 
 
 @dataclass
@@ -248,3 +250,26 @@ def no_leaks() -> Callable[[], list[str]]:
         )
 
     return opened_since
+
+
+def form(*parts: tuple[str, str | bytes], filename: str = "a.wav") -> aiohttp.MultipartWriter:
+    """A multipart body with the parts in exactly the order given."""
+    writer = aiohttp.MultipartWriter("form-data")
+    for name, value in parts:
+        if isinstance(value, bytes):
+            part = writer.append(value, {"Content-Type": "audio/wav"})
+            part.set_content_disposition("form-data", name=name, filename=filename)
+        else:
+            part = writer.append(value, {"Content-Type": "text/plain"})
+            part.set_content_disposition("form-data", name=name)
+    return writer
+
+
+async def post(
+    server: TestServer, data: Any, headers: dict[str, str] | None = None, path: str = URL
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base_url(server)}{path}", data=data, headers=headers) as response,
+    ):
+        return response.status, json_of(await response.read()), dict(response.headers)

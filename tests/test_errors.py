@@ -15,14 +15,16 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import (
     UPSTREAM_KEY,
+    URL,
     FakeUpstream,
     ProxyFactory,
     ReceivedRequest,
     base_url,
+    form,
     json_of,
+    post,
     provider_config,
 )
-from tests.test_transcriptions import URL, form
 
 EVENT_ID = re.compile(r"evt_[0-9a-f]{32}")
 
@@ -59,16 +61,6 @@ def assert_error(
     assert isinstance(message, str)
     assert message
     return message
-
-
-async def post(
-    server: TestServer, data: Any, headers: dict[str, str] | None = None, path: str = URL
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{base_url(server)}{path}", data=data, headers=headers) as response,
-    ):
-        return response.status, json_of(await response.read()), dict(response.headers)
 
 
 async def test_missing_file(proxy: TestServer, upstream: FakeUpstream) -> None:

@@ -11,8 +11,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import FakeUpstream, base_url, json_of
-from tests.test_transcriptions import URL
+from tests.conftest import URL, FakeUpstream, base_url, json_of
 
 BOUNDARY = "test-boundary-7f3a"
 MODEL_PART = (

@@ -13,28 +13,16 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import (
     UPSTREAM_KEY,
+    URL,
     FakeUpstream,
     ProxyFactory,
     audio_bytes,
     base_url,
+    form,
     json_of,
+    post,
     provider_config,
 )
-
-URL = "/v1/audio/transcriptions"
-
-
-def form(*parts: tuple[str, str | bytes], filename: str = "a.wav") -> aiohttp.MultipartWriter:
-    """A multipart body with the parts in exactly the order given."""
-    writer = aiohttp.MultipartWriter("form-data")
-    for name, value in parts:
-        if isinstance(value, bytes):
-            part = writer.append(value, {"Content-Type": "audio/wav"})
-            part.set_content_disposition("form-data", name=name, filename=filename)
-        else:
-            part = writer.append(value, {"Content-Type": "text/plain"})
-            part.set_content_disposition("form-data", name=name)
-    return writer
 
 
 async def test_sdk_json_answer_carries_extra_fields(
@@ -135,12 +123,8 @@ async def test_file_before_model_is_spooled_and_reordered(
         ("model", "openai/whisper-1"),
         ("include[]", "logprobs"),
     )
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{base_url(proxy)}{URL}", data=body) as response,
-    ):
-        assert response.status == 200, await response.text()
-        document = json_of(await response.read())
+    status, document, _ = await post(proxy, body)
+    assert status == 200, document
     assert document["extra_fields"]["model_requested"] == "openai/whisper-1"
     assert document["extra_fields"]["model_deployment"] == "whisper-1"
     received = upstream.last
@@ -165,12 +149,8 @@ async def test_fields_after_a_streaming_file_follow_it(
         ("fallbacks[]", "openai/whisper-2"),
         ("response_format", "verbose_json"),
     )
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{base_url(proxy)}{URL}", data=body) as response,
-    ):
-        assert response.status == 200
-        document = json_of(await response.read())
+    status, document, _ = await post(proxy, body)
+    assert status == 200
     # The late response_format reached the upstream and shaped its answer.
     assert document["task"] == "transcribe"
     received = upstream.last
