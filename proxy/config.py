@@ -261,8 +261,13 @@ def _client(section: _Section) -> ClientConfig:
 
 
 def _proxy(section: _Section) -> ProxySettings:
+    spool_dir = section.string("spool_dir")
+    if spool_dir is not None and not (
+        os.path.isdir(spool_dir) and os.access(spool_dir, os.W_OK | os.X_OK)
+    ):
+        raise ConfigError(f"{section.path}.spool_dir: {spool_dir} is not a writable directory")
     settings = ProxySettings(
-        spool_dir=section.string("spool_dir"),
+        spool_dir=spool_dir,
         max_fields=section.integer("max_fields", 64, minimum=1),
         max_field_bytes=section.integer("max_field_bytes", 64 * 1024, minimum=1),
     )

@@ -76,20 +76,15 @@ def _header_is_true(request: web.Request, name: str) -> bool:
 
 
 def _raw_request(model: str, fields: Sequence[FormField], audio: AudioSource) -> dict[str, Any]:
-    """The upstream request's fields, without the audio bytes or any credential."""
-    document: dict[str, Any] = {"model": model}
+    """The upstream request's fields, without the audio bytes or any credential.
+
+    A field sent once is a string; a repeated one (``include[]``) a list.
+    """
+    values: dict[str, list[str]] = {"model": [model]}
     for field in forwarded(fields):
-        if field.name in document:
-            previous = document[field.name]
-            document[field.name] = (
-                [*previous, field.value]
-                if isinstance(previous, list)
-                else [
-                    previous,
-                    field.value,
-                ]
-            )
-        else:
-            document[field.name] = field.value
+        values.setdefault(field.name, []).append(field.value)
+    document: dict[str, Any] = {
+        name: found[0] if len(found) == 1 else found for name, found in values.items()
+    }
     document["file"] = {"filename": audio.filename, "content_type": audio.content_type}
     return document

@@ -30,6 +30,7 @@ from .errors import (
     MalformedBodyError,
     PayloadTooLargeError,
     ProxyError,
+    ServiceUnavailableError,
     UnsupportedMediaTypeError,
 )
 from .fields import SINGULAR_FIELDS, validate_field
@@ -180,7 +181,9 @@ class FormReader:
             transport = self._request.transport
             if transport is None or transport.is_closing():
                 raise ClientGoneError("the client closed the connection") from exc
-            raise MalformedBodyError(f"malformed multipart body: {exc}") from exc
+            # aiohttp's message may quote body bytes: enough to locate the
+            # fault, not a dump of the upload.
+            raise MalformedBodyError(f"malformed multipart body: {str(exc)[:200]}") from exc
         if self._request.content.total_bytes > self._limits.max_body_bytes:
             raise _too_large(self._limits)
 
@@ -253,16 +256,24 @@ class FormReader:
         return rest
 
     async def _spool(self, part: BodyPartReader) -> SpooledAudio:
-        spool = await SpooledAudio.create(
-            filename=part.filename or _DEFAULT_FILENAME,
-            content_type=part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE),
-            directory=self._limits.spool_dir,
-        )
-        # Registered before the first write so that __aexit__ removes it
-        # whatever happens while it fills.
-        self._form.audio = spool
-        async for chunk in self.file_chunks(part):
-            await spool.write(chunk)
+        try:
+            spool = await SpooledAudio.create(
+                filename=part.filename or _DEFAULT_FILENAME,
+                content_type=part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE),
+                directory=self._limits.spool_dir,
+            )
+            # Registered before the first write so that __aexit__ removes it
+            # whatever happens while it fills.
+            self._form.audio = spool
+            async for chunk in self.file_chunks(part):
+                await spool.write(chunk)
+        except OSError as exc:
+            log.error("cannot spool an upload: %s", exc)
+            raise ServiceUnavailableError(
+                "the upload cannot be stored for forwarding right now; "
+                "send model before file to stream it instead",
+                code="spool_unavailable",
+            ) from exc
         return spool
 
 

@@ -45,7 +45,7 @@ def test_bifrost_shape(tmp_path: Path) -> None:
                         "network_config": {"base_url": "https://api.groq.com/openai/"},
                     },
                 },
-                "proxy": {"max_fields": 10, "max_field_bytes": 100, "spool_dir": "/var/tmp"},
+                "proxy": {"max_fields": 10, "max_field_bytes": 100, "spool_dir": str(tmp_path)},
             },
         ),
         {"OPENAI_API_KEY": "sk-from-env"},
@@ -65,7 +65,7 @@ def test_bifrost_shape(tmp_path: Path) -> None:
     assert groq.lists("whisper-large-v3")
     assert not groq.lists("whisper-1")
     assert config.proxy.max_fields == 10
-    assert config.proxy.spool_dir == "/var/tmp"
+    assert config.proxy.spool_dir == str(tmp_path)
 
 
 def test_secret_values_are_not_in_repr() -> None:
@@ -109,6 +109,10 @@ def test_secret_values_are_not_in_repr() -> None:
             "providers.openai.send_back_raw_response: expected true or false, got a string",
         ),
         ({"providers": []}, "providers: expected an object, got an array"),
+        (
+            {"proxy": {"spool_dir": "/nonexistent/spool"}},
+            "proxy.spool_dir: /nonexistent/spool is not a writable directory",
+        ),
         ([], ": expected an object, got an array"),
     ],
 )

@@ -497,3 +497,23 @@ async def test_unknown_expectation(proxy: TestServer, upstream: FakeUpstream) ->
     assert status == 417
     assert_error(body, status=417, code="expectation_failed")
     assert upstream.requests == []
+
+
+async def test_spool_failure_is_a_clear_503(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tmp_path: Any
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    config = provider_config(upstream)
+    config["proxy"] = {"spool_dir": str(spool_dir)}
+    server = await make_proxy(config)
+    spool_dir.rmdir()  # gone after start-up, as when a volume is unmounted
+    status, body, _ = await post(server, form(("file", b"RIFF"), ("model", "whisper-1")))
+    assert status == 503
+    message = assert_error(
+        body, status=503, code="spool_unavailable", error_type="api_error", bifrost=True
+    )
+    assert "model before file" in message
+    # Streaming needs no spool and still works.
+    status, _, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
+    assert status == 200
