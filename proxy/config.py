@@ -97,6 +97,8 @@ class ProxySettings:
     spool_dir: str | None = None
     max_fields: int = 64
     max_field_bytes: int = 64 * 1024
+    #: Seconds of upstream silence after which a stream gets a comment line.
+    sse_keepalive_s: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,7 @@ def _proxy(section: _Section) -> ProxySettings:
         spool_dir=spool_dir,
         max_fields=section.integer("max_fields", 64, minimum=1),
         max_field_bytes=section.integer("max_field_bytes", 64 * 1024, minimum=1),
+        sse_keepalive_s=section.number("sse_keepalive_s", 15.0, positive=True),
     )
     section.warn_unused()
     return settings

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
 
 from .errors import BadGatewayError, InvalidRequestError
-from .fields import first_value, forwarded
-from .keys import FACTS_KEY, LIMITS_KEY, ROUTER_KEY
-from .models import AudioSource, FormField, TranscriptDone, UpstreamCall
+from .fields import first_value, forwarded, parse_stream
+from .keys import CONFIG_KEY, FACTS_KEY, LIMITS_KEY, ROUTER_KEY
+from .models import AudioSource, FormField, TranscriptDone, TranscriptEvent, UpstreamCall
+from .relay import STREAM_REQUEST_TYPE, relay
 from .responses import json_response, transcription_response
 from .upload import FormReader
 
@@ -36,12 +37,25 @@ async def create_transcription(request: web.Request) -> web.StreamResponse:
         if requested is None:
             raise _missing("model")
         facts.model_requested = requested
+        if _wants_stream(form.fields):
+            facts.request_type = STREAM_REQUEST_TYPE
         route = router.resolve(requested)
         facts.provider = route.provider.name
         facts.model_deployment = route.model
         call = UpstreamCall(model=route.model, fields=form.fields, audio=form.audio)
-        done = await _final_answer(route.provider.transcribe(call))
-    fields = form.all_fields()
+        events = route.provider.transcribe(call)
+        async with aclosing(events):
+            # Until the first event, a failure is an ordinary JSON error with
+            # its own status. By then the whole form has been read, so a
+            # stream field sent after the file counts too.
+            first = await anext(events, None)
+            if first is None:
+                raise BadGatewayError("the provider ended without an answer")
+            fields = form.all_fields()
+            if _wants_stream(fields):
+                keepalive_s = request.app[CONFIG_KEY].proxy.sse_keepalive_s
+                return await relay(request, first, events, facts, keepalive_s=keepalive_s)
+            done = first if isinstance(first, TranscriptDone) else await _final_answer(events)
     return transcription_response(
         done,
         facts,
@@ -57,18 +71,20 @@ async def create_transcription(request: web.Request) -> web.StreamResponse:
     )
 
 
+def _wants_stream(fields: Sequence[FormField]) -> bool:
+    return parse_stream(first_value(fields, "stream") or "false")
+
+
 def _missing(name: str) -> InvalidRequestError:
     return InvalidRequestError(f"{name} is required", code="missing_required_field", param=name)
 
 
-async def _final_answer(events: AsyncGenerator[TranscriptDone, None]) -> TranscriptDone:
-    done: TranscriptDone | None = None
-    async with aclosing(events):
-        async for event in events:
-            done = event
-    if done is None:
-        raise BadGatewayError("the provider ended without an answer")
-    return done
+async def _final_answer(events: AsyncIterator[TranscriptEvent]) -> TranscriptDone:
+    """The answer at the end of ``events``; the deltas before it are not needed."""
+    async for event in events:
+        if isinstance(event, TranscriptDone):
+            return event
+    raise BadGatewayError("the upstream stream ended before the transcript was done")
 
 
 def _header_is_true(request: web.Request, name: str) -> bool:

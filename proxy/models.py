@@ -50,6 +50,17 @@ class UpstreamCall:
 
 
 @dataclass(frozen=True)
+class TranscriptDelta:
+    """A piece of the transcript as it is produced: an OpenAI-shaped stream event.
+
+    ``event["type"]`` is ``transcript.text.delta`` (with ``delta`` and
+    perhaps ``logprobs``) or ``transcript.text.segment``.
+    """
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class TranscriptDone:
     """The upstream's complete answer.
 
@@ -60,6 +71,9 @@ class TranscriptDone:
     raw: bytes
     document: dict[str, Any] | None = None
     text: str | None = None
+
+
+TranscriptEvent = TranscriptDelta | TranscriptDone
 
 
 @dataclass

@@ -37,6 +37,7 @@ def assert_error(
     param: str | None = None,
     error_type: str = "invalid_request_error",
     bifrost: bool = False,
+    request_type: str = "transcription",
 ) -> str:
     """Check the whole error shape; return the message."""
     assert set(document) == {
@@ -56,7 +57,7 @@ def assert_error(
     assert error["code"] == code
     assert error["param"] == param
     assert error["event_id"] == document["event_id"]
-    assert document["extra_fields"]["request_type"] == "transcription"
+    assert document["extra_fields"]["request_type"] == request_type
     message = error["message"]
     assert isinstance(message, str)
     assert message
@@ -119,12 +120,27 @@ async def test_invalid_field_after_streaming_file_aborts_upstream(
     assert not upstream.last.complete
 
 
-@pytest.mark.parametrize("value", ["true", "True", "FALSE", "false"])
-async def test_stream_accepts_true_false_in_any_case(proxy: TestServer, value: str) -> None:
-    status, _, _ = await post(
-        proxy, form(("model", "whisper-1"), ("stream", value), ("file", b"RIFF"))
-    )
-    assert status == 200
+@pytest.mark.parametrize(
+    ("value", "content_type"),
+    [
+        ("true", "text/event-stream"),
+        ("True", "text/event-stream"),
+        ("FALSE", "application/json"),
+        ("false", "application/json"),
+    ],
+)
+async def test_stream_accepts_true_false_in_any_case(
+    proxy: TestServer, value: str, content_type: str
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{base_url(proxy)}{URL}",
+            data=form(("model", "whisper-1"), ("stream", value), ("file", b"RIFF")),
+        ) as response,
+    ):
+        assert response.status == 200
+        assert response.content_type == content_type
 
 
 async def test_duplicate_singular_field(proxy: TestServer) -> None:

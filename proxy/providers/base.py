@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
-from ..models import TranscriptDone, UpstreamCall
+from ..models import TranscriptEvent, UpstreamCall
 
 
 class Provider(Protocol):
@@ -31,5 +31,5 @@ class Provider(Protocol):
     def serves(self, model: str) -> bool:
         """Whether the provider has a key that may be used for ``model``."""
 
-    def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptDone, None]:
+    def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptEvent, None]:
         """Send ``call`` upstream and yield what comes back."""

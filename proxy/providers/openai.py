@@ -6,15 +6,17 @@ key, so one adapter serves them all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
 import aiohttp
 import orjson
 
 from ..config import ProviderConfig
 from ..errors import BadGatewayError, GatewayTimeoutError, InvalidRequestError, UpstreamError
-from ..models import TranscriptDone, UpstreamCall
+from ..models import TranscriptDone, TranscriptEvent, UpstreamCall
 from ..multipart import UpstreamBody
+from ..sse import read_events
+from ..transcripts import StreamTranslator
 
 #: A transcript is text; an answer larger than this is not one.
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
@@ -61,7 +63,7 @@ class OpenAICompatibleProvider:
             )
         return keys[0].value if keys else None
 
-    async def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptDone, None]:
+    async def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptEvent, None]:
         key = self._key_for(call.model)
         body = UpstreamBody(call)
         headers = {aiohttp.hdrs.CONTENT_TYPE: body.content_type}
@@ -73,10 +75,14 @@ class OpenAICompatibleProvider:
             async with self._session.post(
                 self._url, data=body.stream(), headers=headers, timeout=self._timeout
             ) as response:
-                raw = await _read_capped(response)
                 if response.status >= 400:
+                    raw = await _read_capped(response)
                     raise upstream_error(response.status, raw, response.headers, secret=key)
-                yield parse_answer(response.content_type, raw)
+                if response.content_type == "text/event-stream":
+                    async for event in _stream_events(response):
+                        yield event
+                    return
+                yield parse_answer(response.content_type, await _read_capped(response))
         except aiohttp.ClientError as exc:
             # A failure on the client's side of the body surfaces here as a
             # broken upstream request; the real cause is what the client sees.
@@ -87,6 +93,20 @@ class OpenAICompatibleProvider:
             raise GatewayTimeoutError(
                 f"provider {self.name} did not answer in time", retryable=True
             ) from exc
+
+
+async def _stream_events(response: aiohttp.ClientResponse) -> AsyncIterator[TranscriptEvent]:
+    """The transcript events of an upstream event stream, each as soon as it arrives."""
+    translator = StreamTranslator()
+    try:
+        async for data in read_events(response.content):
+            for event in translator.feed(data):
+                yield event
+            if translator.done is not None:
+                return
+    except ValueError as exc:  # an over-long line or event
+        raise BadGatewayError(f"the upstream stream is malformed: {exc}") from exc
+    raise BadGatewayError("the upstream stream ended before the transcript was done")
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:

@@ -1,0 +1,120 @@
+"""Relaying a provider's transcript events to the client as server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from .errors import BadGatewayError, ProxyError, error_body
+from .models import RequestFacts, TranscriptDelta, TranscriptDone, TranscriptEvent
+from .sse import EventStream
+from .transcripts import deltas_of, done_event
+
+STREAM_REQUEST_TYPE = "transcription_stream"
+
+
+class _Chunks:
+    """Tags each event with ``extra_fields``, numbering them as they are sent."""
+
+    def __init__(self, stream: EventStream, facts: RequestFacts) -> None:
+        self._stream = stream
+        self._facts = facts
+        self._index = 0
+        self.last_sent = facts.started
+
+    async def send(self, event: Mapping[str, Any], *, final: bool = False) -> None:
+        now = time.monotonic()
+        # ms since the previous chunk; the done chunk says how long it all took.
+        since = self._facts.started if final else self.last_sent
+        facts = self._facts
+        await self._stream.send(
+            {
+                **event,
+                "extra_fields": {
+                    "request_type": STREAM_REQUEST_TYPE,
+                    "provider": facts.provider,
+                    "model_requested": facts.model_requested,
+                    "model_deployment": facts.model_deployment,
+                    "latency": int((now - since) * 1000),
+                    "chunk_index": self._index,
+                },
+            }
+        )
+        self._index += 1
+        self.last_sent = time.monotonic()
+
+
+async def relay(
+    request: web.Request,
+    first: TranscriptEvent,
+    rest: AsyncIterator[TranscriptEvent],
+    facts: RequestFacts,
+    *,
+    keepalive_s: float,
+) -> web.StreamResponse:
+    """Send ``first`` and then ``rest`` as they arrive, ending with ``[DONE]``.
+
+    The response is committed with the first event, so a failure after it is
+    sent as one event carrying the error body, then ``[DONE]``.
+    """
+    facts.request_type = STREAM_REQUEST_TYPE
+    stream = EventStream(request)
+    await stream.open()
+    chunks = _Chunks(stream, facts)
+    keepalive = asyncio.create_task(_keep_alive(stream, keepalive_s))
+    try:
+        try:
+            await _send_all(chunks, first, rest)
+        except ProxyError as exc:
+            await stream.send(
+                error_body(
+                    exc,
+                    provider=facts.provider,
+                    model_requested=facts.model_requested,
+                    request_type=STREAM_REQUEST_TYPE,
+                )
+            )
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await keepalive
+        await stream.close()
+    except ConnectionError:
+        pass  # the client is gone; the caller closes the upstream stream
+    return stream.response
+
+
+async def _send_all(
+    chunks: _Chunks, first: TranscriptEvent, rest: AsyncIterator[TranscriptEvent]
+) -> None:
+    event: TranscriptEvent | None = first
+    sent_delta = False
+    while event is not None:
+        if isinstance(event, TranscriptDone):
+            if not sent_delta:
+                # The upstream answered whole (it ignores stream=true): its
+                # answer becomes deltas, so the stream is never empty.
+                for delta in deltas_of(event):
+                    await chunks.send(delta.event)
+            await chunks.send(done_event(event), final=True)
+            return
+        assert isinstance(event, TranscriptDelta)
+        await chunks.send(event.event)
+        sent_delta = True
+        event = await anext(rest, None)
+    raise BadGatewayError("the upstream stream ended before the transcript was done")
+
+
+async def _keep_alive(stream: EventStream, interval: float) -> None:
+    """Write a comment whenever nothing has been written for ``interval`` seconds."""
+    while True:
+        idle = time.monotonic() - stream.last_write
+        if idle >= interval:
+            await stream.keepalive()
+            idle = 0.0
+        await asyncio.sleep(interval - idle)
