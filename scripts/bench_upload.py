@@ -13,30 +13,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import socket
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from benchlib import (
+    PeakRss,
+    cpu_seconds,
+    disk_write_bytes,
+    free_port,
+    proxy_in_front_of,
+    rss_kib,
+    running,
+)
 
 MIB = 1024 * 1024
 BOUNDARY = "bench-boundary-5d41402abc4b2a76"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- the fake upstream (runs as a child process) -------------------------------------------
@@ -54,54 +51,6 @@ def run_upstream(port: int) -> None:
     app = web.Application(client_max_size=1 << 40)
     app.router.add_post("/v1/audio/transcriptions", _sink)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-# --- measuring a process from outside -------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def disk_write_bytes(pid: int) -> int:
-    """Bytes the process dirtied in files (counted when written, not at writeback)."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    return 0
-
-
-class PeakRss:
-    """Samples a process's RSS every few milliseconds while in use."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak_kib = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _sample(self) -> None:
-        while True:
-            self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
-            await asyncio.sleep(0.002)
-
-    async def __aenter__(self) -> PeakRss:
-        self.peak_kib = rss_kib(self.pid)
-        self._task = asyncio.create_task(self._sample())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
 
 
 # --- the client ------------------------------------------------------------------------------
@@ -164,64 +113,14 @@ class SizeResult:
     proxy_cpu_s_per_gib: float
 
 
-async def wait_until_up(url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(url) as response:
-                    if response.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
-
-
 async def bench(args: argparse.Namespace) -> None:
-    upstream_port, proxy_port = free_port(), free_port()
-    children: list[asyncio.subprocess.Process] = []
-    with tempfile.TemporaryDirectory() as scratch:
-        config = Path(scratch) / "proxy.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "client": {"max_request_body_size_mb": 1 << 20},
-                    "providers": {
-                        "openai": {
-                            "keys": [{"value": "sk-bench"}],
-                            "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
-                        }
-                    },
-                }
-            )
-        )
-        try:
-            children.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable, __file__, "upstream", "--port", str(upstream_port)
-                )
-            )
-            proxy = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "proxy",
-                "--port",
-                str(proxy_port),
-                "--config",
-                str(config),
-                "--log-level",
-                "WARNING",
-                cwd=ROOT,
-            )
-            children.append(proxy)
-            await wait_until_up(f"http://127.0.0.1:{upstream_port}/")
-            await wait_until_up(f"http://127.0.0.1:{proxy_port}/health")
-            await run_measurements(args, upstream_port, proxy_port, proxy.pid)
-        finally:
-            for child in children:
-                child.terminate()
-            for child in children:
-                await asyncio.wait_for(child.wait(), 10)
+    upstream_port = free_port()
+    upstream = (sys.executable, __file__, "upstream", "--port", str(upstream_port))
+    async with (
+        running(*upstream, up=f"http://127.0.0.1:{upstream_port}/"),
+        proxy_in_front_of(upstream_port) as (proxy_port, proxy),
+    ):
+        await run_measurements(args, upstream_port, proxy_port, proxy.pid)
 
 
 async def run_measurements(

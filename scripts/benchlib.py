@@ -1,0 +1,124 @@
+"""What the benchmarks share: ports, measuring a process from outside, starting the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def disk_write_bytes(pid: int) -> int:
+    """Bytes the process dirtied in files (counted when written, not at writeback)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+class PeakRss:
+    """Samples a process's RSS every few milliseconds while in use."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+            await asyncio.sleep(0.002)
+
+    async def __aenter__(self) -> PeakRss:
+        self.peak_kib = rss_kib(self.pid)
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+
+
+async def wait_until_up(url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(url) as response:
+                    if response.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@asynccontextmanager
+async def running(*command: str, up: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A child process, once ``up`` answers; terminated on the way out."""
+    process = await asyncio.create_subprocess_exec(*command, cwd=ROOT)
+    try:
+        await wait_until_up(up)
+        yield process
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 10)
+
+
+@asynccontextmanager
+async def proxy_in_front_of(
+    upstream_port: int, **settings: Any
+) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
+    """``python -m proxy`` with one OpenAI-compatible provider at ``upstream_port``."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as scratch:
+        config = Path(scratch) / "proxy.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "client": {"max_request_body_size_mb": 1 << 20},
+                    "providers": {
+                        "openai": {
+                            "keys": [{"value": "sk-bench"}],
+                            "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
+                        }
+                    },
+                    "proxy": settings,
+                }
+            )
+        )
+        command = (sys.executable, "-m", "proxy", "--port", str(port), "--config", str(config))
+        async with running(
+            *command, "--log-level", "WARNING", up=f"http://127.0.0.1:{port}/health"
+        ) as process:
+            yield port, process
