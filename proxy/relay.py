@@ -13,7 +13,7 @@ from aiohttp import web
 from .errors import BadGatewayError, ProxyError, error_body
 from .models import RequestFacts, TranscriptDelta, TranscriptDone, TranscriptEvent
 from .sse import EventStream
-from .transcripts import deltas_of, done_event
+from .transcripts import DELTA, deltas_of, done_event
 
 STREAM_REQUEST_TYPE = "transcription_stream"
 
@@ -100,14 +100,23 @@ async def _send_all(
                 # The upstream answered whole (it ignores stream=true): its
                 # answer becomes deltas, so the stream is never empty.
                 for delta in deltas_of(event):
-                    await chunks.send(delta.event)
+                    await chunks.send(_bifrost_delta(delta.event))
             await chunks.send(done_event(event), final=True)
             return
         assert isinstance(event, TranscriptDelta)
-        await chunks.send(event.event)
+        await chunks.send(_bifrost_delta(event.event))
         sent_delta = True
         event = await anext(rest, None)
     raise BadGatewayError("the upstream stream ended before the transcript was done")
+
+
+def _bifrost_delta(event: dict[str, Any]) -> dict[str, Any]:
+    """Bifrost's delta chunks carry ``text`` (empty until the done chunk); OpenAI's omit it."""
+    if event.get("type") != DELTA or "text" in event:
+        return event
+    shaped = {"type": event["type"], "delta": event.get("delta", ""), "text": ""}
+    shaped.update(event)
+    return shaped
 
 
 async def _keep_alive(stream: EventStream, interval: float) -> None:

@@ -128,10 +128,11 @@ async def test_raw_framing_byte_for_byte(proxy: TestServer, upstream: FakeUpstre
         # One data line per event, no event: line, compact JSON.
         assert frame == b"data: " + orjson.dumps(event)
     assert [list(e) for e in events] == [
-        ["type", "delta", "logprobs", "extra_fields"],
-        ["type", "delta", "logprobs", "extra_fields"],
+        ["type", "delta", "text", "logprobs", "extra_fields"],
+        ["type", "delta", "text", "logprobs", "extra_fields"],
         ["type", "text", "usage", "extra_fields"],
     ]
+    assert events[0]["text"] == ""
     assert list(events[0]["extra_fields"]) == [
         "request_type",
         "provider",
