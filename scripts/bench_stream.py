@@ -22,7 +22,7 @@ import time
 import aiohttp
 import orjson
 from aiohttp import web
-from benchlib import PeakRss, free_port, proxy_in_front_of, rss_kib, running
+from benchlib import PeakRss, free_port, main, percentile, proxy_in_front_of, rss_kib, running
 
 PATH = "/v1/audio/transcriptions"
 BOUNDARY = "bench-stream-boundary"
@@ -97,10 +97,6 @@ async def stream_delays(
     return delays
 
 
-def percentile(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100)[q - 1]
-
-
 async def bench(args: argparse.Namespace) -> None:
     upstream_port = free_port()
     upstream = (sys.executable, __file__, "upstream", "--port", str(upstream_port))
@@ -152,24 +148,13 @@ async def concurrent_streams(args: argparse.Namespace, url: str, proxy_pid: int)
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="role")
-    up = sub.add_parser("upstream", help="run only the fake upstream (used by the benchmark)")
-    up.add_argument("--port", type=int, required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--streams", type=int, default=10, help="streams per path (10)")
     parser.add_argument("--events", type=int, default=200, help="deltas per stream (200)")
     parser.add_argument("--interval-ms", type=int, default=5, help="between deltas (5)")
     parser.add_argument("--concurrent", type=int, default=1000, help="streams open at once (1000)")
     parser.add_argument("--hold-s", type=int, default=5, help="how long each stays open (5)")
-    args = parser.parse_args()
-    if args.role == "upstream":
-        run_upstream(args.port)
-    else:
-        asyncio.run(bench(args))
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, add_arguments, run_upstream, bench)

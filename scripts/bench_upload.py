@@ -12,7 +12,6 @@ reported as ratios against the direct baseline measured in the same run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
@@ -27,6 +26,8 @@ from benchlib import (
     cpu_seconds,
     disk_write_bytes,
     free_port,
+    main,
+    percentile,
     proxy_in_front_of,
     rss_kib,
     running,
@@ -206,30 +207,19 @@ async def small_requests(
             timings[url].append(await upload(session, url, size) * 1000)
     d50 = statistics.median(timings[direct])
     p50 = statistics.median(timings[proxied])
-    d99 = statistics.quantiles(timings[direct], n=100)[98]
-    p99 = statistics.quantiles(timings[proxied], n=100)[98]
+    d99 = percentile(timings[direct], 99)
+    p99 = percentile(timings[proxied], 99)
     return (
         f"10 KB requests ({count} each): direct p50 {d50:.2f} ms, proxied p50 {p50:.2f} ms "
         f"(+{p50 - d50:.2f} ms); direct p99 {d99:.2f} ms, proxied p99 {p99:.2f} ms"
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="role")
-    up = sub.add_parser("upstream", help="run only the fake upstream (used by the benchmark)")
-    up.add_argument("--port", type=int, required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="1,100,1024", help="upload sizes in MiB (1,100,1024)")
     parser.add_argument("--repeat", type=int, default=5, help="uploads per size and path (5)")
     parser.add_argument("--small", type=int, default=500, help="10 KB requests per path (500)")
-    args = parser.parse_args()
-    if args.role == "upstream":
-        run_upstream(args.port)
-    else:
-        asyncio.run(bench(args))
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, add_arguments, run_upstream, bench)

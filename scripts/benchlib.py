@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import socket
+import statistics
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -122,3 +124,27 @@ async def proxy_in_front_of(
             *command, "--log-level", "WARNING", up=f"http://127.0.0.1:{port}/health"
         ) as process:
             yield port, process
+
+
+def percentile(values: list[float], q: int) -> float:
+    """The ``q``-th percentile of ``values``."""
+    return statistics.quantiles(values, n=100)[q - 1]
+
+
+def main(
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run_upstream: Callable[[int], None],
+    bench: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+) -> None:
+    """A benchmark's command line: ``upstream --port N`` runs its fake upstream only."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="role")
+    upstream = sub.add_parser("upstream", help="run only the fake upstream (used by the benchmark)")
+    upstream.add_argument("--port", type=int, required=True)
+    add_arguments(parser)
+    args = parser.parse_args()
+    if args.role == "upstream":
+        run_upstream(args.port)
+    else:
+        asyncio.run(bench(args))
