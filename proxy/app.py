@@ -27,6 +27,12 @@ TRANSCRIPTION_PATHS = (
     "/openai/v1/audio/transcriptions",
     "/openai/audio/transcriptions",
 )
+#: Where the AzureOpenAI SDK lands with azure_endpoint=http://host:port/openai
+#: and with azure_endpoint=http://host:port.
+AZURE_TRANSCRIPTION_PATHS = (
+    "/openai/openai/deployments/{deployment_id}/audio/transcriptions",
+    "/openai/deployments/{deployment_id}/audio/transcriptions",
+)
 
 #: Keyword arguments for aiohttp's server. A handler is cancelled the moment
 #: its client goes away, so the upstream request it holds is aborted at once.
@@ -45,11 +51,17 @@ def create_app(config: Config) -> web.Application:
         max_fields=config.proxy.max_fields,
         max_field_bytes=config.proxy.max_field_bytes,
         spool_dir=config.proxy.spool_dir,
+        max_spool_bytes=config.proxy.max_spool_mb * 1024 * 1024,
     )
     app.cleanup_ctx.append(_upstream_session)
     app.router.add_get("/health", handlers.health)
+    app.router.add_get("/v1/models", handlers.list_models)
     for path in TRANSCRIPTION_PATHS:
         app.router.add_post(path, handlers.create_transcription, expect_handler=expect_continue)
+    for path in AZURE_TRANSCRIPTION_PATHS:
+        app.router.add_post(
+            path, handlers.create_azure_transcription, expect_handler=expect_continue
+        )
     return app
 
 
@@ -59,9 +71,12 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         app[SESSION_KEY] = session
+        config = app[CONFIG_KEY]
         providers = {
-            name: create_provider(provider, session)
-            for name, provider in app[CONFIG_KEY].providers.items()
+            name: create_provider(
+                provider, session, timeout_per_mib_s=config.proxy.timeout_per_mib_s
+            )
+            for name, provider in config.providers.items()
         }
         if not providers:
             log.warning("no provider is configured: transcription requests will be refused")

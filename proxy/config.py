@@ -18,10 +18,8 @@ import orjson
 
 log = logging.getLogger(__name__)
 
-ProviderKind = Literal["openai"]
-
-#: Provider names that are OpenAI-compatible without saying so in config.
-_OPENAI_COMPATIBLE_NAMES = frozenset({"openai"})
+ProviderKind = Literal["openai", "azure"]
+_KINDS: tuple[ProviderKind, ...] = ("openai", "azure")
 
 MIB = 1024 * 1024
 
@@ -31,22 +29,40 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class AzureKeyConfig:
+    """Where an Azure OpenAI key is used: its resource and its deployments."""
+
+    endpoint: str
+    api_version: str
+    #: Model name -> deployment name; a model not listed is its own deployment.
+    deployments: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class KeyConfig:
     """One upstream credential and the models it may be used for."""
 
     value: str = field(repr=False)
     name: str = ""
-    #: Empty or ``["*"]``: every model.
+    #: Empty or ``["*"]``: every model (for Azure: every deployment listed).
     models: tuple[str, ...] = ()
     weight: float = 1.0
+    azure: AzureKeyConfig | None = None
 
     def serves(self, model: str) -> bool:
         """Whether this key may be used for ``model``."""
+        if self.azure is not None and not self.models:
+            return not self.azure.deployments or model in self.azure.deployments
         return not self.models or "*" in self.models or model in self.models
 
     def lists(self, model: str) -> bool:
         """Whether this key names ``model`` explicitly (not through ``*``)."""
-        return model in self.models
+        return model in self.models or (self.azure is not None and model in self.azure.deployments)
+
+    def listed_models(self) -> tuple[str, ...]:
+        """The models this key names explicitly."""
+        deployments = tuple(self.azure.deployments) if self.azure is not None else ()
+        return tuple(dict.fromkeys(m for m in (*self.models, *deployments) if m != "*"))
 
 
 @dataclass(frozen=True)
@@ -95,10 +111,15 @@ class ProxySettings:
     """Our own settings, which Bifrost's file has no place for."""
 
     spool_dir: str | None = None
+    #: Largest upload recorded for a retry or fallback.
+    max_spool_mb: int = 1024
     max_fields: int = 64
     max_field_bytes: int = 64 * 1024
     #: Seconds of upstream silence after which a stream gets a comment line.
     sse_keepalive_s: float = 15.0
+    #: Added to an upstream's timeout for each MiB uploaded: longer audio
+    #: takes longer to transcribe before the first byte of the answer.
+    timeout_per_mib_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -147,7 +168,7 @@ class _Section:
         where = self._where(key)
         return [_Section(f"{where}[{i}]", item, self.environ) for i, item in enumerate(value)]
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         return list(self._data)
 
     def string(self, key: str, default: str | None = None) -> str | None:
@@ -243,7 +264,7 @@ def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Confi
     client = _client(root.section("client"))
     providers: dict[str, ProviderConfig] = {}
     providers_section = root.section("providers")
-    for name in providers_section.keys():  # noqa: SIM118 (a _Section, not a dict)
+    for name in providers_section.names():
         provider = _provider(name, providers_section.section(name))
         if provider is not None:
             providers[name] = provider
@@ -270,6 +291,8 @@ def _proxy(section: _Section) -> ProxySettings:
         raise ConfigError(f"{section.path}.spool_dir: {spool_dir} is not a writable directory")
     settings = ProxySettings(
         spool_dir=spool_dir,
+        max_spool_mb=section.integer("max_spool_mb", 1024, minimum=0),
+        timeout_per_mib_s=section.number("timeout_per_mib_s", 2.0),
         max_fields=section.integer("max_fields", 64, minimum=1),
         max_field_bytes=section.integer("max_field_bytes", 64 * 1024, minimum=1),
         sse_keepalive_s=section.number("sse_keepalive_s", 15.0, positive=True),
@@ -287,15 +310,19 @@ def _provider(name: str, section: _Section) -> ProviderConfig | None:
         return None
     network = section.section("network_config")
     base_url = network.string("base_url", DEFAULT_BASE_URLS.get(name))
-    if not base_url:
+    if not base_url and kind == "openai":
         raise ConfigError(f"{network.path}.base_url: required for provider {name!r}")
-    keys = tuple(_key(key) for key in section.sections("keys"))
+    keys = tuple(_key(key, kind) for key in section.sections("keys"))
+    if kind == "azure" and not keys:
+        raise ConfigError(
+            f"{section.path}.keys: an Azure provider needs a key with azure_key_config"
+        )
     provider = ProviderConfig(
         name=name,
         kind=kind,
         keys=keys,
         network=NetworkConfig(
-            base_url=base_url.rstrip("/"),
+            base_url=(base_url or "").rstrip("/"),
             max_retries=network.integer("max_retries", 0),
             retry_backoff_initial_ms=network.integer("retry_backoff_initial", 500),
             retry_backoff_max_ms=network.integer("retry_backoff_max", 5000),
@@ -314,29 +341,46 @@ def _provider_kind(name: str, section: _Section) -> ProviderKind | None:
     custom = section.section("custom_provider_config")
     base_type = custom.string("base_provider_type")
     custom.warn_unused()
-    if base_type is None and name in _OPENAI_COMPATIBLE_NAMES:
-        return "openai"
-    if base_type == "openai":
-        return "openai"
-    if base_type is not None:
-        raise ConfigError(
-            f"{custom.path}.base_provider_type: unsupported value {base_type!r} (supported: openai)"
-        )
-    return None
+    if base_type is None:
+        return name if name in _KINDS else None
+    if base_type in _KINDS:
+        return base_type
+    supported = ", ".join(_KINDS)
+    raise ConfigError(
+        f"{custom.path}.base_provider_type: unsupported value {base_type!r} "
+        f"(supported: {supported})"
+    )
 
 
-def _key(section: _Section) -> KeyConfig:
+def _key(section: _Section, kind: ProviderKind) -> KeyConfig:
     value = section.string("value")
     if value is None:
         raise ConfigError(f"{section.path}.value: required")
+    azure = _azure_key(section.section("azure_key_config")) if kind == "azure" else None
     key = KeyConfig(
         value=value,
         name=section.string("name", "") or "",
         models=section.strings("models"),
         weight=section.number("weight", 1.0, positive=True),
+        azure=azure,
     )
     section.warn_unused()
     return key
+
+
+def _azure_key(section: _Section) -> AzureKeyConfig:
+    endpoint = section.string("endpoint")
+    if not endpoint:
+        raise ConfigError(f"{section.path}.endpoint: required for an Azure key")
+    deployments = section.section("deployments")
+    mapping = {model: deployments.string(model) or model for model in deployments.names()}
+    config = AzureKeyConfig(
+        endpoint=endpoint.rstrip("/"),
+        api_version=section.string("api_version", "2024-10-21") or "2024-10-21",
+        deployments=mapping,
+    )
+    section.warn_unused()
+    return config
 
 
 def _default_config(environ: Mapping[str, str]) -> Config:

@@ -41,6 +41,8 @@ class ProxyError(Exception):
         self.param = param
         self.retryable = retryable
         self.headers: dict[str, str] = dict(headers or {})
+        #: The attempts made before the request gave up, when it tried several.
+        self.attempts: list[dict[str, Any]] = []
 
     @property
     def status_code(self) -> int:
@@ -135,12 +137,13 @@ class UpstreamError(ProxyError):
         code: str | None = None,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(
             message,
             code=code,
             param=param,
-            retryable=status == 429 or status >= 500,
+            retryable=status == 429 or status >= 500 if retryable is None else retryable,
             headers=headers,
         )
         self._status = status
@@ -212,6 +215,8 @@ def error_body(
         extra_fields["provider"] = provider
     if model_requested is not None:
         extra_fields["model_requested"] = model_requested
+    if len(error.attempts) > 1:
+        extra_fields["attempts"] = error.attempts
     return {
         "event_id": event_id,
         "type": error.type,

@@ -6,6 +6,8 @@ import math
 import re
 from collections.abc import Sequence
 
+import orjson
+
 from .errors import InvalidRequestError
 from .models import FormField
 
@@ -47,6 +49,8 @@ def validate_field(field: FormField) -> None:
             raise InvalidRequestError(
                 f"language must be an ISO-639-1 code such as 'en'; got {value!r}", param=name
             )
+    elif name in PROXY_ONLY_FIELDS:
+        parse_fallbacks(field)
     elif (
         name in ("timestamp_granularities[]", "timestamp_granularities")
         and value not in TIMESTAMP_GRANULARITIES
@@ -85,3 +89,25 @@ def first_value(fields: Sequence[FormField], name: str) -> str | None:
 def forwarded(fields: Sequence[FormField]) -> list[FormField]:
     """The fields passed upstream as sent: all but ``model`` and the proxy's own."""
     return [f for f in fields if f.name != "model" and f.name not in PROXY_ONLY_FIELDS]
+
+
+def parse_fallbacks(field: FormField) -> list[str]:
+    """A ``fallbacks`` field's ``provider/model`` values: one, or a JSON array of them."""
+    value = field.value.strip()
+    if not value.startswith("["):
+        return [value] if value else []
+    try:
+        values = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        values = None
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        raise InvalidRequestError(
+            f"{field.name} must be provider/model values or a JSON array of them; got {value!r}",
+            param="fallbacks",
+        )
+    return values
+
+
+def fallbacks_of(fields: Sequence[FormField]) -> list[str]:
+    """Every fallback the client asked for, in order."""
+    return [v for f in fields if f.name in PROXY_ONLY_FIELDS for v in parse_fallbacks(f)]

@@ -9,11 +9,12 @@ from typing import Any
 from aiohttp import web
 
 from .errors import BadGatewayError, InvalidRequestError
-from .fields import first_value, forwarded, parse_stream
+from .fields import fallbacks_of, first_value, forwarded, parse_stream
 from .keys import CONFIG_KEY, FACTS_KEY, LIMITS_KEY, ROUTER_KEY
-from .models import AudioSource, FormField, TranscriptDone, TranscriptEvent, UpstreamCall
+from .models import AudioSource, FormField, TranscriptDone, TranscriptEvent
 from .relay import STREAM_REQUEST_TYPE, relay
 from .responses import json_response, transcription_response
+from .router import Dispatch, may_retry
 from .upload import FormReader
 
 RAW_REQUEST_HEADER = "x-bf-send-back-raw-request"
@@ -27,23 +28,39 @@ async def health(request: web.Request) -> web.Response:
 
 async def create_transcription(request: web.Request) -> web.StreamResponse:
     """``POST /v1/audio/transcriptions`` and its OpenAI-integration aliases."""
+    return await _transcribe(request, deployment=None)
+
+
+async def create_azure_transcription(request: web.Request) -> web.StreamResponse:
+    """The Azure OpenAI integration: the deployment in the path names the model.
+
+    It wins over any ``model`` field (the Azure SDK sends one too), and the
+    client's ``api-version`` is not passed on: the upstream gets the one its
+    provider is configured with.
+    """
+    return await _transcribe(request, deployment=request.match_info["deployment_id"])
+
+
+async def _transcribe(request: web.Request, *, deployment: str | None) -> web.StreamResponse:
     facts = request[FACTS_KEY]
     router = request.app[ROUTER_KEY]
-    async with FormReader(request, request.app[LIMITS_KEY]) as reader:
+    routing_fields = ("model",) if deployment is None else ()
+    async with FormReader(request, request.app[LIMITS_KEY], routing_fields) as reader:
         form = await reader.read()
         if form.audio is None:
             raise _missing("file")
-        requested = first_value(form.fields, "model")
+        requested = deployment or first_value(form.fields, "model")
         if requested is None:
             raise _missing("model")
         facts.model_requested = requested
         if _wants_stream(form.fields):
             facts.request_type = STREAM_REQUEST_TYPE
-        route = router.resolve(requested)
-        facts.provider = route.provider.name
-        facts.model_deployment = route.model
-        call = UpstreamCall(model=route.model, fields=form.fields, audio=form.audio)
-        events = route.provider.transcribe(call)
+        routes = router.plan(requested, fallbacks_of(form.fields))
+        facts.provider = routes[0].provider.name
+        if may_retry(routes):
+            await reader.record()
+        dispatch = Dispatch(routes, form.fields, form.audio)
+        events = dispatch.events()
         async with aclosing(events):
             # Until the first event, a failure is an ordinary JSON error with
             # its own status. By then the whole form has been read, so a
@@ -51,6 +68,11 @@ async def create_transcription(request: web.Request) -> web.StreamResponse:
             first = await anext(events, None)
             if first is None:
                 raise BadGatewayError("the provider ended without an answer")
+            route = dispatch.route
+            facts.provider = route.provider.name
+            facts.model_deployment = route.model
+            if dispatch.fell_back:
+                facts.attempts = [attempt.as_dict() for attempt in dispatch.attempts]
             fields = form.all_fields()
             if _wants_stream(fields):
                 keepalive_s = request.app[CONFIG_KEY].proxy.sse_keepalive_s
@@ -61,7 +83,7 @@ async def create_transcription(request: web.Request) -> web.StreamResponse:
         facts,
         response_format=first_value(fields, "response_format") or "json",
         raw_request=(
-            _raw_request(call.model, fields, form.audio)
+            _raw_request(route.model, fields, form.audio)
             if _header_is_true(request, RAW_REQUEST_HEADER)
             else None
         ),
@@ -69,6 +91,17 @@ async def create_transcription(request: web.Request) -> web.StreamResponse:
             route.provider.sends_back_raw_response or _header_is_true(request, RAW_RESPONSE_HEADER)
         ),
     )
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models``: the models the configuration names, in OpenAI's list shape."""
+    router = request.app[ROUTER_KEY]
+    models = [
+        {"id": f"{name}/{model}", "object": "model", "created": 0, "owned_by": name}
+        for name, provider in router.providers.items()
+        for model in provider.listed_models()
+    ]
+    return json_response({"object": "list", "data": models})
 
 
 def _wants_stream(fields: Sequence[FormField]) -> bool:

@@ -36,6 +36,10 @@ class AudioSource(Protocol):
     def trailing_fields(self) -> Sequence[FormField]:
         """Text fields the client sent after the file; complete once ``chunks`` ends."""
 
+    @property
+    def replayable(self) -> bool:
+        """Whether ``chunks`` can be read again from the first byte."""
+
     def chunks(self) -> AsyncIterator[bytes]:
         """The file's bytes as they become available."""
 
@@ -85,6 +89,8 @@ class RequestFacts:
     provider: str | None = None
     model_requested: str | None = None
     model_deployment: str | None = None
+    #: The attempts made, when the answer comes from a retry or a fallback.
+    attempts: list[dict[str, Any]] | None = None
 
     def latency_ms(self) -> int:
         """Whole milliseconds since the request started."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
 
 from .errors import ProxyError
 from .fields import forwarded
@@ -61,6 +62,30 @@ class MultipartEncoder:
         return f"--{self.boundary}--\r\n".encode("ascii")
 
 
+class Pacer(Protocol):
+    """Told who the body is waiting for, so only the upstream's silences are timed."""
+
+    def waiting_for_client(self) -> None:
+        """The next bytes must come from the client (or the spool)."""
+
+    def waiting_for_upstream(self) -> None:
+        """Bytes are being handed to the upstream."""
+
+    def sent(self, size: int) -> None:
+        """The whole body, ``size`` bytes of it audio, is with the upstream."""
+
+
+class _Unpaced:
+    def waiting_for_client(self) -> None:
+        pass
+
+    def waiting_for_upstream(self) -> None:
+        pass
+
+    def sent(self, size: int) -> None:
+        pass
+
+
 class UpstreamBody:
     """The body of one upstream request: ``model``, the other fields, the file.
 
@@ -68,9 +93,15 @@ class UpstreamBody:
     after the file: reordering them would mean buffering the audio.
     """
 
-    def __init__(self, call: UpstreamCall, encoder: MultipartEncoder | None = None) -> None:
+    def __init__(
+        self,
+        call: UpstreamCall,
+        encoder: MultipartEncoder | None = None,
+        pacer: Pacer | None = None,
+    ) -> None:
         self._call = call
         self._encoder = encoder or MultipartEncoder()
+        self._pacer = pacer or _Unpaced()
         #: Why the body could not be completed, when the cause is on the
         #: client's side (the HTTP client reports only a broken request).
         self.failure: ProxyError | None = None
@@ -99,14 +130,19 @@ class UpstreamBody:
         gathered, so that a small upload goes upstream in a single write.
         """
         audio = self._call.audio
+        pacer = self._pacer
         gathered = [self._head]
         size = len(self._head)
+        audio_bytes = 0
         try:
+            pacer.waiting_for_client()
             async for chunk in audio.chunks():
+                audio_bytes += len(chunk)
                 if size + len(chunk) < COALESCE_BYTES:
                     gathered.append(chunk)
                     size += len(chunk)
                     continue
+                pacer.waiting_for_upstream()
                 if gathered:
                     yield b"".join(gathered)
                 if len(chunk) >= COALESCE_BYTES:
@@ -114,9 +150,12 @@ class UpstreamBody:
                     gathered, size = [], 0
                 else:
                     gathered, size = [chunk], len(chunk)
+                pacer.waiting_for_client()
         except ProxyError as exc:
             self.failure = exc
             raise
         gathered.append(CRLF + self._encoder.fields(forwarded(audio.trailing_fields)))
         gathered.append(self._encoder.closing())
+        pacer.waiting_for_upstream()
         yield b"".join(gathered)
+        pacer.sent(audio_bytes)

@@ -32,19 +32,17 @@ class _Chunks:
         # ms since the previous chunk; the done chunk says how long it all took.
         since = self._facts.started if final else self.last_sent
         facts = self._facts
-        await self._stream.send(
-            {
-                **event,
-                "extra_fields": {
-                    "request_type": STREAM_REQUEST_TYPE,
-                    "provider": facts.provider,
-                    "model_requested": facts.model_requested,
-                    "model_deployment": facts.model_deployment,
-                    "latency": int((now - since) * 1000),
-                    "chunk_index": self._index,
-                },
-            }
-        )
+        extra_fields: dict[str, Any] = {
+            "request_type": STREAM_REQUEST_TYPE,
+            "provider": facts.provider,
+            "model_requested": facts.model_requested,
+            "model_deployment": facts.model_deployment,
+            "latency": int((now - since) * 1000),
+            "chunk_index": self._index,
+        }
+        if final and facts.attempts:
+            extra_fields["attempts"] = facts.attempts
+        await self._stream.send({**event, "extra_fields": extra_fields})
         self._index += 1
         self.last_sent = time.monotonic()
 

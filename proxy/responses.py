@@ -55,6 +55,7 @@ def transcription_response(
                 "x-bf-provider": facts.provider or "",
                 "x-bf-model": facts.model_deployment or "",
                 "x-bf-latency-ms": str(latency),
+                **({"x-bf-attempts": str(len(facts.attempts))} if facts.attempts else {}),
             },
         )
     extra_fields: dict[str, Any] = {
@@ -65,6 +66,8 @@ def transcription_response(
         "latency": latency,
         "chunk_index": 0,
     }
+    if facts.attempts:
+        extra_fields["attempts"] = facts.attempts
     if raw_request is not None:
         extra_fields["raw_request"] = raw_request
     if raw_response:

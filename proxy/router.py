@@ -1,12 +1,35 @@
-"""Which provider serves a request, and under which model name."""
+"""Which providers serve a request, in what order, and how often each is tried."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
-from .errors import InvalidRequestError, ServiceUnavailableError
+from .config import NetworkConfig
+from .errors import (
+    BadGatewayError,
+    GatewayTimeoutError,
+    InvalidRequestError,
+    ProxyError,
+    ServiceUnavailableError,
+    UpstreamError,
+)
+from .models import AudioSource, FormField, TranscriptEvent, UpstreamCall
 from .providers.base import Provider
+
+log = logging.getLogger(__name__)
+
+#: Failures of the upstream or of the way to it, which another attempt (or
+#: another provider) may not repeat. A failure of the request itself, or of
+#: the client's side of it, ends the request.
+_UPSTREAM_FAILURES = (UpstreamError, BadGatewayError, GatewayTimeoutError)
 
 
 @dataclass(frozen=True)
@@ -69,3 +92,158 @@ class Router:
             code="model_not_found",
             param="model",
         )
+
+    def plan(self, requested: str, fallbacks: Sequence[str]) -> list[Route]:
+        """The primary route, then one per fallback, in the order given."""
+        routes = [self.resolve(requested)]
+        for fallback in fallbacks:
+            try:
+                routes.append(self.resolve(fallback))
+            except InvalidRequestError as exc:
+                raise InvalidRequestError(
+                    f"fallback {fallback}: {exc.message}", code=exc.code, param="fallbacks"
+                ) from None
+        return routes
+
+
+def may_retry(routes: Sequence[Route]) -> bool:
+    """Whether the request may need its upload more than once."""
+    return len(routes) > 1 or routes[0].provider.network.max_retries > 0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at one provider, as the answer reports it."""
+
+    provider: str
+    model: str
+    status: int
+    message: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The attempt as listed in ``extra_fields.attempts``."""
+        out: dict[str, Any] = {"provider": self.provider, "model": self.model}
+        out["status"] = self.status
+        if self.message is not None:
+            out["error"] = self.message
+        return out
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Dispatch:
+    """One request's way through its routes: the primary and its retries, then each fallback.
+
+    Nothing is retried once a route has produced its first event: by then
+    the client may have part of the answer.
+    """
+
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        fields: Sequence[FormField],
+        audio: AudioSource,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._routes = routes
+        self._fields = fields
+        self._audio = audio
+        self._sleep = sleep
+        self._jitter = jitter
+        #: The route that is answering, once one is.
+        self.route = routes[0]
+        self.attempts: list[Attempt] = []
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether the answer comes from anything but the primary's first try."""
+        return len(self.attempts) > 1
+
+    async def events(self) -> AsyncGenerator[TranscriptEvent, None]:
+        """The answering route's events; raises the primary's error if every route fails."""
+        primary_error: ProxyError | None = None
+        for position, route in enumerate(self._routes):
+            try:
+                async for event in self._try_route(route):
+                    yield event
+                return
+            except ProxyError as exc:
+                primary_error = primary_error or exc
+                last = position == len(self._routes) - 1
+                if last or not self._worth_another(exc):
+                    raise self._with_attempts(primary_error if last else exc) from None
+                log.info("provider %s failed (%s); falling back", route.provider.name, exc.message)
+
+    async def _try_route(self, route: Route) -> AsyncGenerator[TranscriptEvent, None]:
+        network = route.provider.network
+        retry = 0
+        while True:
+            events = route.provider.transcribe(
+                UpstreamCall(model=route.model, fields=self._fields, audio=self._audio)
+            )
+            async with aclosing(events):
+                try:
+                    first = await anext(events)
+                except ProxyError as exc:
+                    self.attempts.append(
+                        Attempt(route.provider.name, route.model, exc.status_code, exc.message)
+                    )
+                    delay = self._backoff(exc, retry, network) if self._worth_another(exc) else None
+                    if delay is None or retry >= network.max_retries:
+                        raise
+                    retry += 1
+                    log.info(
+                        "provider %s failed (%s); retry %d in %.2f s",
+                        route.provider.name,
+                        exc.message,
+                        retry,
+                        delay,
+                    )
+                    await self._sleep(delay)
+                    continue
+                self.route = route
+                self.attempts.append(Attempt(route.provider.name, route.model, 200))
+                yield first
+                async for event in events:
+                    yield event
+                return
+
+    def _worth_another(self, error: ProxyError) -> bool:
+        return isinstance(error, _UPSTREAM_FAILURES) and self._audio.replayable
+
+    def _backoff(self, error: ProxyError, retry: int, network: NetworkConfig) -> float | None:
+        """Seconds to wait before the next retry, or None when it should not be retried."""
+        if not error.retryable:
+            return None
+        ceiling = network.retry_backoff_max_ms / 1000
+        exponential = min(ceiling, network.retry_backoff_initial_ms / 1000 * 2.0**retry)
+        # Jitter spreads the retries of many clients that failed together.
+        delay = exponential * (0.5 + self._jitter() / 2)
+        retry_after = retry_after_seconds(error.headers.get("Retry-After"))
+        if retry_after is not None:
+            if retry_after > ceiling:
+                return None  # longer than we would ever wait: try the next route
+            delay = max(delay, retry_after)
+        return delay
+
+    def _with_attempts(self, error: ProxyError) -> ProxyError:
+        error.attempts = [a.as_dict() for a in self.attempts]
+        return error
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header's wait: delta seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

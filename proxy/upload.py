@@ -12,25 +12,23 @@ memory anyway, so it becomes a :class:`BufferedAudio`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import tempfile
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from .audio import BufferedAudio, ReplayableAudio, Spool, SpooledAudio
 from .errors import (
     ClientGoneError,
     InvalidRequestError,
     MalformedBodyError,
     PayloadTooLargeError,
     ProxyError,
-    ServiceUnavailableError,
     UnsupportedMediaTypeError,
 )
 from .fields import SINGULAR_FIELDS, validate_field
@@ -62,6 +60,8 @@ class FormLimits:
     max_fields: int = 64
     max_field_bytes: int = 64 * 1024
     spool_dir: str | None = None
+    #: Past this many bytes a recorded upload can no longer be replayed.
+    max_spool_bytes: int = 1024 * 1024 * 1024
 
 
 @dataclass
@@ -73,7 +73,7 @@ class TranscriptionForm:
     """
 
     fields: list[FormField] = field(default_factory=list)
-    audio: LiveAudio | SpooledAudio | BufferedAudio | None = None
+    audio: LiveAudio | SpooledAudio | BufferedAudio | ReplayableAudio | None = None
 
     def all_fields(self) -> Sequence[FormField]:
         """Every text field the client sent, before and after the file."""
@@ -132,8 +132,22 @@ class FormReader:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if isinstance(self._form.audio, SpooledAudio):
-            self._form.audio.close()
+        audio = self._form.audio
+        if isinstance(audio, ReplayableAudio):
+            await audio.aclose()
+        elif isinstance(audio, SpooledAudio):
+            audio.close()
+
+    async def record(self) -> None:
+        """Record a streaming upload as it is sent, so that it can be sent again.
+
+        Only for a request that may be retried or fall back: any other
+        touches no disk at all.
+        """
+        live = self._form.audio
+        if isinstance(live, LiveAudio):
+            spool = await Spool.create(self._limits.spool_dir)
+            self._form.audio = ReplayableAudio(live, spool, self._limits.max_spool_bytes)
 
     async def read(self) -> TranscriptionForm:
         """Read up to a streamable file part, or the whole form."""
@@ -256,25 +270,18 @@ class FormReader:
         return rest
 
     async def _spool(self, part: BodyPartReader) -> SpooledAudio:
-        try:
-            spool = await SpooledAudio.create(
-                filename=part.filename or _DEFAULT_FILENAME,
-                content_type=part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE),
-                directory=self._limits.spool_dir,
-            )
-            # Registered before the first write so that __aexit__ removes it
-            # whatever happens while it fills.
-            self._form.audio = spool
-            async for chunk in self.file_chunks(part):
-                await spool.write(chunk)
-        except OSError as exc:
-            log.error("cannot spool an upload: %s", exc)
-            raise ServiceUnavailableError(
-                "the upload cannot be stored for forwarding right now; "
-                "send model before file to stream it instead",
-                code="spool_unavailable",
-            ) from exc
-        return spool
+        spool = await Spool.create(self._limits.spool_dir)
+        audio = SpooledAudio(
+            spool,
+            filename=part.filename or _DEFAULT_FILENAME,
+            content_type=part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE),
+        )
+        # Registered before the first write so that __aexit__ removes it
+        # whatever happens while it fills.
+        self._form.audio = audio
+        async for chunk in self.file_chunks(part):
+            await audio.write(chunk)
+        return audio
 
 
 class LiveAudio:
@@ -294,6 +301,11 @@ class LiveAudio:
         """The fields sent after the file; complete once :meth:`chunks` ends."""
         return self._trailing
 
+    @property
+    def replayable(self) -> bool:
+        """Never: nothing of it is kept."""
+        return False
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The file's bytes as they arrive, then the rest of the form is read."""
         if self._started:
@@ -302,67 +314,3 @@ class LiveAudio:
         async for chunk in self._reader.file_chunks(self._part):
             yield chunk
         self._trailing = await self._reader.read_rest()
-
-
-class BufferedAudio:
-    """A small file that arrived whole with its request, kept as the bytes it is."""
-
-    def __init__(self, data: bytes, *, filename: str, content_type: str) -> None:
-        self._data = data
-        self.filename = filename
-        self.content_type = content_type
-        self.size: int | None = len(data)
-
-    @property
-    def trailing_fields(self) -> Sequence[FormField]:
-        """Always empty: the whole form is read before the upload is sent."""
-        return ()
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The file's bytes in one piece."""
-        yield self._data
-
-
-class SpooledAudio:
-    """The file copied to an anonymous temporary file, replayable from the start.
-
-    File I/O runs in worker threads: a large upload can hit the kernel's
-    dirty-page throttling, which would otherwise stall the event loop.
-    """
-
-    def __init__(self, file: IO[bytes], filename: str, content_type: str) -> None:
-        self._file = file
-        self.filename = filename
-        self.content_type = content_type
-        self.size: int | None = 0
-
-    @classmethod
-    async def create(cls, *, filename: str, content_type: str, directory: str | None) -> Self:
-        """Open an unnamed temporary file (nothing is left on disk even after a crash)."""
-        file = await asyncio.to_thread(
-            tempfile.TemporaryFile, mode="w+b", dir=directory, prefix="proxy-spool-"
-        )
-        return cls(file, filename, content_type)
-
-    @property
-    def trailing_fields(self) -> Sequence[FormField]:
-        """Always empty: a spooled file is sent last, after every field."""
-        return ()
-
-    async def write(self, chunk: bytes) -> None:
-        """Append ``chunk`` to the spool."""
-        await asyncio.to_thread(self._file.write, chunk)
-        assert self.size is not None
-        self.size += len(chunk)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The spooled bytes from the start."""
-        await asyncio.to_thread(self._file.seek, 0)
-        while chunk := await asyncio.to_thread(self._file.read, FILE_CHUNK_BYTES):
-            yield chunk
-
-    def close(self) -> None:
-        """Release the spool; its disk space goes with it."""
-        # Buffered files serialise close() with an in-flight write from a
-        # worker thread, so this cannot pull the descriptor out from under it.
-        self._file.close()

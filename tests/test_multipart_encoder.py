@@ -15,6 +15,7 @@ class Audio:
         self.content_type = "audio/wav"
         self.size: int | None = None
         self.trailing_fields = trailing
+        self.replayable = True
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for piece in self._pieces:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import aiohttp
 
 from ..config import ProviderConfig
+from .azure import AzureProvider
 from .base import Provider
 from .openai import OpenAICompatibleProvider
 
 __all__ = ["Provider", "create_provider"]
 
 
-def create_provider(config: ProviderConfig, session: aiohttp.ClientSession) -> Provider:
+def create_provider(
+    config: ProviderConfig, session: aiohttp.ClientSession, *, timeout_per_mib_s: float
+) -> Provider:
     """The adapter for ``config``'s kind of upstream."""
-    if config.kind == "openai":
-        return OpenAICompatibleProvider(config, session)
-    raise ValueError(f"no adapter for provider kind {config.kind!r}")
+    adapter = {"openai": OpenAICompatibleProvider, "azure": AzureProvider}[config.kind]
+    return adapter(config, session, timeout_per_mib_s=timeout_per_mib_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
+from ..config import NetworkConfig
 from ..models import TranscriptEvent, UpstreamCall
 
 
@@ -22,6 +23,10 @@ class Provider(Protocol):
         """The provider's name in config and in ``provider/model`` strings."""
 
     @property
+    def network(self) -> NetworkConfig:
+        """Retry and timeout settings."""
+
+    @property
     def sends_back_raw_response(self) -> bool:
         """Whether answers carry the upstream body in ``extra_fields.raw_response``."""
 
@@ -30,6 +35,9 @@ class Provider(Protocol):
 
     def serves(self, model: str) -> bool:
         """Whether the provider has a key that may be used for ``model``."""
+
+    def listed_models(self) -> list[str]:
+        """The models the provider's config names, for ``GET /v1/models``."""
 
     def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptEvent, None]:
         """Send ``call`` upstream and yield what comes back."""

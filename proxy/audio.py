@@ -1,0 +1,304 @@
+"""Audio sources that can be read more than once: from memory, from a spool, or recorded live.
+
+A retry or a fallback needs the upload again. :class:`BufferedAudio` and
+:class:`SpooledAudio` hold the whole file already; :class:`ReplayableAudio`
+records a live upload to a spool file while it streams through, so a later
+attempt replays what was read and then goes on reading the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import IO, Any, Self, TypeVar
+
+from .errors import ProxyError, ServiceUnavailableError
+from .models import AudioSource, FormField
+
+log = logging.getLogger(__name__)
+
+#: Pieces the spool is read back in.
+_READ_BYTES = 256 * 1024
+
+_T = TypeVar("_T")
+
+
+class Spool:
+    """An unnamed temporary file, appended to and read at offsets off the event loop.
+
+    File I/O runs in worker threads: a large upload can hit the kernel's
+    dirty-page throttling, which would otherwise stall the event loop.
+    Positional reads and writes let a replay read while the recording grows.
+    """
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self._fd = file.fileno()
+        #: Bytes written so far; grows only once a write has completed.
+        self.size = 0
+        self._in_flight = 0
+        self._closing = False
+
+    @classmethod
+    async def create(cls, directory: str | None) -> Self:
+        """Open a spool in ``directory`` (the system's temporary directory if None)."""
+
+        def open_unnamed() -> IO[bytes]:
+            # Unnamed from the start (O_TMPFILE where the filesystem has it):
+            # nothing is left on disk even if the process is killed.
+            return tempfile.TemporaryFile(
+                mode="w+b", buffering=0, dir=directory, prefix="proxy-spool-"
+            )
+
+        try:
+            file = await asyncio.to_thread(open_unnamed)
+        except OSError as exc:
+            raise _spool_unavailable(exc) from exc
+        return cls(file)
+
+    async def append(self, data: bytes) -> None:
+        """Add ``data`` at the end."""
+        await self._run(_write_all, self._fd, data, self.size)
+        self.size += len(data)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``offset``."""
+        return await self._run(os.pread, self._fd, size, offset)
+
+    async def chunks(self, end: int | None = None) -> AsyncIterator[bytes]:
+        """The spooled bytes from the start up to ``end`` (all of them if None)."""
+        end = self.size if end is None else end
+        offset = 0
+        while offset < end:
+            piece = await self.read(offset, min(_READ_BYTES, end - offset))
+            if not piece:
+                raise ServiceUnavailableError("the spooled upload is shorter than recorded")
+            offset += len(piece)
+            yield piece
+
+    async def _run(self, function: Callable[..., _T], *args: object) -> _T:
+        if self._closing:
+            raise ServiceUnavailableError("the spool is closed")
+        # A cancelled caller cannot stop a thread mid-call, so the file stays
+        # open until every thread using it is done: closing it under one
+        # could hand its descriptor number to a socket the thread then writes.
+        work = asyncio.ensure_future(asyncio.to_thread(function, *args))
+        self._in_flight += 1
+        work.add_done_callback(self._finished)
+        try:
+            return await asyncio.shield(work)
+        except OSError as exc:
+            raise _spool_unavailable(exc) from exc
+
+    def _finished(self, work: asyncio.Future[Any]) -> None:
+        self._in_flight -= 1
+        if not work.cancelled():
+            work.exception()  # retrieved here when its caller has gone
+        if self._closing and not self._in_flight:
+            self._file.close()
+
+    def close(self) -> None:
+        """Release the spool; its disk space goes with it."""
+        if self._closing:
+            return
+        self._closing = True
+        if not self._in_flight:
+            self._file.close()
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _spool_unavailable(exc: OSError) -> ServiceUnavailableError:
+    log.error("cannot spool an upload: %s", exc)
+    return ServiceUnavailableError(
+        "the upload cannot be stored for forwarding right now; "
+        "send model before file to stream it instead",
+        code="spool_unavailable",
+    )
+
+
+class BufferedAudio:
+    """A small file that arrived whole with its request, kept as the bytes it is."""
+
+    def __init__(self, data: bytes, *, filename: str, content_type: str) -> None:
+        self._data = data
+        self.filename = filename
+        self.content_type = content_type
+        self.size: int | None = len(data)
+
+    @property
+    def trailing_fields(self) -> Sequence[FormField]:
+        """Always empty: the whole form is read before the upload is sent."""
+        return ()
+
+    @property
+    def replayable(self) -> bool:
+        """Always: the bytes are at hand."""
+        return True
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The file's bytes in one piece."""
+        yield self._data
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class SpooledAudio:
+    """A whole file copied to a :class:`Spool`, replayable from the start."""
+
+    def __init__(self, spool: Spool, *, filename: str, content_type: str) -> None:
+        self._spool = spool
+        self.filename = filename
+        self.content_type = content_type
+
+    @property
+    def size(self) -> int | None:
+        """The file's size: known once it is spooled."""
+        return self._spool.size
+
+    @property
+    def trailing_fields(self) -> Sequence[FormField]:
+        """Always empty: a spooled file is sent last, after every field."""
+        return ()
+
+    @property
+    def replayable(self) -> bool:
+        """Always: the whole file is on the spool."""
+        return True
+
+    async def write(self, chunk: bytes) -> None:
+        """Append ``chunk`` to the spooled file."""
+        await self._spool.append(chunk)
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The spooled bytes from the start."""
+        return self._spool.chunks()
+
+    def close(self) -> None:
+        """Release the spool."""
+        self._spool.close()
+
+
+class NotReplayableError(ProxyError):
+    """A retry needed the upload again, but it was too large to record."""
+
+    status = 502
+    error_type = "api_error"
+    default_code = "upload_not_replayable"
+
+
+_END = object()
+
+
+class ReplayableAudio:
+    """A live upload recorded to a spool as it streams, so that later attempts can replay it.
+
+    One task, the pump, reads the client: it appends each piece to the spool,
+    then hands it to the attempt that is sending, through a one-piece
+    mailbox (so memory stays flat). An attempt that fails, even mid-piece,
+    loses nothing: the next one replays the spool, then takes up the
+    mailbox where the replay ends. Past ``max_spool_bytes`` the recording
+    stops; the upload goes on streaming but cannot be replayed.
+    """
+
+    def __init__(self, live: AudioSource, spool: Spool, max_spool_bytes: int) -> None:
+        self._live = live
+        self._spool = spool
+        self._max_spool_bytes = max_spool_bytes
+        self.filename = live.filename
+        self.content_type = live.content_type
+        self.size: int | None = None
+        self._overflowed = False
+        self._attempts = 0
+        self._slot: tuple[int, bytes] | object | None = None
+        self._failure: BaseException | None = None
+        self._changed = asyncio.Condition()
+        self._pump = asyncio.create_task(self._read_client())
+
+    @property
+    def trailing_fields(self) -> Sequence[FormField]:
+        """The fields the client sent after the file, once it is all read."""
+        return self._live.trailing_fields
+
+    @property
+    def replayable(self) -> bool:
+        """Whether what was read so far is all on the spool."""
+        return not self._overflowed
+
+    async def _read_client(self) -> None:
+        offset = 0
+        try:
+            async for chunk in self._live.chunks():
+                if not self._overflowed:
+                    if self._spool.size + len(chunk) > self._max_spool_bytes:
+                        self._overflowed = True
+                        log.info("upload past the spool cap: it can no longer be replayed")
+                    else:
+                        await self._spool.append(chunk)
+                await self._put((offset, chunk))
+                offset += len(chunk)
+            await self._put(_END)
+        except Exception as exc:  # handed to the attempt waiting for the next piece
+            async with self._changed:
+                self._failure = exc
+                self._changed.notify_all()
+
+    async def _put(self, item: tuple[int, bytes] | object) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._slot is None)
+            self._slot = item
+            self._changed.notify_all()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The upload from its first byte: replayed from the spool, then live."""
+        attempt = self._attempts
+        self._attempts += 1
+        position = 0
+        if attempt > 0:
+            if self._overflowed:
+                raise NotReplayableError(
+                    f"the upload is larger than the spool limit of {self._max_spool_bytes} "
+                    "bytes, so it could not be sent again for a retry or fallback"
+                )
+            async for piece in self._spool.chunks(self._spool.size):
+                position += len(piece)
+                yield piece
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(
+                    lambda: self._slot is not None or self._failure is not None
+                )
+                item = self._slot
+                if item is None:
+                    assert self._failure is not None
+                    raise self._failure
+                if item is not _END:
+                    self._slot = None
+                    self._changed.notify_all()
+            if item is _END:
+                self.size = position
+                return
+            assert isinstance(item, tuple)
+            offset, chunk = item
+            if offset + len(chunk) <= position:
+                continue  # replayed from the spool already
+            yield chunk[position - offset :] if offset < position else chunk
+            position = offset + len(chunk)
+
+    async def aclose(self) -> None:
+        """Stop reading the client and release the spool."""
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump
+        self._spool.close()

@@ -1,0 +1,29 @@
+"""Azure OpenAI: the same form, posted to a deployment with an ``api-key`` header."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from ..config import KeyConfig
+from .http import HttpProvider
+
+
+class AzureProvider(HttpProvider):
+    """``POST {endpoint}/openai/deployments/{deployment}/audio/transcriptions?api-version=``.
+
+    The endpoint, the deployment names and the API version come from the
+    key's ``azure_key_config``; a model with no deployment listed is taken
+    to be the deployment's own name.
+    """
+
+    def target(self, model: str, key: KeyConfig | None) -> tuple[str, dict[str, str]]:
+        # The config loader refuses an Azure provider without keys or endpoint.
+        assert key is not None
+        azure = key.azure
+        assert azure is not None
+        deployment = quote(azure.deployments.get(model, model), safe="")
+        url = (
+            f"{azure.endpoint}/openai/deployments/{deployment}/audio/transcriptions"
+            f"?api-version={quote(azure.api_version, safe='')}"
+        )
+        return url, {"api-key": key.value}

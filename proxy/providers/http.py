@@ -1,0 +1,271 @@
+"""What every HTTP transcription API shares: a multipart POST and an answer to read.
+
+OpenAI, every OpenAI-compatible server and Azure OpenAI take the same form
+and answer the same way; they differ in the URL and the header that carries
+the key, which is all an adapter says (:meth:`HttpProvider.target`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+
+import aiohttp
+import orjson
+
+from ..config import KeyConfig, NetworkConfig, ProviderConfig
+from ..errors import BadGatewayError, GatewayTimeoutError, UpstreamError
+from ..models import TranscriptDone, TranscriptEvent, UpstreamCall
+from ..multipart import UpstreamBody
+from ..sse import read_events
+from ..transcripts import StreamTranslator
+from .keys import KeyPool
+
+#: A transcript is text; an answer larger than this is not one.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+_CONNECT_TIMEOUT_S = 10.0
+_MAX_ERROR_MESSAGE = 500
+_MIB = 1024 * 1024
+
+
+class HttpProvider:
+    """An upstream reached by ``POST``-ing the transcription form."""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        session: aiohttp.ClientSession,
+        *,
+        timeout_per_mib_s: float = 2.0,
+    ) -> None:
+        self._config = config
+        self._session = session
+        self._keys = KeyPool(config.name, config.keys)
+        self._idle_s = config.network.request_timeout_s
+        self._per_mib_s = timeout_per_mib_s
+        # Only the connection attempt is timed by aiohttp; the upstream's
+        # silences are timed by _Deadline and _idle_limited, which know an
+        # upload's size and that a stream must not be cut while it flows.
+        self._client_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=min(_CONNECT_TIMEOUT_S, self._idle_s)
+        )
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def network(self) -> NetworkConfig:
+        return self._config.network
+
+    @property
+    def sends_back_raw_response(self) -> bool:
+        return self._config.send_back_raw_response
+
+    def lists(self, model: str) -> bool:
+        return self._config.lists(model)
+
+    def serves(self, model: str) -> bool:
+        return not self._config.keys or any(key.serves(model) for key in self._config.keys)
+
+    def listed_models(self) -> list[str]:
+        return list(dict.fromkeys(m for key in self._config.keys for m in key.listed_models()))
+
+    def target(self, model: str, key: KeyConfig | None) -> tuple[str, dict[str, str]]:
+        """The URL to post to and the headers that carry ``key``."""
+        raise NotImplementedError
+
+    async def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptEvent, None]:
+        key = self._keys.pick(call.model) if self._keys else None
+        url, headers = self.target(call.model, key)
+        deadline = _Deadline(self._idle_s, self._per_mib_s)
+        body = UpstreamBody(call, pacer=deadline)
+        headers[aiohttp.hdrs.CONTENT_TYPE] = body.content_type
+        if body.length is not None:
+            headers[aiohttp.hdrs.CONTENT_LENGTH] = str(body.length)
+        try:
+            async with deadline:
+                response = await self._session.post(
+                    url, data=body.stream(), headers=headers, timeout=self._client_timeout
+                )
+            async with response:
+                if response.status >= 400:
+                    raw = await _read_capped(response, self._idle_s)
+                    refused = response.status in (401, 403) and key is not None
+                    raise upstream_error(
+                        response.status,
+                        raw,
+                        response.headers,
+                        secret=key.value if key else None,
+                        # Another key may well be accepted where this one was not.
+                        retryable=self._keys.refused(key, call.model) if refused and key else None,
+                    )
+                if response.content_type == "text/event-stream":
+                    async for event in _stream_events(response, self._idle_s):
+                        yield event
+                    return
+                raw = await _read_capped(response, self._idle_s)
+                yield parse_answer(response.content_type, raw)
+        except aiohttp.ClientError as exc:
+            # A failure on the client's side of the body surfaces here as a
+            # broken upstream request; the real cause is what the client sees.
+            if body.failure is not None:
+                raise body.failure from None
+            raise _transport_error(exc, self.name) from exc
+        except TimeoutError as exc:
+            raise GatewayTimeoutError(
+                f"provider {self.name} did not answer in time", retryable=True
+            ) from exc
+
+
+class _Deadline:
+    """Times the upstream, never the client: its silence while the upload is
+    handed to it, then, once all is sent, the time to the first byte of its
+    answer, which grows with the upload (longer audio, longer to transcribe).
+    """
+
+    def __init__(self, idle_s: float, per_mib_s: float) -> None:
+        self._idle_s = idle_s
+        self._per_mib_s = per_mib_s
+        self._timeout = asyncio.timeout(idle_s)
+        self._loop = asyncio.get_running_loop()
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._timeout.__aexit__(*exc_info)  # type: ignore[arg-type]
+
+    def waiting_for_client(self) -> None:
+        self._timeout.reschedule(None)
+
+    def waiting_for_upstream(self) -> None:
+        self._timeout.reschedule(self._loop.time() + self._idle_s)
+
+    def sent(self, size: int) -> None:
+        self._timeout.reschedule(self._loop.time() + self._idle_s + self._per_mib_s * size / _MIB)
+
+
+async def _idle_limited(chunks: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:
+    """``chunks``, failing if the upstream is silent for ``idle_s``; never cut while they flow."""
+    while True:
+        async with asyncio.timeout(idle_s):
+            chunk = await anext(chunks, None)
+        if chunk is None:
+            return
+        yield chunk
+
+
+async def _stream_events(
+    response: aiohttp.ClientResponse, idle_s: float
+) -> AsyncIterator[TranscriptEvent]:
+    """The transcript events of an upstream event stream, each as soon as it arrives."""
+    translator = StreamTranslator()
+    try:
+        async for data in read_events(_idle_limited(aiter(response.content), idle_s)):
+            for event in translator.feed(data):
+                yield event
+            if translator.done is not None:
+                return
+    except ValueError as exc:  # an over-long line or event
+        raise BadGatewayError(f"the upstream stream is malformed: {exc}") from exc
+    raise BadGatewayError("the upstream stream ended before the transcript was done")
+
+
+async def _read_capped(response: aiohttp.ClientResponse, idle_s: float) -> bytes:
+    body = bytearray()
+    async for chunk in _idle_limited(aiter(response.content.iter_chunked(256 * 1024)), idle_s):
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise BadGatewayError(
+                f"the upstream answer is larger than {MAX_ANSWER_BYTES} bytes", retryable=False
+            )
+    return bytes(body)
+
+
+def parse_answer(media_type: str, raw: bytes) -> TranscriptDone:
+    """Read a successful upstream answer by its Content-Type."""
+    if media_type.startswith("text/") and media_type != "text/event-stream":
+        try:
+            return TranscriptDone(raw=raw, text=raw.decode())
+        except UnicodeDecodeError:
+            raise BadGatewayError("the upstream answered with text that is not UTF-8") from None
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadGatewayError(
+            f"the upstream answered with an unreadable {media_type or 'untyped'} body"
+        ) from None
+    if not isinstance(document, dict):
+        raise BadGatewayError("the upstream answered with JSON that is not an object")
+    return TranscriptDone(raw=raw, document=document)
+
+
+def upstream_error(
+    status: int,
+    raw: bytes,
+    headers: Mapping[str, str],
+    *,
+    secret: str | None = None,
+    retryable: bool | None = None,
+) -> UpstreamError:
+    """An upstream's error answer, its type, code, message and param kept.
+
+    Some upstreams quote the key they were sent in their message; ``secret``
+    is blotted out wherever it appears.
+    """
+    message, error_type, code, param = _error_details(raw)
+    if secret:
+        message = message.replace(secret, "***")
+    passed_headers: dict[str, str] = {}
+    if retry_after := headers.get(aiohttp.hdrs.RETRY_AFTER):
+        passed_headers[aiohttp.hdrs.RETRY_AFTER] = retry_after
+    return UpstreamError(
+        status,
+        message or f"the upstream answered with status {status}",
+        error_type=error_type,
+        code=code,
+        param=param,
+        headers=passed_headers,
+        retryable=retryable,
+    )
+
+
+def _error_details(raw: bytes) -> tuple[str, str | None, str | None, str | None]:
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode(errors="replace").strip()[:_MAX_ERROR_MESSAGE], None, None, None
+    if isinstance(document, dict):
+        error = document.get("error")
+        if isinstance(error, dict):  # OpenAI, Groq, vLLM, Azure
+            return (
+                _text(error.get("message")),
+                _text(error.get("type")) or None,
+                _text(error.get("code")) or None,
+                _text(error.get("param")) or None,
+            )
+        for key in ("detail", "message", "error"):  # FastAPI servers (speaches), others
+            if key in document:
+                return _text(document[key]), None, None, None
+    return raw.decode(errors="replace").strip()[:_MAX_ERROR_MESSAGE], None, None, None
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value[:_MAX_ERROR_MESSAGE]
+    return orjson.dumps(value).decode()[:_MAX_ERROR_MESSAGE]
+
+
+def _transport_error(
+    exc: aiohttp.ClientError, provider: str
+) -> BadGatewayError | GatewayTimeoutError:
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return GatewayTimeoutError(f"provider {provider} did not answer in time", retryable=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return BadGatewayError(f"provider {provider} is unreachable", retryable=True)
+    return BadGatewayError(
+        f"provider {provider} broke off or answered with something unreadable", retryable=True
+    )
