@@ -166,16 +166,23 @@ class Dispatch:
         """The answering route's events; raises the primary's error if every route fails."""
         primary_error: ProxyError | None = None
         for position, route in enumerate(self._routes):
+            answered = False
             try:
                 async for event in self._try_route(route):
+                    answered = True
                     yield event
                 return
             except ProxyError as exc:
+                if answered:
+                    raise  # part of this answer is out: it cannot be replaced
                 primary_error = primary_error or exc
                 last = position == len(self._routes) - 1
-                if last or not self._worth_another(exc):
-                    raise self._with_attempts(primary_error if last else exc) from None
-                log.info("provider %s failed (%s); falling back", route.provider.name, exc.message)
+                if not last and self._worth_another(exc, note_if_not_replayable=True):
+                    log.info(
+                        "provider %s failed (%s); falling back", route.provider.name, exc.message
+                    )
+                    continue
+                raise self._with_attempts(primary_error if last else exc) from None
 
     async def _try_route(self, route: Route) -> AsyncGenerator[TranscriptEvent, None]:
         network = route.provider.network
@@ -191,8 +198,12 @@ class Dispatch:
                     self.attempts.append(
                         Attempt(route.provider.name, route.model, exc.status_code, exc.message)
                     )
-                    delay = self._backoff(exc, retry, network) if self._worth_another(exc) else None
-                    if delay is None or retry >= network.max_retries:
+                    if retry >= network.max_retries or not self._worth_another(
+                        exc, note_if_not_replayable=True
+                    ):
+                        raise
+                    delay = self._backoff(exc, retry, network)
+                    if delay is None:
                         raise
                     retry += 1
                     log.info(
@@ -211,8 +222,18 @@ class Dispatch:
                     yield event
                 return
 
-    def _worth_another(self, error: ProxyError) -> bool:
-        return isinstance(error, _UPSTREAM_FAILURES) and self._audio.replayable
+    def _worth_another(self, error: ProxyError, *, note_if_not_replayable: bool = False) -> bool:
+        """Whether another attempt could succeed where ``error`` ended this one."""
+        if not isinstance(error, _UPSTREAM_FAILURES):
+            return False
+        if not self._audio.replayable:
+            if note_if_not_replayable and "spool limit" not in error.message:
+                error.message += (
+                    "; not retried: the upload is larger than the spool limit "
+                    "(proxy.max_spool_mb), so it could not be sent again"
+                )
+            return False
+        return True
 
     def _backoff(self, error: ProxyError, retry: int, network: NetworkConfig) -> float | None:
         """Seconds to wait before the next retry, or None when it should not be retried."""

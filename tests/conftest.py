@@ -113,12 +113,17 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[ReceivedRequest] = []
         self.respond: Responder = transcript_json
+        #: Hang up after reading this many bytes of a file, as a crashing upstream does.
+        self.drop_after: int | None = None
         #: Set once a request's body has begun arriving.
         self.body_started = asyncio.Event()
         #: Set when a request ended without its closing boundary.
         self.aborted = asyncio.Event()
         self.app = web.Application()
         self.app.router.add_post("/v1/audio/transcriptions", self._handle)
+        self.app.router.add_post(
+            "/openai/deployments/{deployment}/audio/transcriptions", self._handle
+        )
         self.server: TestServer | None = None
 
     @property
@@ -153,6 +158,10 @@ class FakeUpstream:
                 while chunk := await part.read_chunk(1024 * 1024):
                     digest.update(chunk)
                     item.size += len(chunk)
+                    if self.drop_after is not None and item.size >= self.drop_after:
+                        assert request.transport is not None
+                        request.transport.abort()
+                        return web.Response()
                 item.sha256 = digest.hexdigest()
             received.complete = True
         except BaseException:  # a cancelled handler too: the client went away
@@ -166,6 +175,19 @@ async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Fake
     fake = FakeUpstream()
     fake.server = await aiohttp_server(fake.app)
     return fake
+
+
+@pytest.fixture
+async def backup(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> FakeUpstream:
+    """A second upstream, for fallbacks."""
+    fake = FakeUpstream()
+    fake.server = await aiohttp_server(fake.app)
+    return fake
+
+
+def open_files_under(directory: str) -> list[str]:
+    """Files this process holds open below ``directory`` (unnamed spools included)."""
+    return [target for target in _open_files().values() if target.startswith(directory)]
 
 
 def provider_config(upstream: FakeUpstream, **network: Any) -> dict[str, Any]:
