@@ -223,6 +223,7 @@ class ReplayableAudio:
         self._attempts = 0
         self._slot: tuple[int, bytes] | object | None = None
         self._failure: BaseException | None = None
+        self._writing: asyncio.Future[None] | None = None
         self._changed = asyncio.Condition()
         self._pump = asyncio.create_task(self._read_client())
 
@@ -240,19 +241,29 @@ class ReplayableAudio:
         offset = 0
         try:
             async for chunk in self._live.chunks():
+                # One spool write at a time, in order, each overlapping the
+                # upstream's send of its piece: the disk is often the slowest
+                # of the three.
+                await self._write_finished()
                 if not self._overflowed:
                     if self._spool.size + len(chunk) > self._max_spool_bytes:
                         self._overflowed = True
                         log.info("upload past the spool cap: it can no longer be replayed")
                     else:
-                        await self._spool.append(chunk)
+                        self._writing = asyncio.ensure_future(self._spool.append(chunk))
                 await self._put((offset, chunk))
                 offset += len(chunk)
+            await self._write_finished()
             await self._put(_END)
         except Exception as exc:  # handed to the attempt waiting for the next piece
             async with self._changed:
                 self._failure = exc
                 self._changed.notify_all()
+
+    async def _write_finished(self) -> None:
+        """Wait for the spool write in flight, so the spool holds all it was given."""
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
 
     async def _put(self, item: tuple[int, bytes] | object) -> None:
         async with self._changed:
@@ -271,6 +282,8 @@ class ReplayableAudio:
                     f"the upload is larger than the spool limit of {self._max_spool_bytes} "
                     "bytes, so it could not be sent again for a retry or fallback"
                 )
+            # A piece the failed attempt took may still be on its way to disk.
+            await self._write_finished()
             async for piece in self._spool.chunks(self._spool.size):
                 position += len(piece)
                 yield piece
@@ -301,4 +314,7 @@ class ReplayableAudio:
         self._pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._pump
+        if self._writing is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._writing
         self._spool.close()

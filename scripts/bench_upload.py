@@ -57,10 +57,15 @@ def run_upstream(port: int) -> None:
 # --- the client ------------------------------------------------------------------------------
 
 
-def form_parts(model_first: bool) -> tuple[bytes, bytes]:
+def form_parts(model_first: bool, fallback: bool = False) -> tuple[bytes, bytes]:
     model = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
     ).encode()
+    if fallback:
+        model += (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="fallbacks[]"\r\n\r\n'
+            "backup/whisper-1\r\n"
+        ).encode()
     file_head = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
         "Content-Type: audio/wav\r\n\r\n"
@@ -72,10 +77,15 @@ def form_parts(model_first: bool) -> tuple[bytes, bytes]:
 
 
 async def upload(
-    session: aiohttp.ClientSession, url: str, size: int, *, model_first: bool = True
+    session: aiohttp.ClientSession,
+    url: str,
+    size: int,
+    *,
+    model_first: bool = True,
+    fallback: bool = False,
 ) -> float:
     """Send one ``size``-byte file; return the seconds it took to get the answer."""
-    head, tail = form_parts(model_first)
+    head, tail = form_parts(model_first, fallback)
     block = os.urandom(MIB)
 
     async def body() -> AsyncIterator[bytes]:
@@ -165,6 +175,14 @@ async def run_measurements(
         await upload(session, proxied, spool_size, model_first=False)
         written_file_first = disk_write_bytes(proxy_pid) - written_before
 
+        # With a fallback named, the upload is recorded to a spool as it streams.
+        largest = sizes[-1]
+        written_before = disk_write_bytes(proxy_pid)
+        async with PeakRss(proxy_pid) as recorded_peak:
+            recorded_s = await upload(session, proxied, largest, fallback=True)
+        written_recorded = disk_write_bytes(proxy_pid) - written_before
+        plain_s = await upload(session, proxied, largest)
+
         small = await small_requests(session, direct, proxied, args.small)
 
     print()
@@ -189,6 +207,12 @@ async def run_measurements(
     print(
         f"disk written by the proxy, file before model ({spool_size / MIB:g} MiB, spooled): "
         f"{written_file_first} bytes"
+    )
+    print(
+        f"recorded for a fallback ({largest / MIB:g} MiB, model first): "
+        f"{largest / MIB / recorded_s:.0f} MiB/s "
+        f"vs {largest / MIB / plain_s:.0f} MiB/s unrecorded, "
+        f"peak RSS {recorded_peak.peak_kib / 1024:.1f} MiB, {written_recorded} bytes to disk"
     )
     print(small)
 

@@ -113,7 +113,13 @@ async def proxy_in_front_of(
                         "openai": {
                             "keys": [{"value": "sk-bench"}],
                             "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
-                        }
+                        },
+                        # The same upstream under another name, for fallbacks.
+                        "backup": {
+                            "keys": [{"value": "sk-bench"}],
+                            "custom_provider_config": {"base_provider_type": "openai"},
+                            "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
+                        },
                     },
                     "proxy": settings,
                 }
