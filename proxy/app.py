@@ -73,15 +73,19 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         app[SESSION_KEY] = session
         config = app[CONFIG_KEY]
         providers = {
-            name: create_provider(
-                provider, session, timeout_per_mib_s=config.proxy.timeout_per_mib_s
-            )
+            name: create_provider(provider, session, config.proxy)
             for name, provider in config.providers.items()
         }
         if not providers:
             log.warning("no provider is configured: transcription requests will be refused")
         app[ROUTER_KEY] = Router(providers)
-        yield
+        try:
+            for provider in providers.values():
+                await provider.start()
+            yield
+        finally:
+            for provider in providers.values():
+                await provider.aclose()
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:

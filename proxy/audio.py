@@ -80,6 +80,14 @@ class Spool:
             offset += len(piece)
             yield piece
 
+    def open_reader(self) -> IO[bytes]:
+        """A file object reading the spool from the start, for a library that wants one.
+
+        It has its own descriptor, so it stays readable after :meth:`close`
+        until it is closed itself.
+        """
+        return open(os.dup(self._fd), "rb")
+
     async def _run(self, function: Callable[..., _T], *args: object) -> _T:
         if self._closing:
             raise ServiceUnavailableError("the spool is closed")

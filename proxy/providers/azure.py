@@ -16,6 +16,12 @@ class AzureProvider(HttpProvider):
     to be the deployment's own name.
     """
 
+    def deployment_of(self, model: str) -> str:
+        for key in self._config.keys:
+            if key.azure is not None and model in key.azure.deployments:
+                return key.azure.deployments[model]
+        return model
+
     def target(self, model: str, key: KeyConfig | None) -> tuple[str, dict[str, str]]:
         # The config loader refuses an Azure provider without keys or endpoint.
         assert key is not None

@@ -36,8 +36,17 @@ class Provider(Protocol):
     def serves(self, model: str) -> bool:
         """Whether the provider has a key that may be used for ``model``."""
 
+    def deployment_of(self, model: str) -> str:
+        """What actually serves ``model`` (``extra_fields.model_deployment``)."""
+
     def listed_models(self) -> list[str]:
         """The models the provider's config names, for ``GET /v1/models``."""
+
+    async def start(self) -> None:
+        """Get ready to serve (load a model, say); called once at start-up."""
+
+    async def aclose(self) -> None:
+        """Release what the provider holds; called once at shutdown."""
 
     def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptEvent, None]:
         """Send ``call`` upstream and yield what comes back."""

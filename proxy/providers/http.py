@@ -68,8 +68,17 @@ class HttpProvider:
     def serves(self, model: str) -> bool:
         return not self._config.keys or any(key.serves(model) for key in self._config.keys)
 
+    def deployment_of(self, model: str) -> str:
+        return model
+
     def listed_models(self) -> list[str]:
         return list(dict.fromkeys(m for key in self._config.keys for m in key.listed_models()))
+
+    async def start(self) -> None:
+        """Nothing to prepare: the app's session is shared."""
+
+    async def aclose(self) -> None:
+        """Nothing to release: the app closes its session."""
 
     def target(self, model: str, key: KeyConfig | None) -> tuple[str, dict[str, str]]:
         """The URL to post to and the headers that carry ``key``."""
