@@ -98,38 +98,42 @@ async def running(*command: str, up: str) -> AsyncIterator[asyncio.subprocess.Pr
 
 
 @asynccontextmanager
-async def proxy_in_front_of(
-    upstream_port: int, **settings: Any
+async def proxy_with(
+    config: dict[str, Any],
 ) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
-    """``python -m proxy`` with one OpenAI-compatible provider at ``upstream_port``."""
+    """``python -m proxy`` on a free port with ``config``."""
     port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
-        config = Path(scratch) / "proxy.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "client": {"max_request_body_size_mb": 1 << 20},
-                    "providers": {
-                        "openai": {
-                            "keys": [{"value": "sk-bench"}],
-                            "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
-                        },
-                        # The same upstream under another name, for fallbacks.
-                        "backup": {
-                            "keys": [{"value": "sk-bench"}],
-                            "custom_provider_config": {"base_provider_type": "openai"},
-                            "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
-                        },
-                    },
-                    "proxy": settings,
-                }
-            )
-        )
-        command = (sys.executable, "-m", "proxy", "--port", str(port), "--config", str(config))
+        path = Path(scratch) / "proxy.json"
+        path.write_text(json.dumps(config))
+        command = (sys.executable, "-m", "proxy", "--port", str(port), "--config", str(path))
         async with running(
             *command, "--log-level", "WARNING", up=f"http://127.0.0.1:{port}/health"
         ) as process:
             yield port, process
+
+
+@asynccontextmanager
+async def proxy_in_front_of(
+    upstream_port: int, **settings: Any
+) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
+    """The proxy with one OpenAI-compatible provider at ``upstream_port`` (and a ``backup``)."""
+    base_url = f"http://127.0.0.1:{upstream_port}"
+    config = {
+        "client": {"max_request_body_size_mb": 1 << 20},
+        "providers": {
+            "openai": {"keys": [{"value": "sk-bench"}], "network_config": {"base_url": base_url}},
+            # The same upstream under another name, for fallbacks.
+            "backup": {
+                "keys": [{"value": "sk-bench"}],
+                "custom_provider_config": {"base_provider_type": "openai"},
+                "network_config": {"base_url": base_url},
+            },
+        },
+        "proxy": settings,
+    }
+    async with proxy_with(config) as started:
+        yield started
 
 
 def percentile(values: list[float], q: int) -> float:
