@@ -3,41 +3,94 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import resource
+import signal
 import sys
+from types import FrameType
 
 from aiohttp import web
 
+from . import logs
 from .app import SERVER_SETTINGS, create_app
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
+
+log = logging.getLogger("proxy")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line, load the config and serve until interrupted."""
+    """Parse the command line, load the config and serve until told to stop."""
     parser = argparse.ArgumentParser(prog="python -m proxy", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
     parser.add_argument("--config", help="Bifrost-style JSON config file")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (1)")
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    parser.add_argument(
+        "--log-format", choices=("json", "text"), default="json", help="log lines as (json)"
     )
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level, args.log_format)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     _raise_open_file_limit()
+    if args.workers <= 1:
+        _serve(config, args.host, args.port, reuse_port=False)
+        return 0
+    return _supervise(config, args.host, args.port, args.workers)
+
+
+def _serve(config: Config, host: str, port: int, *, reuse_port: bool) -> None:
+    # run_app stops accepting on SIGTERM/SIGINT, lets what is in flight
+    # finish for drain_timeout_s, then cancels the rest and returns.
     web.run_app(
         create_app(config),
-        host=args.host,
-        port=args.port,
-        print=lambda message: logging.getLogger("proxy").info("%s", message),
+        host=host,
+        port=port,
+        reuse_port=reuse_port,
+        shutdown_timeout=config.proxy.drain_timeout_s,
+        print=lambda message: log.info("%s", message),
         **SERVER_SETTINGS,  # type: ignore[arg-type]
     )
-    return 0
+
+
+def _supervise(config: Config, host: str, port: int, workers: int) -> int:
+    """Fork ``workers`` servers sharing the port (SO_REUSEPORT); pass signals on; wait."""
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            # Its own process group: a terminal's Ctrl-C reaches it once,
+            # through the supervisor, rather than twice.
+            os.setpgrp()
+            code = 0
+            try:
+                _serve(config, host, port, reuse_port=True)
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    log.info("serving with %d worker processes", workers)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):  # already gone
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    failed = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        failed += os.waitstatus_to_exitcode(status) != 0
+    return 1 if failed else 0
 
 
 def _raise_open_file_limit() -> None:
@@ -49,7 +102,7 @@ def _raise_open_file_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        logging.getLogger("proxy").info("open file limit raised from %d to %d", soft, hard)
+        log.info("open file limit raised from %d to %d", soft, hard)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,26 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from . import handlers
+from . import handlers, logs
 from .config import Config
-from .errors import ExpectationFailedError, MethodNotAllowedError, NotFoundError, ProxyError
-from .keys import CONFIG_KEY, FACTS_KEY, LIMITS_KEY, ROUTER_KEY, SESSION_KEY
+from .errors import (
+    ExpectationFailedError,
+    MethodNotAllowedError,
+    NotFoundError,
+    ProxyError,
+    ServiceUnavailableError,
+)
+from .keys import (
+    CONFIG_KEY,
+    FACTS_KEY,
+    LIMITS_KEY,
+    METRICS_KEY,
+    ROUTER_KEY,
+    SESSION_KEY,
+    STATE_KEY,
+    ServerState,
+)
+from .metrics import Metrics
 from .models import RequestFacts
 from .providers import create_provider
 from .responses import error_response
@@ -39,22 +55,41 @@ AZURE_TRANSCRIPTION_PATHS = (
 #: The read buffer is 4x aiohttp's default: larger pieces cut the proxy's CPU
 #: per uploaded GiB by a fifth (scripts/bench_upload.py); larger still gained
 #: nothing measurable and costs memory per connection.
-SERVER_SETTINGS: dict[str, object] = {"handler_cancellation": True, "read_bufsize": 256 * 1024}
+SERVER_SETTINGS: dict[str, object] = {
+    "handler_cancellation": True,
+    "read_bufsize": 256 * 1024,
+    "access_log": None,  # ours, with the request's id and facts, is written instead
+}
 
 
 def create_app(config: Config) -> web.Application:
     """The proxy as an aiohttp application."""
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[observe_middleware, error_middleware])
     app[CONFIG_KEY] = config
+    app[STATE_KEY] = ServerState()
+    app[METRICS_KEY] = Metrics(
+        providers=config.providers,
+        models=[
+            name
+            for provider in config.providers.values()
+            for key in provider.keys
+            for model in key.listed_models()
+            for name in (model, f"{provider.name}/{model}")
+        ],
+    )
     app[LIMITS_KEY] = FormLimits(
         max_body_bytes=config.client.max_request_body_bytes,
         max_fields=config.proxy.max_fields,
         max_field_bytes=config.proxy.max_field_bytes,
         spool_dir=config.proxy.spool_dir,
         max_spool_bytes=config.proxy.max_spool_mb * 1024 * 1024,
+        body_idle_timeout_s=config.proxy.body_idle_timeout_s,
     )
     app.cleanup_ctx.append(_upstream_session)
+    app.on_response_prepare.append(_tag_response)
+    app.on_shutdown.append(_start_draining)
     app.router.add_get("/health", handlers.health)
+    app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/v1/models", handlers.list_models)
     for path in TRANSCRIPTION_PATHS:
         app.router.add_post(path, handlers.create_transcription, expect_handler=expect_continue)
@@ -73,7 +108,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         app[SESSION_KEY] = session
         config = app[CONFIG_KEY]
         providers = {
-            name: create_provider(provider, session, config.proxy)
+            name: create_provider(provider, session, config.proxy, app[METRICS_KEY])
             for name, provider in config.providers.items()
         }
         if not providers:
@@ -107,11 +142,98 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
+async def _tag_response(request: web.Request, response: web.StreamResponse) -> None:
+    # Every response, errors and event streams included, says which request it answers.
+    response.headers["x-request-id"] = logs.request_id.get()
+
+
+async def _start_draining(app: web.Application) -> None:
+    log.info(
+        "shutting down: serving what is in flight for up to %s s",
+        app[CONFIG_KEY].proxy.drain_timeout_s,
+    )
+    app[STATE_KEY].draining = True
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request its id, hold it to the in-flight cap, and log and count its answer."""
+    facts = RequestFacts(
+        started=time.monotonic(),
+        request_id=logs.new_request_id(request.headers.get("x-request-id")),
+    )
+    request[FACTS_KEY] = facts
+    logs.request_id.set(facts.request_id)
+    transcription = request.method == "POST"
+    state = request.app[STATE_KEY]
+    metrics = request.app[METRICS_KEY]
+    response: web.StreamResponse | None = None
+    try:
+        if transcription and state.in_flight >= request.app[CONFIG_KEY].proxy.max_in_flight:
+            # Refused before a byte of the body is read.
+            response = error_response(
+                ServiceUnavailableError(
+                    "too many requests in flight; try again shortly",
+                    code="overloaded",
+                    headers={"Retry-After": "1"},
+                ),
+                facts,
+            )
+            response.force_close()
+            return response
+        if transcription:
+            state.in_flight += 1
+            metrics.in_flight.inc()
+        try:
+            response = await handler(request)
+        finally:
+            if transcription:
+                state.in_flight -= 1
+                metrics.in_flight.dec()
+        return response
+    finally:
+        _access_log(request, facts, response)
+
+
+def _access_log(
+    request: web.Request, facts: RequestFacts, response: web.StreamResponse | None
+) -> None:
+    status = response.status if response is not None else 499  # the client left
+    route = request.match_info.route.resource
+    route_name = route.canonical if route is not None else "unmatched"
+    metrics = request.app[METRICS_KEY]
+    seconds = time.monotonic() - facts.started
+    if route_name in (*TRANSCRIPTION_PATHS, *AZURE_TRANSCRIPTION_PATHS):
+        metrics.requests.labels(
+            route=route_name,
+            provider=metrics.provider(facts.provider),
+            model=metrics.model(facts.model_requested),
+            status=str(status),
+        ).inc()
+        metrics.request_duration.labels(route=route_name).observe(seconds)
+    logs.ACCESS.info(
+        "%s %s %s",
+        request.method,
+        route_name,
+        status,
+        extra={
+            "method": request.method,
+            "route": route_name,
+            "status": status,
+            "provider": facts.provider,
+            "model": facts.model_requested,
+            "bytes_in": facts.audio_bytes,
+            "bytes_out": response.body_length if response is not None else 0,
+            "latency_ms": int(seconds * 1000),
+            "chunks": facts.chunks,
+        },
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer every failure in the documented error shape, never with a stack trace."""
-    facts = RequestFacts(started=time.monotonic())
-    request[FACTS_KEY] = facts
+    facts = request[FACTS_KEY]
     try:
         return await handler(request)
     except ProxyError as exc:

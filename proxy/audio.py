@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import IO, Any, Self, TypeVar
 
+from prometheus_client import Counter
+
 from .errors import ProxyError, ServiceUnavailableError
 from .models import AudioSource, FormField
 
@@ -35,8 +37,9 @@ class Spool:
     Positional reads and writes let a replay read while the recording grows.
     """
 
-    def __init__(self, file: IO[bytes]) -> None:
+    def __init__(self, file: IO[bytes], written: Counter | None = None) -> None:
         self._file = file
+        self._written = written
         self._fd = file.fileno()
         #: Bytes written so far; grows only once a write has completed.
         self.size = 0
@@ -44,8 +47,11 @@ class Spool:
         self._closing = False
 
     @classmethod
-    async def create(cls, directory: str | None) -> Self:
-        """Open a spool in ``directory`` (the system's temporary directory if None)."""
+    async def create(cls, directory: str | None, written: Counter | None = None) -> Self:
+        """Open a spool in ``directory`` (the system's temporary directory if None).
+
+        ``written`` counts the bytes written to it.
+        """
 
         def open_unnamed() -> IO[bytes]:
             # Unnamed from the start (O_TMPFILE where the filesystem has it):
@@ -58,12 +64,14 @@ class Spool:
             file = await asyncio.to_thread(open_unnamed)
         except OSError as exc:
             raise _spool_unavailable(exc) from exc
-        return cls(file)
+        return cls(file, written)
 
     async def append(self, data: bytes) -> None:
         """Add ``data`` at the end."""
         await self._run(_write_all, self._fd, data, self.size)
         self.size += len(data)
+        if self._written is not None:
+            self._written.inc(len(data))
 
     async def read(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes from ``offset``."""

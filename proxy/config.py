@@ -138,6 +138,13 @@ class ProxySettings:
     #: Added to an upstream's timeout for each MiB uploaded: longer audio
     #: takes longer to transcribe before the first byte of the answer.
     timeout_per_mib_s: float = 2.0
+    #: Transcription requests served at once; past it, 503 before the body is read.
+    max_in_flight: int = 256
+    #: Longest wait for the next bytes of a client's body (a slow-drip
+    #: client cannot hold a slot forever).
+    body_idle_timeout_s: float = 30.0
+    #: On SIGTERM: how long in-flight uploads and streams may go on.
+    drain_timeout_s: float = 30.0
     local: LocalSettings = field(default_factory=LocalSettings)
 
 
@@ -315,6 +322,9 @@ def _proxy(section: _Section) -> ProxySettings:
         max_fields=section.integer("max_fields", 64, minimum=1),
         max_field_bytes=section.integer("max_field_bytes", 64 * 1024, minimum=1),
         sse_keepalive_s=section.number("sse_keepalive_s", 15.0, positive=True),
+        max_in_flight=section.integer("max_in_flight", 256, minimum=1),
+        body_idle_timeout_s=section.number("body_idle_timeout_s", 30.0, positive=True),
+        drain_timeout_s=section.number("drain_timeout_s", 30.0),
         local=_local(section.section("local")),
     )
     section.warn_unused()

@@ -84,6 +84,13 @@ class PayloadTooLargeError(InvalidRequestError):
     default_code = "request_too_large"
 
 
+class RequestTimeoutError(InvalidRequestError):
+    """The client stopped sending its body."""
+
+    status = 408
+    default_code = "request_timeout"
+
+
 class ExpectationFailedError(InvalidRequestError):
     """The request's ``Expect`` header asks for something other than 100-continue."""
 

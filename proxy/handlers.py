@@ -10,7 +10,8 @@ from aiohttp import web
 
 from .errors import BadGatewayError, InvalidRequestError
 from .fields import fallbacks_of, first_value, forwarded, parse_stream
-from .keys import CONFIG_KEY, FACTS_KEY, LIMITS_KEY, ROUTER_KEY
+from .keys import CONFIG_KEY, FACTS_KEY, LIMITS_KEY, METRICS_KEY, ROUTER_KEY, STATE_KEY
+from .metrics import metrics_response
 from .models import AudioSource, FormField, TranscriptDone, TranscriptEvent
 from .relay import STREAM_REQUEST_TYPE, relay
 from .responses import json_response, transcription_response
@@ -24,6 +25,11 @@ RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
 async def health(request: web.Request) -> web.Response:
     """Liveness: the process is up and serving."""
     return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics`` in Prometheus' text format."""
+    return metrics_response(request.app[METRICS_KEY])
 
 
 async def create_transcription(request: web.Request) -> web.StreamResponse:
@@ -44,8 +50,11 @@ async def create_azure_transcription(request: web.Request) -> web.StreamResponse
 async def _transcribe(request: web.Request, *, deployment: str | None) -> web.StreamResponse:
     facts = request[FACTS_KEY]
     router = request.app[ROUTER_KEY]
+    metrics = request.app[METRICS_KEY]
     routing_fields = ("model",) if deployment is None else ()
-    async with FormReader(request, request.app[LIMITS_KEY], routing_fields) as reader:
+    async with FormReader(
+        request, request.app[LIMITS_KEY], routing_fields, metrics=metrics, facts=facts
+    ) as reader:
         form = await reader.read()
         if form.audio is None:
             raise _missing("file")
@@ -59,7 +68,9 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
         facts.provider = routes[0].provider.name
         if may_retry(routes):
             await reader.record()
-        dispatch = Dispatch(routes, form.fields, form.audio)
+        dispatch = Dispatch(
+            routes, form.fields, form.audio, metrics=metrics, request_id=facts.request_id
+        )
         events = dispatch.events()
         async with aclosing(events):
             # Until the first event, a failure is an ordinary JSON error with
@@ -75,8 +86,16 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
                 facts.attempts = [attempt.as_dict() for attempt in dispatch.attempts]
             fields = form.all_fields()
             if _wants_stream(fields):
-                keepalive_s = request.app[CONFIG_KEY].proxy.sse_keepalive_s
-                return await relay(request, first, events, facts, keepalive_s=keepalive_s)
+                state = request.app[STATE_KEY]
+                return await relay(
+                    request,
+                    first,
+                    events,
+                    facts,
+                    keepalive_s=request.app[CONFIG_KEY].proxy.sse_keepalive_s,
+                    metrics=metrics,
+                    draining=lambda: state.draining,
+                )
             done = first if isinstance(first, TranscriptDone) else await _final_answer(events)
     return transcription_response(
         done,

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import aiohttp
 from aiohttp import web
 
 from .config import Config
+from .metrics import Metrics
 from .models import RequestFacts
 from .router import Router
 from .upload import FormLimits
 
+
+@dataclass
+class ServerState:
+    """What the app knows of its own load."""
+
+    in_flight: int = 0
+    #: Set on SIGTERM: streams cut at the drain deadline end with an error event.
+    draining: bool = False
+
+
 CONFIG_KEY = web.AppKey("config", Config)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+STATE_KEY = web.AppKey("state", ServerState)
 LIMITS_KEY = web.AppKey("limits", FormLimits)
 ROUTER_KEY = web.AppKey("router", Router)
 SESSION_KEY = web.AppKey("upstream_session", aiohttp.ClientSession)

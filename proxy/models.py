@@ -51,6 +51,8 @@ class UpstreamCall:
     model: str
     fields: Sequence[FormField]
     audio: AudioSource
+    #: Passed upstream as ``x-request-id``, so one id follows the request.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,16 @@ class RequestFacts:
     """What is known of a request so far, for its answer, its errors and its logs."""
 
     started: float
+    request_id: str = "-"
     request_type: str = "transcription"
     provider: str | None = None
     model_requested: str | None = None
     model_deployment: str | None = None
     #: The attempts made, when the answer comes from a retry or a fallback.
     attempts: list[dict[str, Any]] | None = None
+    #: Audio bytes read from the client, and events streamed back to it.
+    audio_bytes: int = 0
+    chunks: int = 0
 
     def latency_ms(self) -> int:
         """Whole milliseconds since the request started."""

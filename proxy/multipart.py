@@ -105,6 +105,8 @@ class UpstreamBody:
         #: Why the body could not be completed, when the cause is on the
         #: client's side (the HTTP client reports only a broken request).
         self.failure: ProxyError | None = None
+        #: Audio bytes handed over so far.
+        self.audio_bytes = 0
         audio = call.audio
         self._head = self._encoder.fields(
             [FormField("model", call.model), *forwarded(call.fields)]
@@ -133,11 +135,11 @@ class UpstreamBody:
         pacer = self._pacer
         gathered = [self._head]
         size = len(self._head)
-        audio_bytes = 0
+        self.audio_bytes = 0
         try:
             pacer.waiting_for_client()
             async for chunk in audio.chunks():
-                audio_bytes += len(chunk)
+                self.audio_bytes += len(chunk)
                 if size + len(chunk) < COALESCE_BYTES:
                     gathered.append(chunk)
                     size += len(chunk)
@@ -158,4 +160,4 @@ class UpstreamBody:
         gathered.append(self._encoder.closing())
         pacer.waiting_for_upstream()
         yield b"".join(gathered)
-        pacer.sent(audio_bytes)
+        pacer.sent(self.audio_bytes)

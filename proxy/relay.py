@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from .errors import BadGatewayError, ProxyError, error_body
+from .errors import BadGatewayError, ProxyError, ServiceUnavailableError, error_body
+from .metrics import Metrics
 from .models import RequestFacts, TranscriptDelta, TranscriptDone, TranscriptEvent
 from .sse import EventStream
 from .transcripts import DELTA, deltas_of, done_event
@@ -21,9 +22,10 @@ STREAM_REQUEST_TYPE = "transcription_stream"
 class _Chunks:
     """Tags each event with ``extra_fields``, numbering them as they are sent."""
 
-    def __init__(self, stream: EventStream, facts: RequestFacts) -> None:
+    def __init__(self, stream: EventStream, facts: RequestFacts, metrics: Metrics) -> None:
         self._stream = stream
         self._facts = facts
+        self._metrics = metrics
         self._index = 0
         self.last_sent = facts.started
 
@@ -43,6 +45,8 @@ class _Chunks:
         if final and facts.attempts:
             extra_fields["attempts"] = facts.attempts
         await self._stream.send({**event, "extra_fields": extra_fields})
+        self._metrics.sse_events.inc()
+        facts.chunks += 1
         self._index += 1
         self.last_sent = time.monotonic()
 
@@ -54,29 +58,30 @@ async def relay(
     facts: RequestFacts,
     *,
     keepalive_s: float,
+    metrics: Metrics,
+    draining: Callable[[], bool] = lambda: False,
 ) -> web.StreamResponse:
     """Send ``first`` and then ``rest`` as they arrive, ending with ``[DONE]``.
 
     The response is committed with the first event, so a failure after it is
-    sent as one event carrying the error body, then ``[DONE]``.
+    sent as one event carrying the error body, then ``[DONE]``. So is the end
+    of a stream cut short when a shutdown's drain deadline passes.
     """
     facts.request_type = STREAM_REQUEST_TYPE
     stream = EventStream(request)
     await stream.open()
-    chunks = _Chunks(stream, facts)
+    chunks = _Chunks(stream, facts, metrics)
     keepalive = asyncio.create_task(_keep_alive(stream, keepalive_s))
+    metrics.open_streams.inc()
     try:
         try:
             await _send_all(chunks, first, rest)
         except ProxyError as exc:
-            await stream.send(
-                error_body(
-                    exc,
-                    provider=facts.provider,
-                    model_requested=facts.model_requested,
-                    request_type=STREAM_REQUEST_TYPE,
-                )
-            )
+            await stream.send(_error_event(exc, facts))
+        except asyncio.CancelledError:
+            if draining():
+                await _end_for_shutdown(stream, facts)
+            raise
         finally:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
@@ -84,7 +89,30 @@ async def relay(
         await stream.close()
     except ConnectionError:
         pass  # the client is gone; the caller closes the upstream stream
+    finally:
+        metrics.open_streams.dec()
     return stream.response
+
+
+def _error_event(error: ProxyError, facts: RequestFacts) -> dict[str, Any]:
+    return error_body(
+        error,
+        provider=facts.provider,
+        model_requested=facts.model_requested,
+        request_type=STREAM_REQUEST_TYPE,
+    )
+
+
+async def _end_for_shutdown(stream: EventStream, facts: RequestFacts) -> None:
+    """Tell the client why its stream stops, in the stream's own terms, if it is quick."""
+    error = ServiceUnavailableError(
+        "the server is shutting down; the stream was cut at its drain deadline",
+        code="shutting_down",
+    )
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        async with asyncio.timeout(1):
+            await stream.send(_error_event(error, facts))
+            await stream.close()
 
 
 async def _send_all(

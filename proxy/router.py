@@ -21,6 +21,7 @@ from .errors import (
     ServiceUnavailableError,
     UpstreamError,
 )
+from .metrics import Metrics
 from .models import AudioSource, FormField, TranscriptEvent, UpstreamCall
 from .providers.base import Provider
 
@@ -145,12 +146,16 @@ class Dispatch:
         fields: Sequence[FormField],
         audio: AudioSource,
         *,
+        metrics: Metrics | None = None,
+        request_id: str | None = None,
         sleep: Sleep = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self._routes = routes
         self._fields = fields
         self._audio = audio
+        self._metrics = metrics
+        self._request_id = request_id
         self._sleep = sleep
         self._jitter = jitter
         #: The route that is answering, once one is.
@@ -189,7 +194,12 @@ class Dispatch:
         retry = 0
         while True:
             events = route.provider.transcribe(
-                UpstreamCall(model=route.model, fields=self._fields, audio=self._audio)
+                UpstreamCall(
+                    model=route.model,
+                    fields=self._fields,
+                    audio=self._audio,
+                    request_id=self._request_id,
+                )
             )
             async with aclosing(events):
                 try:
@@ -206,6 +216,10 @@ class Dispatch:
                     if delay is None:
                         raise
                     retry += 1
+                    if self._metrics is not None:
+                        self._metrics.retries.labels(
+                            provider=self._metrics.provider(route.provider.name)
+                        ).inc()
                     log.info(
                         "provider %s failed (%s); retry %d in %.2f s",
                         route.provider.name,

@@ -12,9 +12,10 @@ memory anyway, so it becomes a :class:`BufferedAudio`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -29,10 +30,12 @@ from .errors import (
     MalformedBodyError,
     PayloadTooLargeError,
     ProxyError,
+    RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
 from .fields import SINGULAR_FIELDS, validate_field
-from .models import FormField
+from .metrics import Metrics
+from .models import FormField, RequestFacts
 from .part_reader import StreamingMultipartReader
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,8 @@ class FormLimits:
     spool_dir: str | None = None
     #: Past this many bytes a recorded upload can no longer be replayed.
     max_spool_bytes: int = 1024 * 1024 * 1024
+    #: Longest wait for the next bytes of the body.
+    body_idle_timeout_s: float = 30.0
 
 
 @dataclass
@@ -114,9 +119,15 @@ class FormReader:
         request: web.Request,
         limits: FormLimits,
         routing_fields: Collection[str] = ("model",),
+        *,
+        metrics: Metrics,
+        facts: RequestFacts | None = None,
     ) -> None:
         self._request = request
         self._limits = limits
+        self._metrics = metrics
+        self._facts = facts
+        self._uploading = False
         self._routing_fields = frozenset(routing_fields)
         self._multipart: MultipartReader | None = None
         self._field_count = 0
@@ -124,7 +135,14 @@ class FormReader:
         self._form = TranscriptionForm()
 
     async def __aenter__(self) -> Self:
+        self._uploading = True
+        self._metrics.active_uploads.inc()
         return self
+
+    def _upload_finished(self) -> None:
+        if self._uploading:
+            self._uploading = False
+            self._metrics.active_uploads.dec()
 
     async def __aexit__(
         self,
@@ -137,6 +155,7 @@ class FormReader:
             await audio.aclose()
         elif isinstance(audio, SpooledAudio):
             audio.close()
+        self._upload_finished()
 
     async def record(self) -> None:
         """Record a streaming upload as it is sent, so that it can be sent again.
@@ -146,14 +165,14 @@ class FormReader:
         """
         live = self._form.audio
         if isinstance(live, LiveAudio):
-            spool = await Spool.create(self._limits.spool_dir)
+            spool = await Spool.create(self._limits.spool_dir, written=self._metrics.spool_bytes)
             self._form.audio = ReplayableAudio(live, spool, self._limits.max_spool_bytes)
 
     async def read(self) -> TranscriptionForm:
         """Read up to a streamable file part, or the whole form."""
         check_content_type(self._request)
         check_declared_length(self._request, self._limits)
-        with self._reading():
+        async with self._reading():
             self._multipart = StreamingMultipartReader(self._request.headers, self._request.content)
         form = self._form
         while (part := await self._next_part()) is not None:
@@ -182,13 +201,18 @@ class FormReader:
             content_type=part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE),
         )
 
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[None]:
-        """Translate what can go wrong while reading the client's body."""
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        """Time one read of the client's body and translate what can go wrong in it."""
         try:
-            yield
+            async with asyncio.timeout(self._limits.body_idle_timeout_s):
+                yield
         except ProxyError:
             raise
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the client sent nothing for {self._limits.body_idle_timeout_s:g} s"
+            ) from None
         except ConnectionError as exc:
             raise ClientGoneError("the client closed the connection") from exc
         except (ValueError, AssertionError, HttpProcessingError) as exc:
@@ -200,10 +224,12 @@ class FormReader:
             raise MalformedBodyError(f"malformed multipart body: {str(exc)[:200]}") from exc
         if self._request.content.total_bytes > self._limits.max_body_bytes:
             raise _too_large(self._limits)
+        if self._request.content.is_eof():
+            self._upload_finished()
 
     async def _next_part(self) -> BodyPartReader | None:
         assert self._multipart is not None
-        with self._reading():
+        async with self._reading():
             part = await self._multipart.next()
         if isinstance(part, MultipartReader):
             raise MalformedBodyError("nested multipart parts are not accepted")
@@ -228,7 +254,7 @@ class FormReader:
             )
         data = bytearray()
         while True:
-            with self._reading():
+            async with self._reading():
                 chunk = await part.read_chunk(_FIELD_CHUNK_BYTES)
             if not chunk:
                 break
@@ -254,10 +280,13 @@ class FormReader:
     async def file_chunks(self, part: BodyPartReader) -> AsyncIterator[bytes]:
         """The file part's bytes, straight off the client socket."""
         while True:
-            with self._reading():
+            async with self._reading():
                 chunk = await part.read_chunk(FILE_CHUNK_BYTES)
             if not chunk:
                 return
+            self._metrics.audio_bytes_in.inc(len(chunk))
+            if self._facts is not None:
+                self._facts.audio_bytes += len(chunk)
             yield chunk
 
     async def read_rest(self) -> list[FormField]:
@@ -270,7 +299,7 @@ class FormReader:
         return rest
 
     async def _spool(self, part: BodyPartReader) -> SpooledAudio:
-        spool = await Spool.create(self._limits.spool_dir)
+        spool = await Spool.create(self._limits.spool_dir, written=self._metrics.spool_bytes)
         audio = SpooledAudio(
             spool,
             filename=part.filename or _DEFAULT_FILENAME,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from ..config import ProviderConfig, ProxySettings
+from ..metrics import Metrics
 from .azure import AzureProvider
 from .base import Provider
 from .openai import OpenAICompatibleProvider
@@ -13,13 +14,16 @@ __all__ = ["Provider", "create_provider"]
 
 
 def create_provider(
-    config: ProviderConfig, session: aiohttp.ClientSession, settings: ProxySettings
+    config: ProviderConfig,
+    session: aiohttp.ClientSession,
+    settings: ProxySettings,
+    metrics: Metrics,
 ) -> Provider:
     """The adapter for ``config``'s kind of upstream."""
     if config.kind == "local":
         # Imported only when configured: the core install has no speech model.
         from .local import LocalProvider
 
-        return LocalProvider(settings.local, spool_dir=settings.spool_dir)
+        return LocalProvider(settings.local, spool_dir=settings.spool_dir, metrics=metrics)
     adapter = {"openai": OpenAICompatibleProvider, "azure": AzureProvider}[config.kind]
-    return adapter(config, session, timeout_per_mib_s=settings.timeout_per_mib_s)
+    return adapter(config, session, metrics, timeout_per_mib_s=settings.timeout_per_mib_s)

@@ -8,6 +8,7 @@ the key, which is all an adapter says (:meth:`HttpProvider.target`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
 import aiohttp
@@ -15,6 +16,7 @@ import orjson
 
 from ..config import KeyConfig, NetworkConfig, ProviderConfig
 from ..errors import BadGatewayError, GatewayTimeoutError, UpstreamError
+from ..metrics import Metrics
 from ..models import TranscriptDone, TranscriptEvent, UpstreamCall
 from ..multipart import UpstreamBody
 from ..sse import read_events
@@ -35,11 +37,13 @@ class HttpProvider:
         self,
         config: ProviderConfig,
         session: aiohttp.ClientSession,
+        metrics: Metrics,
         *,
         timeout_per_mib_s: float = 2.0,
     ) -> None:
         self._config = config
         self._session = session
+        self._metrics = metrics
         self._keys = KeyPool(config.name, config.keys)
         self._idle_s = config.network.request_timeout_s
         self._per_mib_s = timeout_per_mib_s
@@ -92,11 +96,17 @@ class HttpProvider:
         headers[aiohttp.hdrs.CONTENT_TYPE] = body.content_type
         if body.length is not None:
             headers[aiohttp.hdrs.CONTENT_LENGTH] = str(body.length)
+        if call.request_id:
+            headers["x-request-id"] = call.request_id
+        started = time.monotonic()
         try:
             async with deadline:
                 response = await self._session.post(
                     url, data=body.stream(), headers=headers, timeout=self._client_timeout
                 )
+            self._metrics.upstream_ttfb.labels(provider=self.name).observe(
+                time.monotonic() - started
+            )
             async with response:
                 if response.status >= 400:
                     raw = await _read_capped(response, self._idle_s)
@@ -125,6 +135,8 @@ class HttpProvider:
             raise GatewayTimeoutError(
                 f"provider {self.name} did not answer in time", retryable=True
             ) from exc
+        finally:
+            self._metrics.audio_bytes_out.labels(provider=self.name).inc(body.audio_bytes)
 
 
 class _Deadline:

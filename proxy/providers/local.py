@@ -15,6 +15,7 @@ import concurrent.futures
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..audio import Spool
 from ..config import LocalSettings, NetworkConfig
 from ..errors import InvalidRequestError, ProxyError, ServiceUnavailableError
 from ..fields import first_value, parse_temperature
+from ..metrics import Metrics
 from ..models import TranscriptDelta, TranscriptEvent, UpstreamCall
 from ..transcripts import DELTA
 from .whisper_output import Segment, Word, transcript
@@ -140,9 +142,10 @@ class _DecodeSlots:
 class LocalProvider:
     """``local``: transcription by the embedded model."""
 
-    def __init__(self, settings: LocalSettings, *, spool_dir: str | None) -> None:
+    def __init__(self, settings: LocalSettings, *, spool_dir: str | None, metrics: Metrics) -> None:
         self._settings = settings
         self._spool_dir = spool_dir
+        self._metrics = metrics
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.max_concurrent + 1, thread_name_prefix="local-model"
         )
@@ -191,10 +194,12 @@ class LocalProvider:
                 "the local model cannot tell speakers apart (diarized_json)",
                 param="response_format",
             )
-        spool = await Spool.create(self._spool_dir)
+        spool = await Spool.create(self._spool_dir, written=self._metrics.spool_bytes)
         try:
             async for chunk in call.audio.chunks():
                 await spool.append(chunk)
+            self._metrics.audio_bytes_out.labels(provider=self.name).inc(spool.size)
+            started = time.monotonic()
             whisper = await self._model.get()
             await self._slots.acquire()
             decoding = _Decoding(whisper, spool.open_reader(), options, self._executor)
@@ -202,6 +207,10 @@ class LocalProvider:
             segments: list[Segment] = []
             try:
                 async for segment in decoding.segments():
+                    if not segments:
+                        self._metrics.upstream_ttfb.labels(provider=self.name).observe(
+                            time.monotonic() - started
+                        )
                     segments.append(replace(segment, id=len(segments)))
                     yield TranscriptDelta({"type": DELTA, "delta": segment.text})
             finally:

@@ -1,0 +1,120 @@
+"""Prometheus metrics: one registry per application, served at ``GET /metrics``.
+
+Label values come only from the configuration (provider and model names the
+config knows, route patterns, status codes), never from what a client sends,
+so their number stays bounded and no credential can ever become a label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.process_collector import ProcessCollector
+
+OTHER = "other"
+
+#: From a small buffered request to a long upload or stream.
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    """Everything the proxy counts."""
+
+    def __init__(self, providers: Collection[str] = (), models: Collection[str] = ()) -> None:
+        self.registry = CollectorRegistry()
+        self._providers = frozenset(providers)
+        self._models = frozenset(models)
+        registry = self.registry
+        ProcessCollector(registry=registry)  # open fds, RSS, CPU of this process
+        self.requests = Counter(
+            "proxy_requests",
+            "Requests answered, by route, provider, model and status.",
+            ["route", "provider", "model", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "proxy_request_duration_seconds",
+            "Time from a request's start to the end of its answer.",
+            ["route"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_ttfb = Histogram(
+            "proxy_upstream_ttfb_seconds",
+            "Time from sending a request upstream to the first byte of its answer.",
+            ["provider"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.audio_bytes_in = Counter(
+            "proxy_audio_bytes_in", "Audio bytes read from clients.", registry=registry
+        )
+        self.audio_bytes_out = Counter(
+            "proxy_audio_bytes_out",
+            "Audio bytes sent to upstreams (a retry sends them again).",
+            ["provider"],
+            registry=registry,
+        )
+        self.active_uploads = Gauge(
+            "proxy_active_uploads", "Requests whose upload is being read.", registry=registry
+        )
+        self.open_streams = Gauge(
+            "proxy_open_streams", "Server-sent event streams open to clients.", registry=registry
+        )
+        self.in_flight = Gauge(
+            "proxy_requests_in_flight", "Transcription requests being served.", registry=registry
+        )
+        self.retries = Counter(
+            "proxy_retries",
+            "Retries of a provider after a failure.",
+            ["provider"],
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "proxy_fallbacks",
+            "Requests passed on from one provider to the next.",
+            ["provider"],
+            registry=registry,
+        )
+        self.spool_bytes = Counter(
+            "proxy_spool_bytes", "Bytes written to spool files.", registry=registry
+        )
+        self.sse_events = Counter(
+            "proxy_sse_events", "Server-sent events written to clients.", registry=registry
+        )
+        self.tasks = Gauge(
+            "proxy_asyncio_tasks", "Tasks alive on the event loop.", registry=registry
+        )
+        self.tasks.set_function(_task_count)
+
+    def provider(self, name: str | None) -> str:
+        """``name`` if the config knows it, else ``other``."""
+        return name if name in self._providers else OTHER
+
+    def model(self, name: str | None) -> str:
+        """``name`` if the config names it (bare or as provider/model), else ``other``."""
+        return name if name in self._models else OTHER
+
+
+def _task_count() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # no running loop (scraped from another thread)
+        return 0.0
+
+
+def metrics_response(metrics: Metrics) -> web.Response:
+    """The registry in Prometheus' text format."""
+    response = web.Response(body=generate_latest(metrics.registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
