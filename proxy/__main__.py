@@ -14,7 +14,7 @@ from types import FrameType
 from aiohttp import web
 
 from . import logs
-from .app import SERVER_SETTINGS, create_app
+from .app import DRAIN_GRACE_S, SERVER_SETTINGS, create_app
 from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("proxy")
@@ -53,7 +53,7 @@ def _serve(config: Config, host: str, port: int, *, reuse_port: bool) -> None:
         host=host,
         port=port,
         reuse_port=reuse_port,
-        shutdown_timeout=config.proxy.drain_timeout_s,
+        shutdown_timeout=config.proxy.drain_timeout_s + DRAIN_GRACE_S,
         print=lambda message: log.info("%s", message),
         **SERVER_SETTINGS,  # type: ignore[arg-type]
     )

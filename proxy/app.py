@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ from .keys import (
 from .metrics import Metrics
 from .models import RequestFacts
 from .providers import create_provider
+from .relay import DRAIN_DEADLINE
 from .responses import error_response
 from .router import Router
 from .upload import FormLimits, check_content_type, check_declared_length
@@ -148,11 +150,25 @@ async def _tag_response(request: web.Request, response: web.StreamResponse) -> N
 
 
 async def _start_draining(app: web.Application) -> None:
-    log.info(
-        "shutting down: serving what is in flight for up to %s s",
-        app[CONFIG_KEY].proxy.drain_timeout_s,
-    )
-    app[STATE_KEY].draining = True
+    """On SIGTERM: new connections are refused; what is in flight gets the drain time.
+
+    Streams still open at the deadline are ended by us, with an error event
+    and ``[DONE]``, before aiohttp's own (slightly later) deadline cancels
+    whatever is left.
+    """
+    timeout = app[CONFIG_KEY].proxy.drain_timeout_s
+    log.info("shutting down: serving what is in flight for up to %s s", timeout)
+    streams = app[STATE_KEY].streams
+
+    def cut_streams() -> None:
+        for task in list(streams):
+            task.cancel(DRAIN_DEADLINE)
+
+    asyncio.get_running_loop().call_later(timeout, cut_streams)
+
+
+#: aiohttp's shutdown deadline lies this far past ours, so ours ends streams first.
+DRAIN_GRACE_S = 2.0
 
 
 @web.middleware
@@ -221,13 +237,19 @@ def _access_log(
             "route": route_name,
             "status": status,
             "provider": facts.provider,
-            "model": facts.model_requested,
+            "model": logs.redacted(facts.model_requested),
             "bytes_in": facts.audio_bytes,
-            "bytes_out": response.body_length if response is not None else 0,
+            "bytes_out": _bytes_out(response),
             "latency_ms": int(seconds * 1000),
             "chunks": facts.chunks,
         },
     )
+
+
+def _bytes_out(response: web.StreamResponse | None) -> int:
+    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        return len(response.body)  # not sent yet when the line is written
+    return response.body_length if response is not None else 0
 
 
 @web.middleware

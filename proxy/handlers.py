@@ -86,7 +86,6 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
                 facts.attempts = [attempt.as_dict() for attempt in dispatch.attempts]
             fields = form.all_fields()
             if _wants_stream(fields):
-                state = request.app[STATE_KEY]
                 return await relay(
                     request,
                     first,
@@ -94,7 +93,7 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
                     facts,
                     keepalive_s=request.app[CONFIG_KEY].proxy.sse_keepalive_s,
                     metrics=metrics,
-                    draining=lambda: state.draining,
+                    streams=request.app[STATE_KEY].streams,
                 )
             done = first if isinstance(first, TranscriptDone) else await _final_answer(events)
     return transcription_response(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -19,8 +21,8 @@ class ServerState:
     """What the app knows of its own load."""
 
     in_flight: int = 0
-    #: Set on SIGTERM: streams cut at the drain deadline end with an error event.
-    draining: bool = False
+    #: The tasks relaying streams, so a shutdown can end them properly.
+    streams: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 CONFIG_KEY = web.AppKey("config", Config)

@@ -25,6 +25,17 @@ _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 _RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+# Strings shaped like keys or tokens: Bifrost virtual keys, OpenAI keys, JWTs.
+_CREDENTIAL_SHAPED = re.compile(r"(sk-|eyJ)[A-Za-z0-9_.-]{6,}")
+
+
+def redacted(value: str | None) -> str | None:
+    """A client-supplied string fit for a log line: anything shaped like a credential is hidden."""
+    if value is None:
+        return None
+    return _CREDENTIAL_SHAPED.sub("[redacted]", value)[:200]
+
+
 def new_request_id(client_value: str | None) -> str:
     """The client's ``x-request-id`` when it is usable, else a fresh one."""
     if client_value and _CLIENT_REQUEST_ID.fullmatch(client_value):

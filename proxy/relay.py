@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -17,6 +17,8 @@ from .sse import EventStream
 from .transcripts import DELTA, deltas_of, done_event
 
 STREAM_REQUEST_TYPE = "transcription_stream"
+#: The cancellation message that ends a stream at a shutdown's drain deadline.
+DRAIN_DEADLINE = "drain deadline"
 
 
 class _Chunks:
@@ -59,13 +61,14 @@ async def relay(
     *,
     keepalive_s: float,
     metrics: Metrics,
-    draining: Callable[[], bool] = lambda: False,
+    streams: set[asyncio.Task[Any]] | None = None,
 ) -> web.StreamResponse:
     """Send ``first`` and then ``rest`` as they arrive, ending with ``[DONE]``.
 
     The response is committed with the first event, so a failure after it is
     sent as one event carrying the error body, then ``[DONE]``. So is the end
-    of a stream cut short when a shutdown's drain deadline passes.
+    of a stream cut short when a shutdown's drain deadline passes: the task is
+    registered in ``streams``, and cancelled with :data:`DRAIN_DEADLINE`.
     """
     facts.request_type = STREAM_REQUEST_TYPE
     stream = EventStream(request)
@@ -73,15 +76,27 @@ async def relay(
     chunks = _Chunks(stream, facts, metrics)
     keepalive = asyncio.create_task(_keep_alive(stream, keepalive_s))
     metrics.open_streams.inc()
+    task = asyncio.current_task()
+    if streams is not None and task is not None:
+        streams.add(task)
     try:
         try:
             await _send_all(chunks, first, rest)
         except ProxyError as exc:
             await stream.send(_error_event(exc, facts))
-        except asyncio.CancelledError:
-            if draining():
-                await _end_for_shutdown(stream, facts)
-            raise
+        except asyncio.CancelledError as exc:
+            if task is None or exc.args != (DRAIN_DEADLINE,) or task.cancelling() > 1:
+                raise  # the client left, or a harder stop than the drain deadline
+            task.uncancel()
+            await stream.send(
+                _error_event(
+                    ServiceUnavailableError(
+                        "the server is shutting down; the stream was cut at its drain deadline",
+                        code="shutting_down",
+                    ),
+                    facts,
+                )
+            )
         finally:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
@@ -91,6 +106,8 @@ async def relay(
         pass  # the client is gone; the caller closes the upstream stream
     finally:
         metrics.open_streams.dec()
+        if streams is not None and task is not None:
+            streams.discard(task)
     return stream.response
 
 
@@ -101,18 +118,6 @@ def _error_event(error: ProxyError, facts: RequestFacts) -> dict[str, Any]:
         model_requested=facts.model_requested,
         request_type=STREAM_REQUEST_TYPE,
     )
-
-
-async def _end_for_shutdown(stream: EventStream, facts: RequestFacts) -> None:
-    """Tell the client why its stream stops, in the stream's own terms, if it is quick."""
-    error = ServiceUnavailableError(
-        "the server is shutting down; the stream was cut at its drain deadline",
-        code="shutting_down",
-    )
-    with contextlib.suppress(Exception, asyncio.CancelledError):
-        async with asyncio.timeout(1):
-            await stream.send(_error_event(error, facts))
-            await stream.close()
 
 
 async def _send_all(

@@ -186,6 +186,10 @@ class Dispatch:
                     log.info(
                         "provider %s failed (%s); falling back", route.provider.name, exc.message
                     )
+                    if self._metrics is not None:
+                        self._metrics.fallbacks.labels(
+                            provider=self._metrics.provider(route.provider.name)
+                        ).inc()
                     continue
                 raise self._with_attempts(primary_error if last else exc) from None
 

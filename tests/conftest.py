@@ -17,6 +17,7 @@ import orjson
 import pytest
 from aiohttp import BodyPartReader, web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from proxy.app import create_app
 from proxy.config import parse_config
@@ -43,7 +44,7 @@ class ReceivedRequest:
 
     path: str
     query: dict[str, str]
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     parts: list[ReceivedPart] = field(default_factory=list)
     complete: bool = False  # the body was read to its closing boundary
 
@@ -137,7 +138,7 @@ class FakeUpstream:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         received = ReceivedRequest(
-            path=request.path, query=dict(request.query), headers=dict(request.headers)
+            path=request.path, query=dict(request.query), headers=CIMultiDict(request.headers)
         )
         self.requests.append(received)
         try:

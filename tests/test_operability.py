@@ -1,0 +1,348 @@
+"""What an operator relies on: metrics, request ids, logs, drain, overload and slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import (
+    UPSTREAM_KEY,
+    URL,
+    FakeUpstream,
+    ProxyFactory,
+    ReceivedRequest,
+    base_url,
+    form,
+    post,
+    provider_config,
+)
+from tests.test_errors import assert_error
+
+
+async def scrape(server: TestServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{base_url(server)}/metrics") as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_move_as_requests_are_made(proxy: TestServer, upstream: FakeUpstream) -> None:
+    before = await scrape(proxy)
+    audio = b"\1" * 300_000
+    await post(proxy, form(("model", "whisper-1"), ("file", audio)))
+    await post(proxy, form(("file", audio), ("model", "whisper-1")))  # spooled
+    await post(proxy, form(("model", "whisper-1"), ("temperature", "9"), ("file", b"x")))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{base_url(proxy)}{URL}",
+            data=form(("model", "whisper-1"), ("stream", "true"), ("file", b"RIFF")),
+        ) as response,
+    ):
+        await response.read()
+    after = await scrape(proxy)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    route = {"route": "/v1/audio/transcriptions"}
+    # A model the config does not name is counted as "other", never as sent.
+    assert (
+        grew("proxy_requests_total", **route, provider="openai", model="other", status="200") == 3
+    )
+    assert grew("proxy_requests_total", **route, provider="other", model="other", status="400") == 1
+    assert grew("proxy_request_duration_seconds_count", **route) == 4
+    assert grew("proxy_audio_bytes_in_total") == 2 * len(audio) + 4
+    assert grew("proxy_audio_bytes_out_total", provider="openai") == 2 * len(audio) + 4
+    assert grew("proxy_spool_bytes_total") == len(audio)
+    assert grew("proxy_sse_events_total") == 2  # one delta, one done
+    assert grew("proxy_upstream_ttfb_seconds_count", provider="openai") == 3
+    assert value(after, "proxy_active_uploads") == 0
+    assert value(after, "proxy_open_streams") == 0
+    assert value(after, "proxy_requests_in_flight") == 0
+    assert value(after, "process_open_fds") > 0
+    assert value(after, "proxy_asyncio_tasks") > 0
+
+
+async def test_metrics_count_retries_and_fallbacks(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, backup: FakeUpstream
+) -> None:
+    from tests.test_fallbacks import failing, two_providers
+
+    upstream.respond = failing(503)
+    server = await make_proxy(two_providers(upstream, backup, max_retries=1))
+    status, _, _ = await post(
+        server, form(("model", "whisper-1"), ("fallbacks[]", "backup/whisper-1"), ("file", b"RIFF"))
+    )
+    assert status == 200
+    samples = await scrape(server)
+    assert value(samples, "proxy_retries_total", provider="openai") == 1
+    assert value(samples, "proxy_fallbacks_total", provider="openai") == 1
+
+
+async def test_no_credential_in_metrics_or_logs(
+    proxy: TestServer, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await post(
+        proxy,
+        form(("model", "sk-bf-looks-like-a-key"), ("file", b"RIFF")),
+        {"Authorization": "Bearer sk-client-secret"},
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{base_url(proxy)}/metrics") as response,
+    ):
+        text = await response.text()
+    logged = "\n".join(str(r.__dict__) for r in caplog.records)
+    for secret in (UPSTREAM_KEY, "sk-client-secret", "sk-bf-looks-like-a-key"):
+        assert secret not in text
+        assert secret not in logged
+
+
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+
+
+async def test_request_id_round_trip(proxy: TestServer, upstream: FakeUpstream) -> None:
+    async with aiohttp.ClientSession() as session:
+        headers = {"x-request-id": "client-id-42"}
+        async with session.post(
+            f"{base_url(proxy)}{URL}",
+            data=form(("model", "whisper-1"), ("file", b"RIFF")),
+            headers=headers,
+        ) as response:
+            assert response.headers["x-request-id"] == "client-id-42"
+        assert upstream.last.headers["x-request-id"] == "client-id-42"
+        async with session.post(
+            f"{base_url(proxy)}{URL}", data=form(("file", b"RIFF")), headers=headers
+        ) as response:
+            assert response.status == 400
+            assert response.headers["x-request-id"] == "client-id-42"
+        async with session.post(
+            f"{base_url(proxy)}{URL}",
+            data=form(("model", "whisper-1"), ("stream", "true"), ("file", b"RIFF")),
+            headers={"x-request-id": "stream-id"},
+        ) as response:
+            assert response.content_type == "text/event-stream"
+            assert response.headers["x-request-id"] == "stream-id"
+        for sent in (None, "has spaces in it", "x" * 200):
+            async with session.get(
+                f"{base_url(proxy)}/health", headers={"x-request-id": sent} if sent else {}
+            ) as response:
+                assert REQUEST_ID.fullmatch(response.headers["x-request-id"])
+
+
+async def test_access_log_line(
+    proxy: TestServer, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    await post(
+        proxy,
+        form(("model", "whisper-1"), ("file", b"RIFF" * 100)),
+        {"x-request-id": "log-me"},
+    )
+    (record,) = [r for r in caplog.records if r.name == "proxy.access"]
+    assert record.route == "/v1/audio/transcriptions"  # type: ignore[attr-defined]
+    assert record.status == 200  # type: ignore[attr-defined]
+    assert record.provider == "openai"  # type: ignore[attr-defined]
+    assert record.bytes_in == 400  # type: ignore[attr-defined]
+    assert record.bytes_out > 0  # type: ignore[attr-defined]
+    assert record.latency_ms >= 0  # type: ignore[attr-defined]
+    from proxy.logs import JsonFormatter, RequestIdFilter
+
+    record.request_id = "log-me"
+    line = orjson.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "log-me"
+    assert line["logger"] == "proxy.access"
+    assert line["status"] == 200
+    assert "heard" not in str(line)  # no transcript text
+    assert RequestIdFilter().filter(record)
+
+
+def slow_upload_config(upstream: FakeUpstream, **proxy: Any) -> dict[str, Any]:
+    config = provider_config(upstream)
+    config["proxy"] = proxy
+    return config
+
+
+async def open_upload(server: TestServer) -> asyncio.StreamWriter:
+    """A request whose body has begun and then stalls."""
+    _, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        f"POST {URL} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        "Content-Length: 100000\r\n\r\n"
+        '--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        '--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF'.encode()
+    )
+    await writer.drain()
+    return writer
+
+
+async def test_in_flight_cap_refuses_before_reading(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    server = await make_proxy(slow_upload_config(upstream, max_in_flight=2))
+    holders = [await open_upload(server) for _ in range(2)]
+    await asyncio.sleep(0.1)
+    status, body, headers = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
+    assert status == 503
+    assert_error(body, status=503, code="overloaded", error_type="api_error", bifrost=True)
+    assert headers["Retry-After"] == "1"
+    for writer in holders:
+        writer.transport.abort()
+    await asyncio.sleep(0.1)
+    status, _, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
+    assert status == 200
+
+
+async def test_a_slow_drip_client_is_cut_and_its_slot_freed(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    server = await make_proxy(
+        slow_upload_config(upstream, max_in_flight=1, body_idle_timeout_s=0.3)
+    )
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        f"POST {URL} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        "Content-Length: 100000\r\n\r\n"
+        '--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'.encode()
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 408")
+    writer.close()
+    status, _, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
+    assert status == 200
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def start_proxy(
+    config: dict[str, Any], tmp_path: Path, *extra: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    path = tmp_path / "proxy.json"
+    path.write_bytes(orjson.dumps(config))
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "--port",
+        str(port),
+        "--config",
+        str(path),
+        *extra,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(f"{url}/health") as response:
+                    if response.status == 200:
+                        return process, url
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    raise AssertionError("the proxy did not start")
+
+
+def slow_stream(deltas: int, interval: float) -> Any:
+    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(deltas):
+            await response.write(b'data: {"type":"transcript.text.delta","delta":"w "}\n\n')
+            await asyncio.sleep(interval)
+        await response.write(b'data: {"type":"transcript.text.done","text":"done"}\n\n')
+        return response
+
+    return respond
+
+
+async def read_stream(url: str, started: asyncio.Event) -> list[bytes]:
+    frames = []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}{URL}",
+            data=form(("model", "gpt-4o-transcribe"), ("stream", "true"), ("file", b"RIFF")),
+        ) as response,
+    ):
+        async for line in response.content:
+            if line.startswith(b"data: "):
+                frames.append(line.strip())
+                started.set()
+    return frames
+
+
+@pytest.mark.parametrize(
+    ("deltas", "drain", "finishes"), [(6, 5.0, True), (100, 0.5, False)], ids=["within", "cut"]
+)
+async def test_sigterm_drains_open_streams(
+    upstream: FakeUpstream, tmp_path: Path, deltas: int, drain: float, finishes: bool
+) -> None:
+    upstream.respond = slow_stream(deltas, 0.1)
+    config = provider_config(upstream)
+    config["proxy"] = {"drain_timeout_s": drain}
+    process, url = await start_proxy(config, tmp_path)
+    started = asyncio.Event()
+    reading = asyncio.create_task(read_stream(url, started))
+    await asyncio.wait_for(started.wait(), 10)
+    process.send_signal(signal.SIGTERM)
+    frames = await asyncio.wait_for(reading, drain + 10)
+    assert await asyncio.wait_for(process.wait(), drain + 10) == 0
+    assert frames[-1] == b"data: [DONE]"
+    last = orjson.loads(frames[-2][6:])
+    if finishes:
+        assert last["type"] == "transcript.text.done"
+        assert len(frames) == deltas + 2
+    else:
+        assert last["error"]["code"] == "shutting_down"
+        assert len(frames) < deltas
+    assert process.stderr is not None
+    log_lines = (await process.stderr.read()).decode().splitlines()
+    access = [orjson.loads(line) for line in log_lines if '"proxy.access"' in line]
+    assert access
+    assert access[-1]["route"] == "/v1/audio/transcriptions"
+
+
+async def test_workers_share_the_port(upstream: FakeUpstream, tmp_path: Path) -> None:
+    process, url = await start_proxy(provider_config(upstream), tmp_path, "--workers", "2")
+    async with aiohttp.ClientSession() as session:
+        for _ in range(6):
+            async with session.post(
+                f"{url}{URL}", data=form(("model", "whisper-1"), ("file", b"RIFF"))
+            ) as response:
+                assert response.status == 200
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 30) == 0
