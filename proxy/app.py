@@ -12,7 +12,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from . import handlers, logs
+from .auth import Authenticator
 from .config import Config
+from .counters import Counters, MemoryCounters, RedisCounters
 from .errors import (
     ExpectationFailedError,
     MethodNotAllowedError,
@@ -20,9 +22,12 @@ from .errors import (
     ProxyError,
     ServiceUnavailableError,
 )
+from .governance import Governor
 from .keys import (
+    AUTH_KEY,
     CONFIG_KEY,
     FACTS_KEY,
+    GOVERNOR_KEY,
     LIMITS_KEY,
     METRICS_KEY,
     ROUTER_KEY,
@@ -87,6 +92,8 @@ def create_app(config: Config) -> web.Application:
         max_spool_bytes=config.proxy.max_spool_mb * 1024 * 1024,
         body_idle_timeout_s=config.proxy.body_idle_timeout_s,
     )
+    app[AUTH_KEY] = Authenticator(config.client, config.governance)
+    app.cleanup_ctx.append(_counters)
     app.cleanup_ctx.append(_upstream_session)
     app.on_response_prepare.append(_tag_response)
     app.on_shutdown.append(_start_draining)
@@ -100,6 +107,21 @@ def create_app(config: Config) -> web.Application:
             path, handlers.create_azure_transcription, expect_handler=expect_continue
         )
     return app
+
+
+async def _counters(app: web.Application) -> AsyncIterator[None]:
+    # In Redis when replicas must share limits; in this process otherwise.
+    proxy = app[CONFIG_KEY].proxy
+    counters: Counters = (
+        RedisCounters(proxy.redis_url) if proxy.redis_url is not None else MemoryCounters()
+    )
+    app[GOVERNOR_KEY] = Governor(
+        app[CONFIG_KEY].governance, counters, fail_open=proxy.redis_fail_open
+    )
+    try:
+        yield
+    finally:
+        await counters.aclose()
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
@@ -134,6 +156,8 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
             ExpectationFailedError("only Expect: 100-continue is understood"), None
         )
     try:
+        # Refused before the client sends a byte of its body.
+        request.app[AUTH_KEY].identify(request.headers)
         check_content_type(request)
         check_declared_length(request, request.app[LIMITS_KEY])
     except ProxyError as exc:

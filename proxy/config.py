@@ -145,7 +145,75 @@ class ProxySettings:
     body_idle_timeout_s: float = 30.0
     #: On SIGTERM: how long in-flight uploads and streams may go on.
     drain_timeout_s: float = 30.0
+    #: Where rate limits and budgets are counted when replicas share them.
+    redis_url: str | None = field(default=None, repr=False)
+    #: With Redis unreachable: serve without limits (True) or answer 503.
+    redis_fail_open: bool = False
     local: LocalSettings = field(default_factory=LocalSettings)
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """Requests and audio seconds a virtual key may use per window."""
+
+    id: str
+    request_max_limit: int | None = None
+    request_reset_s: float = 60.0
+    audio_seconds_max_limit: float | None = None
+    audio_seconds_reset_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """What a virtual key may spend per period: audio seconds, or money at model prices."""
+
+    id: str
+    max_limit: float
+    reset_s: float
+    #: ``usd`` (priced per audio minute in ``governance.model_prices``) or ``audio_seconds``.
+    unit: str = "usd"
+
+
+@dataclass(frozen=True)
+class VirtualKeyConfig:
+    """A key the proxy issues: who may use which providers and models, within what limits."""
+
+    id: str
+    value: str = field(repr=False)
+    is_active: bool = True
+    #: Provider name -> allowed models (``("*",)`` all, ``()`` none).
+    allowed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rate_limit: RateLimitConfig | None = None
+    budget: BudgetConfig | None = None
+
+    def allows(self, provider: str, model: str) -> bool:
+        """Whether this key may send ``model`` to ``provider``."""
+        models = self.allowed.get(provider)
+        return models is not None and ("*" in models or model in models)
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    """How Bearer JWTs are verified, and which claims name the key or the role."""
+
+    hs256_secret: str | None = field(default=None, repr=False)
+    rs256_public_key: str | None = None
+    audience: str | None = None
+    virtual_key_claim: str = "vk"
+    role_claim: str = "role"
+    admin_role: str = "admin"
+
+
+@dataclass(frozen=True)
+class GovernanceConfig:
+    """Bifrost's ``governance`` section, with audio-priced budgets."""
+
+    virtual_keys: tuple[VirtualKeyConfig, ...] = ()
+    jwt: JwtConfig | None = None
+    #: USD per audio minute, by model (``whisper-1``) or ``provider/model``.
+    model_prices: Mapping[str, float] = field(default_factory=dict)
+    #: Audio seconds reserved for a request before its length is known.
+    reserve_audio_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +223,7 @@ class Config:
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     client: ClientConfig = field(default_factory=ClientConfig)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)
 
 
 DEFAULT_BASE_URLS: Mapping[str, str] = {"openai": "https://api.openai.com"}
@@ -295,8 +364,108 @@ def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Confi
         if provider is not None:
             providers[name] = provider
     proxy = _proxy(root.section("proxy"))
+    governance = _governance(root.section("governance"))
     root.warn_unused()
-    return Config(providers=providers, client=client, proxy=proxy)
+    return Config(providers=providers, client=client, proxy=proxy, governance=governance)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000, "Y": 31536000}
+
+
+def _duration(section: _Section, key: str, default: float) -> float:
+    """Bifrost's durations: ``30s``, ``1m``, ``1h``, ``1d``, ``1w``, ``1M`` (30 days), ``1Y``."""
+    value = section.string(key)
+    if value is None:
+        return default
+    number, unit = value[:-1], value[-1:]
+    try:
+        return float(number) * _DURATION_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ConfigError(
+            f"{section.path}.{key}: expected a duration such as 30s, 1m, 1h, 1d, 1w, 1M; "
+            f"got {value!r}"
+        ) from None
+
+
+def _governance(section: _Section) -> GovernanceConfig:
+    rate_limits = {}
+    for item in section.sections("rate_limits"):
+        limit_id = item.string("id") or ""
+        rate_limits[limit_id] = RateLimitConfig(
+            id=limit_id,
+            request_max_limit=item.integer("request_max_limit", 0, minimum=0) or None,
+            request_reset_s=_duration(item, "request_reset_duration", 60.0),
+            audio_seconds_max_limit=item.number("audio_seconds_max_limit", 0.0) or None,
+            audio_seconds_reset_s=_duration(item, "audio_seconds_reset_duration", 3600.0),
+        )
+        item.warn_unused()
+    budgets = {}
+    for item in section.sections("budgets"):
+        budget_id = item.string("id") or ""
+        unit = item.string("unit", "usd") or "usd"
+        if unit not in ("usd", "audio_seconds"):
+            raise ConfigError(f"{item.path}.unit: usd or audio_seconds, got {unit!r}")
+        budgets[budget_id] = BudgetConfig(
+            id=budget_id,
+            max_limit=item.number("max_limit", 0.0),
+            reset_s=_duration(item, "reset_duration", 2592000.0),
+            unit=unit,
+        )
+        item.warn_unused()
+    keys = []
+    for item in section.sections("virtual_keys"):
+        value = item.string("value")
+        if not value:
+            raise ConfigError(f"{item.path}.value: required")
+        allowed = {}
+        for provider in item.sections("provider_configs"):
+            name = provider.string("provider")
+            if not name:
+                raise ConfigError(f"{provider.path}.provider: required")
+            allowed[name] = (
+                provider.strings("allowed_models") if provider.has("allowed_models") else ("*",)
+            )
+            provider.warn_unused()
+        key_limit, key_budget = item.string("rate_limit_id"), item.string("budget_id")
+        if key_limit is not None and key_limit not in rate_limits:
+            raise ConfigError(f"{item.path}.rate_limit_id: no rate limit {key_limit!r}")
+        if key_budget is not None and key_budget not in budgets:
+            raise ConfigError(f"{item.path}.budget_id: no budget {key_budget!r}")
+        keys.append(
+            VirtualKeyConfig(
+                id=item.string("id") or value[:12],
+                value=value,
+                is_active=item.boolean("is_active", True),
+                allowed=allowed,
+                rate_limit=rate_limits.get(key_limit or ""),
+                budget=budgets.get(key_budget or ""),
+            )
+        )
+        item.warn_unused()
+    jwt_section = section.section("jwt")
+    jwt = None
+    if jwt_section.names():
+        jwt = JwtConfig(
+            hs256_secret=jwt_section.string("hs256_secret"),
+            rs256_public_key=jwt_section.string("rs256_public_key"),
+            audience=jwt_section.string("audience"),
+            virtual_key_claim=jwt_section.string("virtual_key_claim", "vk") or "vk",
+            role_claim=jwt_section.string("role_claim", "role") or "role",
+            admin_role=jwt_section.string("admin_role", "admin") or "admin",
+        )
+        if not (jwt.hs256_secret or jwt.rs256_public_key):
+            raise ConfigError(f"{jwt_section.path}: needs hs256_secret or rs256_public_key")
+        jwt_section.warn_unused()
+    prices_section = section.section("model_prices")
+    prices = {name: prices_section.number(name, 0.0) for name in prices_section.names()}
+    governance = GovernanceConfig(
+        virtual_keys=tuple(keys),
+        jwt=jwt,
+        model_prices=prices,
+        reserve_audio_seconds=section.number("reserve_audio_seconds", 30.0),
+    )
+    section.warn_unused()
+    return governance
 
 
 def _client(section: _Section) -> ClientConfig:
@@ -325,6 +494,8 @@ def _proxy(section: _Section) -> ProxySettings:
         max_in_flight=section.integer("max_in_flight", 256, minimum=1),
         body_idle_timeout_s=section.number("body_idle_timeout_s", 30.0, positive=True),
         drain_timeout_s=section.number("drain_timeout_s", 30.0),
+        redis_url=section.string("redis_url"),
+        redis_fail_open=section.boolean("redis_fail_open", False),
         local=_local(section.section("local")),
     )
     section.warn_unused()

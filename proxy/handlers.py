@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
@@ -10,12 +11,23 @@ from aiohttp import web
 
 from .errors import BadGatewayError, InvalidRequestError
 from .fields import fallbacks_of, first_value, forwarded, parse_stream
-from .keys import CONFIG_KEY, FACTS_KEY, LIMITS_KEY, METRICS_KEY, ROUTER_KEY, STATE_KEY
+from .governance import Admission, Governor
+from .keys import (
+    AUTH_KEY,
+    CONFIG_KEY,
+    FACTS_KEY,
+    GOVERNOR_KEY,
+    LIMITS_KEY,
+    METRICS_KEY,
+    ROUTER_KEY,
+    STATE_KEY,
+)
 from .metrics import metrics_response
-from .models import AudioSource, FormField, TranscriptDone, TranscriptEvent
+from .models import AudioSource, FormField, RequestFacts, TranscriptDone, TranscriptEvent
 from .relay import STREAM_REQUEST_TYPE, relay
 from .responses import json_response, transcription_response
 from .router import Dispatch, may_retry
+from .transcripts import audio_seconds, wav_seconds
 from .upload import FormReader
 
 RAW_REQUEST_HEADER = "x-bf-send-back-raw-request"
@@ -51,6 +63,9 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
     facts = request[FACTS_KEY]
     router = request.app[ROUTER_KEY]
     metrics = request.app[METRICS_KEY]
+    governor = request.app[GOVERNOR_KEY]
+    # Who is asking is settled before a byte of the body is read.
+    caller = request.app[AUTH_KEY].identify(request.headers)
     routing_fields = ("model",) if deployment is None else ()
     async with FormReader(
         request, request.app[LIMITS_KEY], routing_fields, metrics=metrics, facts=facts
@@ -66,13 +81,20 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
             facts.request_type = STREAM_REQUEST_TYPE
         routes = router.plan(requested, fallbacks_of(form.fields))
         facts.provider = routes[0].provider.name
+        governor.check_routes(caller, routes)
+        admission = await governor.admit(caller, routes[0])
         if may_retry(routes):
             await reader.record()
         dispatch = Dispatch(
-            routes, form.fields, form.audio, metrics=metrics, request_id=facts.request_id
+            routes,
+            form.fields,
+            form.audio,
+            metrics=metrics,
+            request_id=facts.request_id,
+            api_key=caller.direct_key,
         )
         events = dispatch.events()
-        async with aclosing(events):
+        async with aclosing(events), _settled(governor, admission, facts):
             # Until the first event, a failure is an ordinary JSON error with
             # its own status. By then the whole form has been read, so a
             # stream field sent after the file counts too.
@@ -96,6 +118,7 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
                     streams=request.app[STATE_KEY].streams,
                 )
             done = first if isinstance(first, TranscriptDone) else await _final_answer(events)
+            facts.audio_seconds = audio_seconds(done)
     return transcription_response(
         done,
         facts,
@@ -111,13 +134,28 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
     )
 
 
+@contextlib.asynccontextmanager
+async def _settled(
+    governor: Governor, admission: Admission, facts: RequestFacts
+) -> AsyncIterator[None]:
+    """Settle the request's reservations with the audio it used, however it ends."""
+    try:
+        yield
+    finally:
+        # The answer's own figure, else the length of a WAV upload.
+        seconds = facts.audio_seconds or wav_seconds(facts.audio_head, facts.audio_bytes)
+        await governor.settle(admission, seconds)
+
+
 async def list_models(request: web.Request) -> web.Response:
-    """``GET /v1/models``: the models the configuration names, in OpenAI's list shape."""
+    """``GET /v1/models``: the configured models the caller may use, in OpenAI's list shape."""
     router = request.app[ROUTER_KEY]
+    key = request.app[AUTH_KEY].identify(request.headers).virtual_key
     models = [
         {"id": f"{name}/{model}", "object": "model", "created": 0, "owned_by": name}
         for name, provider in router.providers.items()
         for model in provider.listed_models()
+        if key is None or key.allows(name, model)
     ]
     return json_response({"object": "list", "data": models})
 

@@ -9,7 +9,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .auth import Authenticator
 from .config import Config
+from .governance import Governor
 from .metrics import Metrics
 from .models import RequestFacts
 from .router import Router
@@ -26,6 +28,8 @@ class ServerState:
 
 
 CONFIG_KEY = web.AppKey("config", Config)
+AUTH_KEY = web.AppKey("authenticator", Authenticator)
+GOVERNOR_KEY = web.AppKey("governor", Governor)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 STATE_KEY = web.AppKey("state", ServerState)
 LIMITS_KEY = web.AppKey("limits", FormLimits)

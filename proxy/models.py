@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -53,6 +53,8 @@ class UpstreamCall:
     audio: AudioSource
     #: Passed upstream as ``x-request-id``, so one id follows the request.
     request_id: str | None = None
+    #: A provider key the client brought (``allow_direct_keys``), used instead of ours.
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,10 @@ class RequestFacts:
     #: Audio bytes read from the client, and events streamed back to it.
     audio_bytes: int = 0
     chunks: int = 0
+    #: The audio length the answer reported, for limits and budgets.
+    audio_seconds: float = 0.0
+    #: The file's first bytes, for reading its length from a WAV header.
+    audio_head: bytes = b""
 
     def latency_ms(self) -> int:
         """Whole milliseconds since the request started."""

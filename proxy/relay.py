@@ -14,7 +14,7 @@ from .errors import BadGatewayError, ProxyError, ServiceUnavailableError, error_
 from .metrics import Metrics
 from .models import RequestFacts, TranscriptDelta, TranscriptDone, TranscriptEvent
 from .sse import EventStream
-from .transcripts import DELTA, deltas_of, done_event
+from .transcripts import DELTA, audio_seconds, deltas_of, done_event
 
 STREAM_REQUEST_TYPE = "transcription_stream"
 #: The cancellation message that ends a stream at a shutdown's drain deadline.
@@ -26,7 +26,7 @@ class _Chunks:
 
     def __init__(self, stream: EventStream, facts: RequestFacts, metrics: Metrics) -> None:
         self._stream = stream
-        self._facts = facts
+        self.facts = facts
         self._metrics = metrics
         self._index = 0
         self.last_sent = facts.started
@@ -34,8 +34,8 @@ class _Chunks:
     async def send(self, event: Mapping[str, Any], *, final: bool = False) -> None:
         now = time.monotonic()
         # ms since the previous chunk; the done chunk says how long it all took.
-        since = self._facts.started if final else self.last_sent
-        facts = self._facts
+        since = self.facts.started if final else self.last_sent
+        facts = self.facts
         extra_fields: dict[str, Any] = {
             "request_type": STREAM_REQUEST_TYPE,
             "provider": facts.provider,
@@ -132,6 +132,7 @@ async def _send_all(
                 # answer becomes deltas, so the stream is never empty.
                 for delta in deltas_of(event):
                     await chunks.send(_bifrost_delta(delta.event))
+            chunks.facts.audio_seconds = audio_seconds(event)
             await chunks.send(done_event(event), final=True)
             return
         assert isinstance(event, TranscriptDelta)

@@ -148,6 +148,7 @@ class Dispatch:
         *,
         metrics: Metrics | None = None,
         request_id: str | None = None,
+        api_key: str | None = None,
         sleep: Sleep = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -156,6 +157,7 @@ class Dispatch:
         self._audio = audio
         self._metrics = metrics
         self._request_id = request_id
+        self._api_key = api_key
         self._sleep = sleep
         self._jitter = jitter
         #: The route that is answering, once one is.
@@ -203,6 +205,7 @@ class Dispatch:
                     fields=self._fields,
                     audio=self._audio,
                     request_id=self._request_id,
+                    api_key=self._api_key,
                 )
             )
             async with aclosing(events):

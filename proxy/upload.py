@@ -286,6 +286,8 @@ class FormReader:
                 return
             self._metrics.audio_bytes_in.inc(len(chunk))
             if self._facts is not None:
+                if not self._facts.audio_bytes:
+                    self._facts.audio_head = chunk[:64]
                 self._facts.audio_bytes += len(chunk)
             yield chunk
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import replace
 
 import aiohttp
 import orjson
@@ -90,6 +91,8 @@ class HttpProvider:
 
     async def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptEvent, None]:
         key = self._keys.pick(call.model) if self._keys else None
+        if call.api_key is not None:
+            key = replace(key or KeyConfig(value=""), value=call.api_key)
         url, headers = self.target(call.model, key)
         deadline = _Deadline(self._idle_s, self._per_mib_s)
         body = UpstreamBody(call, pacer=deadline)
@@ -110,7 +113,9 @@ class HttpProvider:
             async with response:
                 if response.status >= 400:
                     raw = await _read_capped(response, self._idle_s)
-                    refused = response.status in (401, 403) and key is not None
+                    refused = (
+                        response.status in (401, 403) and key is not None and call.api_key is None
+                    )
                     raise upstream_error(
                         response.status,
                         raw,

@@ -1,0 +1,160 @@
+"""Who is calling: credentials, in the order Bifrost reads them, turned into a :class:`Caller`.
+
+``x-bf-vk``; ``Authorization: Bearer`` (a virtual key ``sk-bf-...``, a JWT, or,
+with ``client.allow_direct_keys``, a provider key passed upstream as is);
+``x-api-key``; ``api-key`` (the AzureOpenAI SDK's); ``Authorization: Basic``
+(its password). Error messages never repeat the credential.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import jwt
+from jwt.algorithms import has_crypto
+
+from .config import ClientConfig, ConfigError, GovernanceConfig, JwtConfig, VirtualKeyConfig
+from .errors import ProxyError
+
+VIRTUAL_KEY_PREFIX = "sk-bf-"
+
+
+class AuthenticationError(ProxyError):
+    """No usable credential (401)."""
+
+    status = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+    is_bifrost_error = False
+
+
+class PermissionDeniedError(ProxyError):
+    """A known caller asking for what it may not have (403)."""
+
+    status = 403
+    error_type = "permission_error"
+    default_code = "permission_denied"
+    is_bifrost_error = False
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The identity a request acts as."""
+
+    kind: Literal["anonymous", "virtual_key", "admin", "direct_key"]
+    virtual_key: VirtualKeyConfig | None = None
+    #: A provider key the client brought, sent upstream in place of ours.
+    direct_key: str | None = field(default=None, repr=False)
+
+
+ANONYMOUS = Caller("anonymous")
+ADMIN = Caller("admin")
+
+
+class Authenticator:
+    """Turns a request's headers into a :class:`Caller`, or refuses them."""
+
+    def __init__(self, client: ClientConfig, governance: GovernanceConfig) -> None:
+        self._client = client
+        self._jwt = governance.jwt
+        if self._jwt is not None and self._jwt.rs256_public_key and not has_crypto:
+            raise ConfigError(
+                "governance.jwt.rs256_public_key: RS256 needs cryptography; "
+                "pip install '.[jwt-rsa]'"
+            )
+        self._keys_by_value = {key.value: key for key in governance.virtual_keys}
+        self._keys_by_id = {key.id: key for key in governance.virtual_keys}
+
+    def identify(self, headers: Mapping[str, str]) -> Caller:
+        """The caller these headers prove, raising 401 or 403 when they prove nothing usable."""
+        found = _credential(headers)
+        if found is None:
+            if self._client.enforce_auth_on_inference:
+                raise AuthenticationError("a credential is required (x-bf-vk or Authorization)")
+            return ANONYMOUS
+        source, token = found
+        if token.startswith(VIRTUAL_KEY_PREFIX) or source == "x-bf-vk":
+            return self._virtual_key(self._keys_by_value.get(token), "virtual key")
+        if self._jwt is not None and token.count(".") == 2 and token.startswith("eyJ"):
+            return self._from_jwt(token, self._jwt)
+        if self._client.allow_direct_keys and source == "bearer":
+            return Caller("direct_key", direct_key=token)
+        if self._client.enforce_auth_on_inference:
+            raise AuthenticationError("the credential is not a known virtual key or token")
+        # With nothing to enforce, a client's placeholder key (SDKs always
+        # send one) is no reason to refuse it.
+        return ANONYMOUS
+
+    def _virtual_key(self, key: VirtualKeyConfig | None, what: str) -> Caller:
+        if key is None:
+            raise AuthenticationError(f"unknown {what}")
+        if not key.is_active:
+            raise PermissionDeniedError(f"virtual key {key.id} is not active", code="key_inactive")
+        return Caller("virtual_key", virtual_key=key)
+
+    def _from_jwt(self, token: str, config: JwtConfig) -> Caller:
+        keys: list[tuple[str, str]] = []
+        if config.hs256_secret:
+            keys.append(("HS256", config.hs256_secret))
+        if config.rs256_public_key:
+            keys.append(("RS256", config.rs256_public_key))
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.InvalidTokenError:
+            raise AuthenticationError("the bearer token is not a valid JWT") from None
+        key = next((k for alg, k in keys if alg == algorithm), None)
+        if key is None:
+            raise AuthenticationError(f"JWTs signed with {algorithm} are not accepted")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[str(algorithm)],
+                audience=config.audience,
+                options={"require": ["exp"], "verify_aud": config.audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthenticationError("the JWT has expired", code="token_expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthenticationError(
+                "the JWT is not valid yet", code="token_not_yet_valid"
+            ) from None
+        except jwt.InvalidAudienceError:
+            raise AuthenticationError(
+                "the JWT is for another audience", code="invalid_audience"
+            ) from None
+        except jwt.InvalidTokenError:
+            raise AuthenticationError(
+                "the JWT's signature or claims are invalid", code="invalid_token"
+            ) from None
+        if claims.get(config.role_claim) == config.admin_role:
+            return ADMIN
+        key_id = claims.get(config.virtual_key_claim)
+        if not isinstance(key_id, str):
+            raise PermissionDeniedError("the JWT names no virtual key and no admin role")
+        return self._virtual_key(self._keys_by_id.get(key_id), "virtual key named by the JWT")
+
+
+def _credential(headers: Mapping[str, str]) -> tuple[str, str] | None:
+    """The first credential present, and where it came from."""
+    if value := headers.get("x-bf-vk", "").strip():
+        return "x-bf-vk", value
+    scheme, _, given = headers.get("Authorization", "").strip().partition(" ")
+    given = given.strip()
+    if scheme.lower() == "bearer" and given:
+        return "bearer", given
+    for name in ("x-api-key", "api-key"):
+        if value := headers.get(name, "").strip():
+            return name, value
+    if scheme.lower() == "basic" and given:
+        try:
+            decoded = base64.b64decode(given, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise AuthenticationError("the Basic credential is not valid base64") from None
+        user, _, password = decoded.partition(":")
+        return "basic", password or user
+    return None

@@ -1,0 +1,156 @@
+"""What a caller may do: which providers and models, how often, how much.
+
+Limits are reserved before a request goes upstream and settled when its
+audio length is known, so concurrent requests cannot overshoot a limit by
+more than what is in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .auth import Caller, PermissionDeniedError
+from .config import GovernanceConfig, VirtualKeyConfig
+from .counters import Counters, CounterStoreError
+from .errors import ProxyError, ServiceUnavailableError
+from .router import Route
+
+log = logging.getLogger(__name__)
+
+
+class RateLimitedError(ProxyError):
+    """A virtual key's rate limit is reached (429, with Retry-After)."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+    is_bifrost_error = False
+
+
+class BudgetExceededError(ProxyError):
+    """A virtual key's budget is spent (402)."""
+
+    status = 402
+    error_type = "insufficient_quota"
+    default_code = "budget_exceeded"
+    is_bifrost_error = False
+
+
+@dataclass
+class Admission:
+    """What a request reserved, to be settled when it ends."""
+
+    key: VirtualKeyConfig | None = None
+    #: (counter key, amount reserved, window) still to be settled by audio seconds.
+    by_audio: list[tuple[str, float, float, float]] = field(default_factory=list)
+    settled: bool = False
+
+
+class Governor:
+    """Applies a caller's permissions and limits."""
+
+    def __init__(self, config: GovernanceConfig, counters: Counters, *, fail_open: bool) -> None:
+        self._config = config
+        self._counters = counters
+        self._fail_open = fail_open
+
+    def check_routes(self, caller: Caller, routes: Sequence[Route]) -> None:
+        """403 unless the caller may use every provider and model it would be sent to."""
+        key = caller.virtual_key
+        if key is None:
+            return
+        for route in routes:
+            if not key.allows(route.provider.name, route.model):
+                raise PermissionDeniedError(
+                    f"virtual key {key.id} may not use model {route.model} "
+                    f"on provider {route.provider.name}",
+                    code="model_not_allowed",
+                    param="model",
+                )
+
+    def price_per_second(self, route: Route) -> float:
+        """USD per audio second for ``route``'s model (0 when unpriced)."""
+        prices = self._config.model_prices
+        per_minute = prices.get(f"{route.provider.name}/{route.model}", prices.get(route.model, 0))
+        return per_minute / 60
+
+    async def admit(self, caller: Caller, route: Route) -> Admission:
+        """Reserve the request's share of the caller's limits, or refuse it."""
+        key = caller.virtual_key
+        admission = Admission(key=key)
+        if key is None:
+            return admission
+        reserve_s = self._config.reserve_audio_seconds
+        wanted: list[tuple[str, float, float, float, ProxyError]] = []
+        limit = key.rate_limit
+        if limit is not None and limit.request_max_limit:
+            wanted.append(
+                (
+                    f"rl:{key.id}:requests",
+                    1,
+                    limit.request_max_limit,
+                    limit.request_reset_s,
+                    RateLimitedError(f"virtual key {key.id} has used its requests for now"),
+                )
+            )
+        if limit is not None and limit.audio_seconds_max_limit:
+            wanted.append(
+                (
+                    f"rl:{key.id}:audio",
+                    reserve_s,
+                    limit.audio_seconds_max_limit,
+                    limit.audio_seconds_reset_s,
+                    RateLimitedError(f"virtual key {key.id} has used its audio seconds for now"),
+                )
+            )
+        budget = key.budget
+        if budget is not None:
+            rate = 1.0 if budget.unit == "audio_seconds" else self.price_per_second(route)
+            if rate:
+                wanted.append(
+                    (
+                        f"budget:{key.id}",
+                        reserve_s * rate,
+                        budget.max_limit,
+                        budget.reset_s,
+                        BudgetExceededError(f"virtual key {key.id} has spent its budget"),
+                    )
+                )
+        taken: list[tuple[str, float, float]] = []
+        try:
+            for name, amount, maximum, window, refusal in wanted:
+                retry_after = await self._counters.reserve(name, amount, maximum, window)
+                if retry_after is not None:
+                    for done_name, done_amount, done_window in taken:
+                        await self._counters.adjust(done_name, -done_amount, done_window)
+                    refusal.headers["Retry-After"] = str(math.ceil(retry_after))
+                    raise refusal
+                taken.append((name, amount, window))
+        except CounterStoreError as exc:
+            if self._fail_open:
+                log.warning("limits not enforced: %s", exc)
+                return admission
+            raise ServiceUnavailableError(
+                "the store that keeps rate limits and budgets is unreachable",
+                code="governance_unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
+        for name, amount, window in taken:
+            if not name.endswith(":requests"):
+                rate = amount / reserve_s if reserve_s else 0.0
+                admission.by_audio.append((name, amount, window, rate))
+        return admission
+
+    async def settle(self, admission: Admission, audio_seconds: float) -> None:
+        """Replace the reservations with what the request really used."""
+        if admission.settled:
+            return
+        admission.settled = True
+        for name, reserved, window, rate in admission.by_audio:
+            try:
+                await self._counters.adjust(name, audio_seconds * rate - reserved, window)
+            except CounterStoreError as exc:
+                log.warning("could not settle %s: %s", name, exc)

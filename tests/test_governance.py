@@ -1,0 +1,516 @@
+"""Who may call, what they may use, and how much: virtual keys, JWTs, limits, budgets, Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import openai
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import (
+    UPSTREAM_KEY,
+    URL,
+    FakeUpstream,
+    ProxyFactory,
+    ReceivedRequest,
+    base_url,
+    form,
+    post,
+    provider_config,
+)
+from tests.test_errors import assert_error
+
+VK = "sk-bf-team-a-0123456789"
+SECRET = "jwt-test-secret-with-enough-length-for-hs256"
+
+
+def governed(upstream: FakeUpstream, **governance: Any) -> dict[str, Any]:
+    config = provider_config(upstream)
+    config["governance"] = {
+        "virtual_keys": [
+            {
+                "id": "team-a",
+                "value": VK,
+                "provider_configs": [{"provider": "openai", "allowed_models": ["whisper-1"]}],
+            },
+            {"id": "retired", "value": "sk-bf-retired-000000", "is_active": False},
+            {
+                "id": "nothing",
+                "value": "sk-bf-nothing-0000000",
+                "provider_configs": [{"provider": "openai", "allowed_models": []}],
+            },
+        ],
+        **governance,
+    }
+    return config
+
+
+@pytest.fixture
+async def strict(make_proxy: ProxyFactory, upstream: FakeUpstream) -> TestServer:
+    config = governed(upstream)
+    config["client"] = {"enforce_auth_on_inference": True}
+    return await make_proxy(config)
+
+
+def basic(password: str) -> str:
+    return "Basic " + base64.b64encode(f"user:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-bf-vk": VK},
+        {"Authorization": f"Bearer {VK}"},
+        {"x-api-key": VK},
+        {"api-key": VK},
+        {"Authorization": basic(VK)},
+    ],
+    ids=["x-bf-vk", "bearer", "x-api-key", "api-key", "basic"],
+)
+async def test_every_credential_form_is_accepted(
+    strict: TestServer, upstream: FakeUpstream, headers: dict[str, str]
+) -> None:
+    status, body, _ = await post(strict, form(("model", "whisper-1"), ("file", b"RIFF")), headers)
+    assert status == 200, body
+    # Our key goes upstream, never the client's.
+    assert upstream.last.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+async def test_the_sdks_with_a_virtual_key(strict: TestServer) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=f"{base_url(strict)}/v1", api_key=VK, max_retries=0
+    ) as client:
+        result = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", b"R"))
+    assert result.text == "heard 1 bytes"
+    async with openai.AsyncAzureOpenAI(
+        azure_endpoint=base_url(strict), api_key=VK, api_version="2024-10-21", max_retries=0
+    ) as azure:
+        result = await azure.audio.transcriptions.create(model="whisper-1", file=("a.wav", b"R"))
+    assert result.text == "heard 1 bytes"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "invalid_api_key"),
+        ({"Authorization": "Bearer sk-not-ours"}, 401, "invalid_api_key"),
+        ({"x-bf-vk": "sk-bf-unknown-1234567"}, 401, "invalid_api_key"),
+        ({"x-bf-vk": "sk-bf-retired-000000"}, 403, "key_inactive"),
+        ({"Authorization": "Basic !!!"}, 401, "invalid_api_key"),
+    ],
+    ids=["none", "foreign-bearer", "unknown-vk", "inactive", "bad-basic"],
+)
+async def test_rejections(
+    strict: TestServer, upstream: FakeUpstream, headers: dict[str, str], status: int, code: str
+) -> None:
+    got, body, _ = await post(strict, form(("model", "whisper-1"), ("file", b"RIFF")), headers)
+    assert got == status
+    error_type = "authentication_error" if status == 401 else "permission_error"
+    message = assert_error(body, status=status, code=code, error_type=error_type)
+    for secret in headers.values():
+        assert secret not in message
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("key", "model", "named"),
+    [
+        (VK, "gpt-4o-transcribe", "gpt-4o-transcribe"),
+        (VK, "backup/whisper-1", "backup"),
+        ("sk-bf-nothing-0000000", "whisper-1", "whisper-1"),
+    ],
+)
+async def test_models_and_providers_not_allowed(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, key: str, model: str, named: str
+) -> None:
+    config = governed(upstream)
+    config["providers"]["backup"] = {
+        **config["providers"]["openai"],
+        "custom_provider_config": {"base_provider_type": "openai"},
+    }
+    server = await make_proxy(config)
+    status, body, _ = await post(
+        server, form(("model", model), ("file", b"RIFF")), {"x-bf-vk": key}
+    )
+    assert status == 403
+    message = assert_error(
+        body, status=403, code="model_not_allowed", param="model", error_type="permission_error"
+    )
+    assert named in message
+    assert upstream.requests == []
+
+
+async def test_refused_before_the_body_is_sent(strict: TestServer) -> None:
+    reader, writer = await asyncio.open_connection(strict.host, strict.port)
+    try:
+        writer.write(
+            f"POST {URL} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
+            "Content-Length: 999999\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 401")
+
+
+async def test_without_auth_configured_any_placeholder_key_is_fine(proxy: TestServer) -> None:
+    status, _, _ = await post(
+        proxy, form(("model", "whisper-1"), ("file", b"RIFF")), {"Authorization": "Bearer x"}
+    )
+    assert status == 200
+
+
+def token(**claims: Any) -> str:
+    now = int(time.time())
+    return jwt.encode({"exp": now + 60, **claims}, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    ("make_token", "status", "code"),
+    [
+        (lambda: token(vk="team-a", aud="proxy"), 200, None),
+        (lambda: token(role="admin", aud="proxy"), 200, None),
+        (lambda: token(vk="team-a", aud="proxy", exp=int(time.time()) - 5), 401, "token_expired"),
+        (
+            lambda: token(vk="team-a", aud="proxy", nbf=int(time.time()) + 60),
+            401,
+            "token_not_yet_valid",
+        ),
+        (lambda: token(vk="team-a", aud="someone-else"), 401, "invalid_audience"),
+        (
+            lambda: jwt.encode(
+                {"exp": int(time.time()) + 60, "vk": "team-a", "aud": "proxy"},
+                "another-secret-of-enough-length-for-hs256",
+                algorithm="HS256",
+            ),
+            401,
+            "invalid_token",
+        ),
+        (lambda: token(aud="proxy"), 403, "permission_denied"),
+    ],
+    ids=["vk", "admin", "expired", "not-yet", "audience", "signature", "no-claims"],
+)
+async def test_jwt(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, make_token: Any, status: int, code: str | None
+) -> None:
+    config = governed(upstream, jwt={"hs256_secret": SECRET, "audience": "proxy"})
+    config["client"] = {"enforce_auth_on_inference": True}
+    server = await make_proxy(config)
+    got, body, _ = await post(
+        server,
+        form(("model", "whisper-1"), ("file", b"RIFF")),
+        {"Authorization": f"Bearer {make_token()}"},
+    )
+    assert got == status, body
+    if code is not None:
+        error_type = "authentication_error" if status == 401 else "permission_error"
+        assert_error(body, status=status, code=code, error_type=error_type)
+
+
+async def test_rs256_jwt(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    config = governed(upstream, jwt={"rs256_public_key": public.decode()})
+    server = await make_proxy(config)
+    signed = jwt.encode({"exp": int(time.time()) + 60, "vk": "team-a"}, private, algorithm="RS256")
+    status, _, _ = await post(
+        server,
+        form(("model", "whisper-1"), ("file", b"RIFF")),
+        {"Authorization": f"Bearer {signed}"},
+    )
+    assert status == 200
+    hs = token(vk="team-a")  # an algorithm not configured
+    status, _, _ = await post(
+        server, form(("model", "whisper-1"), ("file", b"RIFF")), {"Authorization": f"Bearer {hs}"}
+    )
+    assert status == 401
+
+
+async def test_direct_keys_are_forwarded_when_allowed(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    config = provider_config(upstream)
+    config["client"] = {"allow_direct_keys": True}
+    server = await make_proxy(config)
+    await post(
+        server, form(("model", "whisper-1"), ("file", b"RIFF")), {"Authorization": "Bearer sk-mine"}
+    )
+    assert upstream.last.headers["Authorization"] == "Bearer sk-mine"
+
+
+async def test_rate_limit(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    config = governed(
+        upstream,
+        rate_limits=[{"id": "rl", "request_max_limit": 2, "request_reset_duration": "1m"}],
+    )
+    config["governance"]["virtual_keys"][0]["rate_limit_id"] = "rl"
+    server = await make_proxy(config)
+    statuses = []
+    for _ in range(3):
+        status, body, headers = await post(
+            server, form(("model", "whisper-1"), ("file", b"RIFF")), {"x-bf-vk": VK}
+        )
+        statuses.append(status)
+    assert statuses == [200, 200, 429]
+    assert_error(body, status=429, code="rate_limit_exceeded", error_type="rate_limit_error")
+    assert 0 < int(headers["Retry-After"]) <= 60
+
+
+def reports_seconds(seconds: float, delay: float = 0.2) -> Any:
+    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        await asyncio.sleep(delay)
+        return web.json_response({"text": "x", "usage": {"type": "duration", "seconds": seconds}})
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("budget", "prices"),
+    [
+        ({"id": "b", "max_limit": 100, "reset_duration": "1d", "unit": "audio_seconds"}, {}),
+        ({"id": "b", "max_limit": 0.01, "reset_duration": "1M"}, {"whisper-1": 0.006}),
+    ],
+    ids=["audio-seconds", "usd"],
+)
+async def test_a_budget_is_not_overshot_by_concurrent_requests(
+    make_proxy: ProxyFactory,
+    upstream: FakeUpstream,
+    budget: dict[str, Any],
+    prices: dict[str, float],
+) -> None:
+    # 100 audio seconds (or 0.01 USD at 0.006 a minute: 100 s), 30 s reserved
+    # per request, each really 30 s long.
+    upstream.respond = reports_seconds(30)
+    config = governed(upstream, budgets=[budget], model_prices=prices, reserve_audio_seconds=30)
+    config["governance"]["virtual_keys"][0]["budget_id"] = "b"
+    server = await make_proxy(config)
+    results = await asyncio.gather(
+        *(
+            post(server, form(("model", "whisper-1"), ("file", b"RIFF")), {"x-bf-vk": VK})
+            for _ in range(8)
+        )
+    )
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [200, 200, 200, 402, 402, 402, 402, 402]
+    refused = next(body for status, body, _ in results if status == 402)
+    assert_error(refused, status=402, code="budget_exceeded", error_type="insufficient_quota")
+    # 90 s used: the next 30 s request would pass the limit.
+    status, _, _ = await post(
+        server, form(("model", "whisper-1"), ("file", b"RIFF")), {"x-bf-vk": VK}
+    )
+    assert status == 402
+    assert len(upstream.requests) == 3
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A real redis-server on a free port, stopped and restarted at will."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            await self.process.wait()
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (scripts/test installs it)")
+    server = RedisServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def start_proxy_process(config: dict[str, Any], tmp_path: Path, name: str) -> tuple[Any, str]:
+    path = tmp_path / f"{name}.json"
+    path.write_bytes(orjson.dumps(config))
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "--port",
+        str(port),
+        "--config",
+        str(path),
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(f"{url}/health") as response:
+                    if response.status == 200:
+                        return process, url
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+    raise AssertionError("the proxy did not start")
+
+
+async def send(url: str) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}{URL}",
+            data=form(("model", "whisper-1"), ("file", b"RIFF")),
+            headers={"x-bf-vk": VK},
+        ) as response,
+    ):
+        return response.status
+
+
+async def test_two_proxy_processes_share_one_limit(
+    upstream: FakeUpstream, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    config = governed(
+        upstream,
+        rate_limits=[{"id": "rl", "request_max_limit": 5, "request_reset_duration": "1h"}],
+    )
+    config["governance"]["virtual_keys"][0]["rate_limit_id"] = "rl"
+    config["proxy"] = {"redis_url": redis_server.url}
+    first, first_url = await start_proxy_process(config, tmp_path, "one")
+    second, second_url = await start_proxy_process(config, tmp_path, "two")
+    try:
+        statuses = [await send(url) for url in [first_url, second_url] * 4]
+    finally:
+        for process in (first, second):
+            process.terminate()
+            await process.wait()
+    assert statuses.count(200) == 5
+    assert statuses[5:] == [429, 429, 429]
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+async def test_redis_stopped_and_restarted(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, redis_server: RedisServer, fail_open: bool
+) -> None:
+    config = governed(
+        upstream,
+        rate_limits=[{"id": "rl", "request_max_limit": 100, "request_reset_duration": "1h"}],
+    )
+    config["governance"]["virtual_keys"][0]["rate_limit_id"] = "rl"
+    config["proxy"] = {"redis_url": redis_server.url, "redis_fail_open": fail_open}
+    server = await make_proxy(config)
+    url = base_url(server)
+    assert await send(url) == 200
+    await redis_server.stop()
+    down, body, _ = await post(
+        server, form(("model", "whisper-1"), ("file", b"RIFF")), {"x-bf-vk": VK}
+    )
+    if fail_open:
+        assert down == 200
+    else:
+        assert down == 503
+        assert_error(
+            body, status=503, code="governance_unavailable", error_type="api_error", bifrost=True
+        )
+    await redis_server.start()  # the same port: the proxy reconnects by itself
+    assert await send(url) == 200
+
+
+async def test_models_lists_only_what_the_key_may_use(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    config = governed(upstream)
+    config["providers"]["openai"]["keys"][0]["models"] = ["whisper-1", "gpt-4o-transcribe"]
+    server = await make_proxy(config)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{base_url(server)}/v1/models", headers={"x-bf-vk": VK}) as response,
+    ):
+        ids = [m["id"] for m in (await response.json())["data"]]
+    assert ids == ["openai/whisper-1"]
+
+
+async def test_audio_is_metered_from_a_wav_header_when_the_answer_says_nothing(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    async def no_usage(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        return web.json_response({"text": "no usage reported"})
+
+    upstream.respond = no_usage
+    config = governed(
+        upstream,
+        budgets=[{"id": "b", "max_limit": 20, "reset_duration": "1d", "unit": "audio_seconds"}],
+        reserve_audio_seconds=1,
+    )
+    config["governance"]["virtual_keys"][0]["budget_id"] = "b"
+    server = await make_proxy(config)
+    sample = (Path(__file__).parent / "data" / "sample.wav").read_bytes()
+    statuses = []
+    for _ in range(4):
+        status, _, _ = await post(
+            server, form(("model", "whisper-1"), ("file", sample)), {"x-bf-vk": VK}
+        )
+        statuses.append(status)
+    # 9.08 s each: the third would pass 20 s only after being admitted with 1 s
+    # reserved; it is settled to 27.2 s, so the fourth is refused.
+    assert statuses == [200, 200, 200, 402]
+
+
+def test_wav_seconds() -> None:
+    from proxy.transcripts import wav_seconds
+
+    sample = (Path(__file__).parent / "data" / "sample.wav").read_bytes()
+    assert 9.0 < wav_seconds(sample[:64], len(sample)) < 9.2
+    assert wav_seconds(b"ID3" + bytes(61), 1000) == 0.0
