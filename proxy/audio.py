@@ -18,7 +18,7 @@ from typing import IO, Any, Self, TypeVar
 
 from prometheus_client import Counter
 
-from .errors import ProxyError, ServiceUnavailableError
+from .errors import NotReplayableError, ServiceUnavailableError
 from .models import AudioSource, FormField
 
 log = logging.getLogger(__name__)
@@ -204,14 +204,6 @@ class SpooledAudio:
     def close(self) -> None:
         """Release the spool."""
         self._spool.close()
-
-
-class NotReplayableError(ProxyError):
-    """A retry needed the upload again, but it was too large to record."""
-
-    status = 502
-    error_type = "api_error"
-    default_code = "upload_not_replayable"
 
 
 _END = object()

@@ -189,6 +189,56 @@ class ServiceUnavailableError(ProxyError):
     default_code = "service_unavailable"
 
 
+class AuthenticationError(ProxyError):
+    """No usable credential (401)."""
+
+    status = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+    is_bifrost_error = False
+
+
+class PermissionDeniedError(ProxyError):
+    """A known caller asking for what it may not have (403)."""
+
+    status = 403
+    error_type = "permission_error"
+    default_code = "permission_denied"
+    is_bifrost_error = False
+
+
+class RateLimitedError(ProxyError):
+    """A virtual key's rate limit is reached (429, with Retry-After)."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+    is_bifrost_error = False
+
+
+class BudgetExceededError(ProxyError):
+    """A virtual key's budget is spent (402)."""
+
+    status = 402
+    error_type = "insufficient_quota"
+    default_code = "budget_exceeded"
+    is_bifrost_error = False
+
+
+class NotReplayableError(ProxyError):
+    """A retry needed the upload again, but it was too large to record."""
+
+    status = 502
+    error_type = "api_error"
+    default_code = "upload_not_replayable"
+
+
+class ModelIntegrityError(ServiceUnavailableError):
+    """The model's weights are not the ones expected."""
+
+    default_code = "model_integrity_failed"
+
+
 def _type_for_status(status: int) -> str:
     # The OpenAI error types its SDKs map to exception classes.
     return {

@@ -12,31 +12,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .auth import Caller, PermissionDeniedError
+from .auth import Caller
 from .config import GovernanceConfig, VirtualKeyConfig
 from .counters import Counters, CounterStoreError
-from .errors import ProxyError, ServiceUnavailableError
+from .errors import (
+    BudgetExceededError,
+    PermissionDeniedError,
+    ProxyError,
+    RateLimitedError,
+    ServiceUnavailableError,
+)
 from .router import Route
 
 log = logging.getLogger(__name__)
-
-
-class RateLimitedError(ProxyError):
-    """A virtual key's rate limit is reached (429, with Retry-After)."""
-
-    status = 429
-    error_type = "rate_limit_error"
-    default_code = "rate_limit_exceeded"
-    is_bifrost_error = False
-
-
-class BudgetExceededError(ProxyError):
-    """A virtual key's budget is spent (402)."""
-
-    status = 402
-    error_type = "insufficient_quota"
-    default_code = "budget_exceeded"
-    is_bifrost_error = False
 
 
 @dataclass

@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 
 import aiohttp
 import orjson
 from aiohttp import web
-from benchlib import PeakRss, free_port, main, percentile, proxy_in_front_of, rss_kib, running
+from benchlib import PeakRss, main, percentile, rss_kib, upstream_and_proxy
 
 PATH = "/v1/audio/transcriptions"
 BOUNDARY = "bench-stream-boundary"
@@ -98,12 +97,7 @@ async def stream_delays(
 
 
 async def bench(args: argparse.Namespace) -> None:
-    upstream_port = free_port()
-    upstream = (sys.executable, __file__, "upstream", "--port", str(upstream_port))
-    async with (
-        running(*upstream, up=f"http://127.0.0.1:{upstream_port}/"),
-        proxy_in_front_of(upstream_port) as (proxy_port, proxy),
-    ):
+    async with upstream_and_proxy(__file__) as (upstream_port, proxy_port, proxy):
         direct = f"http://127.0.0.1:{upstream_port}{PATH}"
         proxied = f"http://127.0.0.1:{proxy_port}{PATH}"
         delays: dict[str, list[float]] = {direct: [], proxied: []}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,12 +24,10 @@ from benchlib import (
     PeakRss,
     cpu_seconds,
     disk_write_bytes,
-    free_port,
     main,
     percentile,
-    proxy_in_front_of,
     rss_kib,
-    running,
+    upstream_and_proxy,
 )
 
 MIB = 1024 * 1024
@@ -125,12 +122,7 @@ class SizeResult:
 
 
 async def bench(args: argparse.Namespace) -> None:
-    upstream_port = free_port()
-    upstream = (sys.executable, __file__, "upstream", "--port", str(upstream_port))
-    async with (
-        running(*upstream, up=f"http://127.0.0.1:{upstream_port}/"),
-        proxy_in_front_of(upstream_port) as (proxy_port, proxy),
-    ):
+    async with upstream_and_proxy(__file__) as (upstream_port, proxy_port, proxy):
         await run_measurements(args, upstream_port, proxy_port, proxy.pid)
 
 

@@ -114,6 +114,23 @@ async def proxy_with(
 
 
 @asynccontextmanager
+async def upstream_and_proxy(
+    script: str,
+) -> AsyncIterator[tuple[int, int, asyncio.subprocess.Process]]:
+    """``script upstream`` as the fake upstream, and the proxy in front of it.
+
+    Yields the upstream's port, the proxy's port and the proxy's process.
+    """
+    upstream_port = free_port()
+    upstream = (sys.executable, script, "upstream", "--port", str(upstream_port))
+    async with (
+        running(*upstream, up=f"http://127.0.0.1:{upstream_port}/"),
+        proxy_in_front_of(upstream_port) as (proxy_port, proxy),
+    ):
+        yield upstream_port, proxy_port, proxy
+
+
+@asynccontextmanager
 async def proxy_in_front_of(
     upstream_port: int, **settings: Any
 ) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:

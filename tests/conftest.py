@@ -7,8 +7,11 @@ import contextlib
 import gc
 import hashlib
 import os
+import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -189,6 +192,47 @@ async def backup(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> FakeUp
 def open_files_under(directory: str) -> list[str]:
     """Files this process holds open below ``directory`` (unnamed spools included)."""
     return [target for target in _open_files().values() if target.startswith(directory)]
+
+
+def free_port() -> int:
+    """A port nothing listens on (yet)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def start_proxy_process(
+    config: dict[str, Any], directory: Path, *extra: str, name: str = "proxy"
+) -> tuple[asyncio.subprocess.Process, str]:
+    """``python -m proxy`` with ``config`` on a free port, once it answers ``/health``.
+
+    Its stderr (the JSON log lines) is a pipe the caller may read.
+    """
+    path = directory / f"{name}.json"
+    await asyncio.to_thread(path.write_bytes, orjson.dumps(config))
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "--port",
+        str(port),
+        "--config",
+        str(path),
+        *extra,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with session.get(f"{url}/health") as response:
+                    if response.status == 200:
+                        return process, url
+            await asyncio.sleep(0.05)
+    process.kill()
+    raise AssertionError("the proxy did not start")
 
 
 def provider_config(upstream: FakeUpstream, **network: Any) -> dict[str, Any]:

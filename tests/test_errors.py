@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from typing import Any
 
 import aiohttp
@@ -21,6 +20,7 @@ from tests.conftest import (
     ReceivedRequest,
     base_url,
     form,
+    free_port,
     json_of,
     post,
     provider_config,
@@ -388,20 +388,13 @@ async def test_upstream_fastapi_detail_message(proxy: TestServer, upstream: Fake
     assert assert_error(body, status=404, code="upstream_error") == "Model not installed"
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_upstream_unreachable(make_proxy: ProxyFactory, no_leaks: Any) -> None:
     server = await make_proxy(
         {
             "providers": {
                 "openai": {
                     "keys": [{"value": UPSTREAM_KEY}],
-                    "network_config": {"base_url": f"http://127.0.0.1:{unused_port()}"},
+                    "network_config": {"base_url": f"http://127.0.0.1:{free_port()}"},
                 }
             }
         }

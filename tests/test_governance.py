@@ -6,8 +6,6 @@ import asyncio
 import base64
 import shutil
 import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +14,6 @@ from typing import Any
 import aiohttp
 import jwt
 import openai
-import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -29,8 +26,10 @@ from tests.conftest import (
     ReceivedRequest,
     base_url,
     form,
+    free_port,
     post,
     provider_config,
+    start_proxy_process,
 )
 from tests.test_errors import assert_error
 
@@ -325,13 +324,6 @@ async def test_a_budget_is_not_overshot_by_concurrent_requests(
 # --- Redis ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class RedisServer:
     """A real redis-server on a free port, stopped and restarted at will."""
 
@@ -381,32 +373,6 @@ async def redis_server() -> AsyncIterator[RedisServer]:
     await server.stop()
 
 
-async def start_proxy_process(config: dict[str, Any], tmp_path: Path, name: str) -> tuple[Any, str]:
-    path = tmp_path / f"{name}.json"
-    path.write_bytes(orjson.dumps(config))
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "--port",
-        str(port),
-        "--config",
-        str(path),
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(f"{url}/health") as response:
-                    if response.status == 200:
-                        return process, url
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-    raise AssertionError("the proxy did not start")
-
-
 async def send(url: str) -> int:
     async with (
         aiohttp.ClientSession() as session,
@@ -428,8 +394,8 @@ async def test_two_proxy_processes_share_one_limit(
     )
     config["governance"]["virtual_keys"][0]["rate_limit_id"] = "rl"
     config["proxy"] = {"redis_url": redis_server.url}
-    first, first_url = await start_proxy_process(config, tmp_path, "one")
-    second, second_url = await start_proxy_process(config, tmp_path, "two")
+    first, first_url = await start_proxy_process(config, tmp_path, name="one")
+    second, second_url = await start_proxy_process(config, tmp_path, name="two")
     try:
         statuses = [await send(url) for url in [first_url, second_url] * 4]
     finally:

@@ -20,10 +20,10 @@ from tests.test_errors import assert_error
 pytest.importorskip("faster_whisper", reason="the local extra is not installed")
 
 from proxy.config import LocalSettings
+from proxy.errors import ModelIntegrityError
 from proxy.models import FormField
 from proxy.providers.local import (
     PACKAGED_MODEL_SHA256,
-    ModelIntegrityError,
     _decode_options,
     packaged_model_path,
     verify_model,

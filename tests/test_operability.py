@@ -6,8 +6,6 @@ import asyncio
 import logging
 import re
 import signal
-import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from tests.conftest import (
     form,
     post,
     provider_config,
+    start_proxy_process,
 )
 from tests.test_errors import assert_error
 
@@ -240,42 +239,6 @@ async def test_a_slow_drip_client_is_cut_and_its_slot_freed(
     assert status == 200
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def start_proxy(
-    config: dict[str, Any], tmp_path: Path, *extra: str
-) -> tuple[asyncio.subprocess.Process, str]:
-    path = tmp_path / "proxy.json"
-    path.write_bytes(orjson.dumps(config))
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "--port",
-        str(port),
-        "--config",
-        str(path),
-        *extra,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(f"{url}/health") as response:
-                    if response.status == 200:
-                        return process, url
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-    raise AssertionError("the proxy did not start")
-
-
 def slow_stream(deltas: int, interval: float) -> Any:
     async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -314,7 +277,7 @@ async def test_sigterm_drains_open_streams(
     upstream.respond = slow_stream(deltas, 0.1)
     config = provider_config(upstream)
     config["proxy"] = {"drain_timeout_s": drain}
-    process, url = await start_proxy(config, tmp_path)
+    process, url = await start_proxy_process(config, tmp_path)
     started = asyncio.Event()
     reading = asyncio.create_task(read_stream(url, started))
     await asyncio.wait_for(started.wait(), 10)
@@ -337,7 +300,7 @@ async def test_sigterm_drains_open_streams(
 
 
 async def test_workers_share_the_port(upstream: FakeUpstream, tmp_path: Path) -> None:
-    process, url = await start_proxy(provider_config(upstream), tmp_path, "--workers", "2")
+    process, url = await start_proxy_process(provider_config(upstream), tmp_path, "--workers", "2")
     async with aiohttp.ClientSession() as session:
         for _ in range(6):
             async with session.post(

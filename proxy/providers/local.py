@@ -23,7 +23,12 @@ from typing import IO, Any
 
 from ..audio import Spool
 from ..config import LocalSettings, NetworkConfig
-from ..errors import InvalidRequestError, ProxyError, ServiceUnavailableError
+from ..errors import (
+    InvalidRequestError,
+    ModelIntegrityError,
+    ProxyError,
+    ServiceUnavailableError,
+)
 from ..fields import first_value, parse_temperature
 from ..metrics import Metrics
 from ..models import TranscriptDelta, TranscriptEvent, UpstreamCall
@@ -37,12 +42,6 @@ log = logging.getLogger(__name__)
 PACKAGED_MODEL_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
 PACKAGED_MODEL_NAME = "tiny.en"
 _HASH_CHUNK = 1024 * 1024
-
-
-class ModelIntegrityError(ServiceUnavailableError):
-    """The model's weights are not the ones expected."""
-
-    default_code = "model_integrity_failed"
 
 
 def packaged_model_path() -> Path:
