@@ -83,18 +83,20 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
         facts.provider = routes[0].provider.name
         governor.check_routes(caller, routes)
         admission = await governor.admit(caller, routes[0])
-        if may_retry(routes):
-            await reader.record()
-        dispatch = Dispatch(
-            routes,
-            form.fields,
-            form.audio,
-            metrics=metrics,
-            request_id=facts.request_id,
-            api_key=caller.direct_key,
-        )
-        events = dispatch.events()
-        async with aclosing(events), _settled(governor, admission, facts):
+        # From here on, however the request ends, its reservation is settled.
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(_settled(governor, admission, facts))
+            if may_retry(routes):
+                await reader.record()
+            dispatch = Dispatch(
+                routes,
+                form.fields,
+                form.audio,
+                metrics=metrics,
+                request_id=facts.request_id,
+                api_key=caller.direct_key,
+            )
+            events = await stack.enter_async_context(aclosing(dispatch.events()))
             # Until the first event, a failure is an ordinary JSON error with
             # its own status. By then the whole form has been read, so a
             # stream field sent after the file counts too.

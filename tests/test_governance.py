@@ -480,3 +480,46 @@ def test_wav_seconds() -> None:
     sample = (Path(__file__).parent / "data" / "sample.wav").read_bytes()
     assert 9.0 < wav_seconds(sample[:64], len(sample)) < 9.2
     assert wav_seconds(b"ID3" + bytes(61), 1000) == 0.0
+
+
+async def test_a_request_that_fails_after_admission_gives_its_reservation_back(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, backup: FakeUpstream, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    upstream.respond = reports_seconds(30, delay=0)
+    config = governed(
+        upstream,
+        budgets=[{"id": "b", "max_limit": 60, "reset_duration": "1d", "unit": "audio_seconds"}],
+        reserve_audio_seconds=30,
+    )
+    config["governance"]["virtual_keys"][0]["budget_id"] = "b"
+    config["providers"]["backup"] = {
+        **config["providers"]["openai"],
+        "custom_provider_config": {"base_provider_type": "openai"},
+    }
+    config["governance"]["virtual_keys"][0]["provider_configs"].append(
+        {"provider": "backup", "allowed_models": ["*"]}
+    )
+    config["proxy"] = {"spool_dir": str(spool_dir)}
+    server = await make_proxy(config)
+    spool_dir.rmdir()
+    for _ in range(3):
+        status, _, _ = await post(
+            server,
+            form(
+                ("model", "whisper-1"),
+                ("fallbacks[]", "backup/whisper-1"),
+                ("file", b"RIFF" * 400_000),
+            ),
+            {"x-bf-vk": VK},
+        )
+        assert status == 503
+    spool_dir.mkdir()
+    statuses = []
+    for _ in range(3):
+        status, _, _ = await post(
+            server, form(("model", "whisper-1"), ("file", b"RIFF")), {"x-bf-vk": VK}
+        )
+        statuses.append(status)
+    assert statuses == [200, 200, 402]  # the failed ones cost nothing
