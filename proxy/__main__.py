@@ -22,7 +22,9 @@ log = logging.getLogger("proxy")
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, load the config and serve until told to stop."""
-    parser = argparse.ArgumentParser(prog="python -m proxy", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy", description="Run the streaming transcription proxy."
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
     parser.add_argument("--config", help="Bifrost-style JSON config file")
