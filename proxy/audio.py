@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -166,6 +167,10 @@ class BufferedAudio:
         """The file's bytes in one piece."""
         yield self._data
 
+    def open_reader(self) -> IO[bytes]:
+        """A file object over the bytes, for a library that wants one."""
+        return io.BytesIO(self._data)
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -200,6 +205,10 @@ class SpooledAudio:
     def chunks(self) -> AsyncIterator[bytes]:
         """The spooled bytes from the start."""
         return self._spool.chunks()
+
+    def open_reader(self) -> IO[bytes]:
+        """A file object over the spooled file, for a library that wants one."""
+        return self._spool.open_reader()
 
     def close(self) -> None:
         """Release the spool."""

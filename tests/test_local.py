@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,35 @@ async def test_models_lists_the_embedded_model(local: TestServer) -> None:
     ):
         document = json_of(await response.read())
     assert [m["id"] for m in document["data"]] == ["local/tiny.en"]
+
+
+@pytest.mark.parametrize("model_first", [True, False], ids=["streamed", "spooled"])
+async def test_every_kind_of_upload_reaches_the_model(
+    local: TestServer, model_first: bool, no_leaks: Any
+) -> None:
+    # Sent in pieces, a model-first body is still arriving when the file
+    # starts, so it streams (and the provider spools it); file first, the form
+    # reader spools it and the model decodes that spool.
+    boundary = "local-kinds"
+    model = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+    ).encode()
+    file_head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+    audio = sample()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield (model + file_head) if model_first else file_head
+        for start in range(0, len(audio), 64 * 1024):
+            await asyncio.sleep(0.01)
+            yield audio[start : start + 64 * 1024]
+        yield b"\r\n" + (b"" if model_first else model) + f"--{boundary}--\r\n".encode()
+
+    status, document, _ = await post(
+        local, body(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert status == 200, document
+    assert_heard(document["text"])
+    assert no_leaks() == []

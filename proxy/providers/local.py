@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from ..audio import Spool
+from ..audio import BufferedAudio, Spool, SpooledAudio
 from ..config import LocalSettings, NetworkConfig
 from ..errors import (
     InvalidRequestError,
@@ -193,15 +193,23 @@ class LocalProvider:
                 "the local model cannot tell speakers apart (diarized_json)",
                 param="response_format",
             )
-        spool = await Spool.create(self._spool_dir, written=self._metrics.spool_bytes)
+        audio = call.audio
+        spool: Spool | None = None
         try:
-            async for chunk in call.audio.chunks():
-                await spool.append(chunk)
-            self._metrics.audio_bytes_out.labels(provider=self.name).inc(spool.size)
+            whole: SpooledAudio | BufferedAudio | Spool
+            if isinstance(audio, SpooledAudio | BufferedAudio):
+                whole = audio  # already whole, on disk or in memory: decoded where it is
+            else:
+                whole = spool = await Spool.create(
+                    self._spool_dir, written=self._metrics.spool_bytes
+                )
+                async for chunk in audio.chunks():
+                    await spool.append(chunk)
+            self._metrics.audio_bytes_out.labels(provider=self.name).inc(whole.size or 0)
             started = time.monotonic()
             whisper = await self._model.get()
             await self._slots.acquire()
-            decoding = _Decoding(whisper, spool.open_reader(), options, self._executor)
+            decoding = _Decoding(whisper, whole.open_reader(), options, self._executor)
             decoding.done.add_done_callback(lambda _: self._slots.release())
             segments: list[Segment] = []
             try:
@@ -222,7 +230,8 @@ class LocalProvider:
                 with_words=bool(options.get("word_timestamps")),
             )
         finally:
-            spool.close()
+            if spool is not None:
+                spool.close()
 
 
 def _decode_options(fields: Sequence[Any], settings: LocalSettings) -> dict[str, Any]:
