@@ -31,7 +31,6 @@ from .keys import (
     LIMITS_KEY,
     METRICS_KEY,
     ROUTER_KEY,
-    SESSION_KEY,
     STATE_KEY,
     ServerState,
 )
@@ -129,7 +128,6 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     # limit: requests in flight are bounded where they come in, not here.
     connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
     async with aiohttp.ClientSession(connector=connector) as session:
-        app[SESSION_KEY] = session
         config = app[CONFIG_KEY]
         providers = {
             name: create_provider(provider, session, config.proxy, app[METRICS_KEY])

@@ -12,7 +12,6 @@ from .errors import InvalidRequestError
 from .models import FormField
 
 RESPONSE_FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt", "diarized_json"})
-PLAIN_TEXT_FORMATS = frozenset({"text", "srt", "vtt"})
 TIMESTAMP_GRANULARITIES = frozenset({"word", "segment"})
 
 #: Fields that may appear once; a second copy is ambiguous and refused.

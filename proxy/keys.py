@@ -6,7 +6,6 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from .auth import Authenticator
@@ -34,5 +33,4 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 STATE_KEY = web.AppKey("state", ServerState)
 LIMITS_KEY = web.AppKey("limits", FormLimits)
 ROUTER_KEY = web.AppKey("router", Router)
-SESSION_KEY = web.AppKey("upstream_session", aiohttp.ClientSession)
 FACTS_KEY = web.RequestKey("facts", RequestFacts)
