@@ -13,6 +13,8 @@ from aiohttp.typedefs import Handler
 
 from . import handlers, logs
 from .auth import Authenticator
+from .cache import TranscriptCache
+from .cache_store import CacheStore, MemoryStore, RedisStore
 from .config import Config
 from .counters import Counters, MemoryCounters, RedisCounters
 from .errors import (
@@ -25,6 +27,7 @@ from .errors import (
 from .governance import Governor
 from .keys import (
     AUTH_KEY,
+    CACHE_KEY,
     CONFIG_KEY,
     FACTS_KEY,
     GOVERNOR_KEY,
@@ -37,6 +40,7 @@ from .keys import (
 from .metrics import Metrics
 from .models import RequestFacts
 from .providers import create_provider
+from .redis_client import connect_redis
 from .relay import DRAIN_DEADLINE
 from .responses import error_response
 from .router import Router
@@ -92,7 +96,7 @@ def create_app(config: Config) -> web.Application:
         body_idle_timeout_s=config.proxy.body_idle_timeout_s,
     )
     app[AUTH_KEY] = Authenticator(config.client, config.governance)
-    app.cleanup_ctx.append(_counters)
+    app.cleanup_ctx.append(_stores)
     app.cleanup_ctx.append(_upstream_session)
     app.on_response_prepare.append(_tag_response)
     app.on_shutdown.append(_start_draining)
@@ -108,19 +112,28 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-async def _counters(app: web.Application) -> AsyncIterator[None]:
-    # In Redis when replicas must share limits; in this process otherwise.
+async def _stores(app: web.Application) -> AsyncIterator[None]:
+    """Where limits, budgets and cached transcripts are kept: Redis when replicas
+    must share them (one connection pool for all), this process otherwise."""
     proxy = app[CONFIG_KEY].proxy
-    counters: Counters = (
-        RedisCounters(proxy.redis_url) if proxy.redis_url is not None else MemoryCounters()
-    )
+    redis = connect_redis(proxy.redis_url) if proxy.redis_url is not None else None
+    counters: Counters = RedisCounters(redis) if redis is not None else MemoryCounters()
     app[GOVERNOR_KEY] = Governor(
         app[CONFIG_KEY].governance, counters, fail_open=proxy.redis_fail_open
     )
+    store: CacheStore = (
+        RedisStore(redis)
+        if proxy.cache.store == "redis" and redis is not None
+        else MemoryStore(proxy.cache.max_mb * 1024 * 1024)
+    )
+    app[CACHE_KEY] = TranscriptCache(proxy.cache, store, app[METRICS_KEY])
     try:
         yield
     finally:
+        await store.aclose()
         await counters.aclose()
+        if redis is not None:
+            await redis.aclose()
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
@@ -264,6 +277,7 @@ def _access_log(
             "bytes_out": _bytes_out(response),
             "latency_ms": int(seconds * 1000),
             "chunks": facts.chunks,
+            "cache": ("hit" if facts.cache_hit else "miss") if facts.cache_debug else None,
         },
     )
 

@@ -124,6 +124,28 @@ class LocalSettings:
     beam_size: int = 5
 
 
+CacheStoreKind = Literal["memory", "redis"]
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The transcript cache (``proxy.cache``).
+
+    It engages only for requests that carry ``x-bf-cache-key``, or for every
+    request when ``default_key`` is set.
+    """
+
+    enabled: bool = True
+    #: How long an entry lives unless the request's ``x-bf-cache-ttl`` says otherwise.
+    ttl_s: float = 3600.0
+    #: ``memory`` (this process, LRU by bytes) or ``redis`` (``proxy.redis_url``, shared).
+    store: CacheStoreKind = "memory"
+    #: The memory store's size cap.
+    max_mb: int = 64
+    #: The cache key of requests that carry none; None: such requests are not cached.
+    default_key: str | None = None
+
+
 @dataclass(frozen=True)
 class ProxySettings:
     """Our own settings, which Bifrost's file has no place for."""
@@ -150,6 +172,7 @@ class ProxySettings:
     #: With Redis unreachable: serve without limits (True) or answer 503.
     redis_fail_open: bool = False
     local: LocalSettings = field(default_factory=LocalSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
 
 @dataclass(frozen=True)
@@ -249,6 +272,10 @@ class _Section:
 
     def has(self, key: str) -> bool:
         return key in self._data
+
+    def peek(self, key: str) -> object:
+        """The raw value, without marking the key as used."""
+        return self._data.get(key)
 
     def section(self, key: str) -> _Section:
         value = self._get(key)
@@ -372,15 +399,28 @@ def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Confi
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000, "Y": 31536000}
 
 
+def parse_duration(value: str) -> float:
+    """Bifrost's durations in seconds: ``30s``, ``1m``, ``1h``, ``1d``, ``1w``, ``1M``
+    (30 days), ``1Y``, or a plain number of seconds. Raises ValueError."""
+    value = value.strip()
+    unit = value[-1:]
+    number, scale = (value[:-1], _DURATION_UNITS[unit]) if unit in _DURATION_UNITS else (value, 1)
+    seconds = float(number) * scale
+    if not seconds >= 0 or seconds == float("inf"):  # NaN too
+        raise ValueError(value)
+    return seconds
+
+
 def _duration(section: _Section, key: str, default: float) -> float:
-    """Bifrost's durations: ``30s``, ``1m``, ``1h``, ``1d``, ``1w``, ``1M`` (30 days), ``1Y``."""
+    """A duration setting: a Bifrost duration string, or a number of seconds."""
+    if isinstance(section.peek(key), int | float) and not isinstance(section.peek(key), bool):
+        return section.number(key, default)
     value = section.string(key)
     if value is None:
         return default
-    number, unit = value[:-1], value[-1:]
     try:
-        return float(number) * _DURATION_UNITS[unit]
-    except (KeyError, ValueError):
+        return parse_duration(value)
+    except ValueError:
         raise ConfigError(
             f"{section.path}.{key}: expected a duration such as 30s, 1m, 1h, 1d, 1w, 1M; "
             f"got {value!r}"
@@ -497,6 +537,29 @@ def _proxy(section: _Section) -> ProxySettings:
         redis_url=section.string("redis_url"),
         redis_fail_open=section.boolean("redis_fail_open", False),
         local=_local(section.section("local")),
+        cache=_cache(section.section("cache")),
+    )
+    section.warn_unused()
+    if settings.redis_url is not None and importlib.util.find_spec("redis") is None:
+        raise ConfigError(
+            f"{section.path}.redis_url: the Redis client is not installed; "
+            "install the redis extra: pip install '.[redis]'"
+        )
+    if settings.cache.store == "redis" and settings.redis_url is None:
+        raise ConfigError(f"{section.path}.cache.store: redis needs {section.path}.redis_url")
+    return settings
+
+
+def _cache(section: _Section) -> CacheSettings:
+    store = section.string("store", "memory") or "memory"
+    if store not in ("memory", "redis"):
+        raise ConfigError(f"{section.path}.store: memory or redis, got {store!r}")
+    settings = CacheSettings(
+        enabled=section.boolean("enabled", True),
+        ttl_s=_duration(section, "ttl", 3600.0),
+        store="redis" if store == "redis" else "memory",
+        max_mb=section.integer("max_mb", 64, minimum=1),
+        default_key=section.string("default_key"),
     )
     section.warn_unused()
     return settings

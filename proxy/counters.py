@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .config import ConfigError
-
 
 class CounterStoreError(Exception):
     """The store cannot be reached."""
@@ -85,17 +83,8 @@ return 1
 class RedisCounters:
     """Counts in Redis, shared by every replica pointed at it."""
 
-    def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
-        try:
-            import redis.asyncio
-        except ImportError:
-            raise ConfigError(
-                "proxy.redis_url: the Redis client is not installed; pip install '.[redis]'"
-            ) from None
-
-        self._redis: Any = redis.asyncio.Redis.from_url(
-            url, socket_timeout=2, socket_connect_timeout=2, retry_on_timeout=False
-        )
+    def __init__(self, client: Any, clock: Callable[[], float] = time.time) -> None:
+        self._redis = client
         self._reserve = self._redis.register_script(_RESERVE)
         self._clock = clock
 
@@ -117,5 +106,4 @@ class RedisCounters:
             raise CounterStoreError(f"redis: {exc}") from exc
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._redis.aclose()
+        """Nothing to release: the app closes the shared client."""

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
 
-from .errors import BadGatewayError, InvalidRequestError
+from .audio import BufferedAudio, SpooledAudio
+from .cache import CachedAnswer, CacheLookup, cache_scope
+from .errors import BadGatewayError, InvalidRequestError, ProxyError
 from .fields import fallbacks_of, first_value, forwarded, parse_stream
 from .governance import Admission, Governor
 from .keys import (
     AUTH_KEY,
+    CACHE_KEY,
     CONFIG_KEY,
     FACTS_KEY,
     GOVERNOR_KEY,
@@ -22,13 +26,16 @@ from .keys import (
     ROUTER_KEY,
     STATE_KEY,
 )
-from .metrics import metrics_response
+from .metrics import Metrics, metrics_response
 from .models import AudioSource, FormField, RequestFacts, TranscriptDone, TranscriptEvent
 from .relay import STREAM_REQUEST_TYPE, relay
 from .responses import json_response, transcription_response
 from .router import Dispatch, may_retry
 from .transcripts import audio_seconds, wav_seconds
-from .upload import FormReader
+from .upload import FormReader, TranscriptionForm, repr_digest_sha256
+
+#: A cached entry and its answer in the format the request asks for.
+CacheHit = tuple[CachedAnswer, TranscriptDone]
 
 RAW_REQUEST_HEADER = "x-bf-send-back-raw-request"
 RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
@@ -66,9 +73,17 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
     governor = request.app[GOVERNOR_KEY]
     # Who is asking is settled before a byte of the body is read.
     caller = request.app[AUTH_KEY].identify(request.headers)
+    cache_request = request.app[CACHE_KEY].engage(request.headers)
+    declared_sha256 = repr_digest_sha256(request.headers)
     routing_fields = ("model",) if deployment is None else ()
     async with FormReader(
-        request, request.app[LIMITS_KEY], routing_fields, metrics=metrics, facts=facts
+        request,
+        request.app[LIMITS_KEY],
+        routing_fields,
+        metrics=metrics,
+        facts=facts,
+        hash_audio=cache_request is not None,
+        expected_sha256=declared_sha256,
     ) as reader:
         form = await reader.read()
         if form.audio is None:
@@ -86,12 +101,29 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
         # From here on, however the request ends, its reservation is settled.
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(_settled(governor, admission, facts))
+            lookup: CacheLookup | None = None
+            audio: AudioSource = form.audio
+            if cache_request is not None:
+                lookup = CacheLookup(
+                    request.app[CACHE_KEY],
+                    cache_request,
+                    scope=cache_scope(caller),
+                    route=routes[0],
+                )
+                hit = await _look_up_before_sending(lookup, form, reader, declared_sha256)
+                if hit is not None:
+                    return await _answer_from_cache(request, lookup, hit, form.all_fields())
             if may_retry(routes):
                 await reader.record()
+                audio = form.audio
+            if lookup is not None and not lookup.hit.done():
+                # The digest is known only at the end of the file: the end of
+                # the upstream body waits for the cache's answer.
+                audio = lookup.hold(audio, form.all_fields, lambda: reader.audio_sha256)
             dispatch = Dispatch(
                 routes,
                 form.fields,
-                form.audio,
+                audio,
                 metrics=metrics,
                 request_id=facts.request_id,
                 api_key=caller.direct_key,
@@ -100,7 +132,10 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
             # Until the first event, a failure is an ordinary JSON error with
             # its own status. By then the whole form has been read, so a
             # stream field sent after the file counts too.
-            first = await anext(events, None)
+            first = await _first_event(events, lookup, metrics)
+            if isinstance(first, tuple):
+                assert lookup is not None
+                return await _answer_from_cache(request, lookup, first, form.all_fields())
             if first is None:
                 raise BadGatewayError("the provider ended without an answer")
             route = dispatch.route
@@ -109,18 +144,21 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
             if dispatch.fell_back:
                 facts.attempts = [attempt.as_dict() for attempt in dispatch.attempts]
             fields = form.all_fields()
+            if lookup is not None:
+                facts.cache_debug = lookup.debug(None)
             if _wants_stream(fields):
-                return await relay(
-                    request,
-                    first,
-                    events,
-                    facts,
-                    keepalive_s=request.app[CONFIG_KEY].proxy.sse_keepalive_s,
-                    metrics=metrics,
-                    streams=request.app[STATE_KEY].streams,
+                answers: list[TranscriptDone] = []
+                watched = await stack.enter_async_context(
+                    aclosing(_keeping_answer(first, events, answers))
                 )
+                response = await _relay(request, first, watched, facts)
+                if lookup is not None and answers and facts.stream_complete:
+                    await lookup.save(answers[0], fields, facts)
+                return response
             done = first if isinstance(first, TranscriptDone) else await _final_answer(events)
             facts.audio_seconds = audio_seconds(done)
+            if lookup is not None:
+                await lookup.save(done, fields, facts)
     return transcription_response(
         done,
         facts,
@@ -136,6 +174,117 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
     )
 
 
+async def _look_up_before_sending(
+    lookup: CacheLookup,
+    form: TranscriptionForm,
+    reader: FormReader,
+    declared_sha256: bytes | None,
+) -> CacheHit | None:
+    """A hit found before anything goes upstream, when the audio's digest is known up front.
+
+    A spooled or buffered file was hashed as it was read. A streaming file
+    is known up front only by its ``Repr-Digest``: on a hit, the rest of the
+    body is read (and checked against the digest) without going upstream.
+    """
+    if isinstance(form.audio, SpooledAudio | BufferedAudio):
+        found = await lookup.find(form.all_fields(), reader.audio_sha256)
+        lookup.hit.set_result(found)
+        return found
+    if declared_sha256 is None or form.audio is None:
+        return None
+    found = await lookup.find(form.fields, declared_sha256.hex())
+    if found is None:
+        return None  # streamed upstream; the cache is asked again at the end of the file
+    async for _ in form.audio.chunks():
+        pass  # read and hashed; a digest that does not match is a 400
+    every_field = form.all_fields()
+    if len(every_field) != len(form.fields):
+        # Fields after the file may change the key; the audio is read and gone.
+        found = await lookup.find(every_field, reader.audio_sha256)
+        if found is None:
+            raise InvalidRequestError(
+                "with Repr-Digest, send every field before the file: fields after it "
+                "changed the request, and the file was read without forwarding it",
+                code="fields_after_file",
+            )
+    lookup.hit.set_result(found)
+    return found
+
+
+async def _first_event(
+    events: AsyncIterator[TranscriptEvent], lookup: CacheLookup | None, metrics: Metrics
+) -> TranscriptEvent | CacheHit | None:
+    """The upstream's first event, or the cache's answer if that comes first.
+
+    On a hit the upstream request, still waiting for the end of its body, is
+    abandoned: the upstream never receives a complete request.
+    """
+    if lookup is None or lookup.hit.done():
+        return await anext(events, None)
+    upstream = asyncio.ensure_future(anext(events, None))
+    try:
+        await asyncio.wait((upstream, lookup.hit), return_when=asyncio.FIRST_COMPLETED)
+        answered = upstream.done() and not upstream.cancelled() and upstream.exception() is None
+        if not answered and lookup.hit.done() and (hit := lookup.hit.result()) is not None:
+            metrics.cache_upstream_cancelled.inc()
+            return hit
+        return await upstream
+    finally:
+        if not upstream.done():
+            upstream.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ProxyError):
+            await upstream
+
+
+async def _answer_from_cache(
+    request: web.Request, lookup: CacheLookup, hit: CacheHit, fields: Sequence[FormField]
+) -> web.StreamResponse:
+    facts = request[FACTS_KEY]
+    entry, done = hit
+    facts.provider = entry.provider
+    facts.model_deployment = entry.model
+    facts.cache_debug = lookup.debug(entry)
+    if _wants_stream(fields):
+        return await _relay(request, done, _no_events(), facts)
+    return transcription_response(
+        done, facts, response_format=first_value(fields, "response_format") or "json"
+    )
+
+
+async def _relay(
+    request: web.Request,
+    first: TranscriptEvent,
+    rest: AsyncIterator[TranscriptEvent],
+    facts: RequestFacts,
+) -> web.StreamResponse:
+    return await relay(
+        request,
+        first,
+        rest,
+        facts,
+        keepalive_s=request.app[CONFIG_KEY].proxy.sse_keepalive_s,
+        metrics=request.app[METRICS_KEY],
+        streams=request.app[STATE_KEY].streams,
+    )
+
+
+async def _keeping_answer(
+    first: TranscriptEvent, rest: AsyncIterator[TranscriptEvent], answers: list[TranscriptDone]
+) -> AsyncGenerator[TranscriptEvent, None]:
+    """``rest`` as it comes, keeping its final answer in ``answers`` (``first``'s too)."""
+    if isinstance(first, TranscriptDone):
+        answers.append(first)
+    async for event in rest:
+        if isinstance(event, TranscriptDone):
+            answers.append(event)
+        yield event
+
+
+async def _no_events() -> AsyncIterator[TranscriptEvent]:
+    return
+    yield  # an async generator with nothing in it
+
+
 @contextlib.asynccontextmanager
 async def _settled(
     governor: Governor, admission: Admission, facts: RequestFacts
@@ -144,8 +293,13 @@ async def _settled(
     try:
         yield
     finally:
-        # The answer's own figure, else the length of a WAV upload.
-        seconds = facts.audio_seconds or wav_seconds(facts.audio_head, facts.audio_bytes)
+        # The answer's own figure, else the length of a WAV upload; an
+        # answer from the cache cost no upstream audio.
+        seconds = (
+            0.0
+            if facts.cache_hit
+            else facts.audio_seconds or wav_seconds(facts.audio_head, facts.audio_bytes)
+        )
         await governor.settle(admission, seconds)
 
 

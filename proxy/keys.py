@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from .auth import Authenticator
+from .cache import TranscriptCache
 from .config import Config
 from .governance import Governor
 from .metrics import Metrics
@@ -33,4 +34,5 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 STATE_KEY = web.AppKey("state", ServerState)
 LIMITS_KEY = web.AppKey("limits", FormLimits)
 ROUTER_KEY = web.AppKey("router", Router)
+CACHE_KEY = web.AppKey("transcript_cache", TranscriptCache)
 FACTS_KEY = web.RequestKey("facts", RequestFacts)

@@ -92,6 +92,32 @@ class Metrics:
         self.sse_events = Counter(
             "proxy_sse_events", "Server-sent events written to clients.", registry=registry
         )
+        self.cache_hits = Counter(
+            "proxy_cache_hits", "Requests answered from the transcript cache.", registry=registry
+        )
+        self.cache_misses = Counter(
+            "proxy_cache_misses",
+            "Transcript cache lookups that found nothing usable.",
+            registry=registry,
+        )
+        self.cache_stores = Counter(
+            "proxy_cache_stores", "Answers stored in the transcript cache.", registry=registry
+        )
+        self.cache_evictions = Counter(
+            "proxy_cache_evictions",
+            "Unexpired entries the memory cache dropped to make room.",
+            registry=registry,
+        )
+        self.cache_upstream_cancelled = Counter(
+            "proxy_cache_upstream_cancelled",
+            "Upstream requests abandoned before their body was complete: the cache had the answer.",
+            registry=registry,
+        )
+        self.cache_errors = Counter(
+            "proxy_cache_errors",
+            "Transcript cache operations that failed (each counted as a miss or a skipped store).",
+            registry=registry,
+        )
         self.tasks = Gauge(
             "proxy_asyncio_tasks", "Tasks alive on the event loop.", registry=registry
         )

@@ -103,6 +103,15 @@ class RequestFacts:
     audio_seconds: float = 0.0
     #: The file's first bytes, for reading its length from a WAV header.
     audio_head: bytes = b""
+    #: ``extra_fields.cache_debug`` when the request used the transcript cache.
+    cache_debug: dict[str, Any] | None = None
+    #: Whether a streamed answer reached its done event and ``[DONE]``.
+    stream_complete: bool = False
+
+    @property
+    def cache_hit(self) -> bool:
+        """Whether the answer came from the transcript cache (it cost no upstream audio)."""
+        return bool(self.cache_debug and self.cache_debug.get("cache_hit"))
 
     def latency_ms(self) -> int:
         """Whole milliseconds since the request started."""

@@ -46,6 +46,8 @@ class _Chunks:
         }
         if final and facts.attempts:
             extra_fields["attempts"] = facts.attempts
+        if final and facts.cache_debug is not None:
+            extra_fields["cache_debug"] = facts.cache_debug
         await self._stream.send({**event, "extra_fields": extra_fields})
         self._metrics.sse_events.inc()
         facts.chunks += 1
@@ -80,8 +82,10 @@ async def relay(
     if streams is not None and task is not None:
         streams.add(task)
     try:
+        complete = False
         try:
             await _send_all(chunks, first, rest)
+            complete = True
         except ProxyError as exc:
             await stream.send(_error_event(exc, facts))
         except asyncio.CancelledError as exc:
@@ -102,6 +106,7 @@ async def relay(
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await keepalive
         await stream.close()
+        facts.stream_complete = complete
     except ConnectionError:
         pass  # the client is gone; the caller closes the upstream stream
     finally:

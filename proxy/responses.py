@@ -56,6 +56,7 @@ def transcription_response(
                 "x-bf-model": facts.model_deployment or "",
                 "x-bf-latency-ms": str(latency),
                 **({"x-bf-attempts": str(len(facts.attempts))} if facts.attempts else {}),
+                **_cache_headers(facts),
             },
         )
     extra_fields: dict[str, Any] = {
@@ -68,8 +69,21 @@ def transcription_response(
     }
     if facts.attempts:
         extra_fields["attempts"] = facts.attempts
+    if facts.cache_debug is not None:
+        extra_fields["cache_debug"] = facts.cache_debug
     if raw_request is not None:
         extra_fields["raw_request"] = raw_request
     if raw_response:
         extra_fields["raw_response"] = done.document
     return json_response({**done.document, "extra_fields": extra_fields})
+
+
+def _cache_headers(facts: RequestFacts) -> dict[str, str]:
+    """``cache_debug``'s facts, for the plain-text answers that have no ``extra_fields``."""
+    debug = facts.cache_debug
+    if debug is None:
+        return {}
+    return {
+        "x-bf-cache-hit": "true" if debug.get("cache_hit") else "false",
+        "x-bf-cache-id": str(debug.get("cache_id") or ""),
+    }

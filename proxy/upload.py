@@ -13,9 +13,12 @@ memory anyway, so it becomes a :class:`BufferedAudio`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hashlib
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -102,6 +105,39 @@ def check_declared_length(request: web.BaseRequest, limits: FormLimits) -> None:
         raise _too_large(limits)
 
 
+REPR_DIGEST_HEADER = "Repr-Digest"
+
+
+def repr_digest_sha256(headers: Mapping[str, str]) -> bytes | None:
+    """The file's sha-256 as the client declared it in ``Repr-Digest`` (RFC 9530), if it did.
+
+    The header describes the audio file the form carries (not the multipart
+    body around it, whose boundary is the client's random choice). Other
+    algorithms are ignored; a malformed sha-256 member is a 400.
+    """
+    value = headers.get(REPR_DIGEST_HEADER)
+    if value is None:
+        return None
+    for member in value.split(","):
+        name, _, rest = member.partition("=")
+        if name.strip().lower() != "sha-256":
+            continue
+        encoded = rest.split(";", 1)[0].strip()
+        try:
+            if len(encoded) < 2 or encoded[0] != ":" or encoded[-1] != ":":
+                raise ValueError(encoded)
+            digest = base64.b64decode(encoded[1:-1], validate=True)
+        except (ValueError, binascii.Error):
+            digest = b""
+        if len(digest) != hashlib.sha256().digest_size:
+            raise InvalidRequestError(
+                f"{REPR_DIGEST_HEADER} must carry sha-256=:<base64 of 32 bytes>:",
+                code="invalid_digest",
+            )
+        return digest
+    return None
+
+
 def _too_large(limits: FormLimits) -> PayloadTooLargeError:
     return PayloadTooLargeError(
         f"the request body is larger than the limit of {limits.max_body_bytes} bytes"
@@ -122,6 +158,8 @@ class FormReader:
         *,
         metrics: Metrics,
         facts: RequestFacts | None = None,
+        hash_audio: bool = False,
+        expected_sha256: bytes | None = None,
     ) -> None:
         self._request = request
         self._limits = limits
@@ -133,6 +171,16 @@ class FormReader:
         self._field_count = 0
         self._singular_seen: set[str] = set()
         self._form = TranscriptionForm()
+        self._expected_sha256 = expected_sha256
+        self._hasher = hashlib.sha256() if hash_audio or expected_sha256 is not None else None
+        self._audio_sha256: str | None = None
+
+    @property
+    def audio_sha256(self) -> str:
+        """The file's sha256 in hex, once it has been read whole (with ``hash_audio``)."""
+        if self._audio_sha256 is None:
+            raise RuntimeError("the file has not been read whole and hashed")
+        return self._audio_sha256
 
     async def __aenter__(self) -> Self:
         self._uploading = True
@@ -283,13 +331,29 @@ class FormReader:
             async with self._reading():
                 chunk = await part.read_chunk(FILE_CHUNK_BYTES)
             if not chunk:
+                self._file_read()
                 return
+            if self._hasher is not None:
+                self._hasher.update(chunk)
             self._metrics.audio_bytes_in.inc(len(chunk))
             if self._facts is not None:
                 if not self._facts.audio_bytes:
                     self._facts.audio_head = chunk[:64]
                 self._facts.audio_bytes += len(chunk)
             yield chunk
+
+    def _file_read(self) -> None:
+        """The file is read whole: its digest is known, and checked against the client's."""
+        if self._hasher is None:
+            return
+        digest = self._hasher.digest()
+        if self._expected_sha256 is not None and digest != self._expected_sha256:
+            raise InvalidRequestError(
+                f"the file's sha-256 does not match the {REPR_DIGEST_HEADER} header",
+                code="digest_mismatch",
+                param="file",
+            )
+        self._audio_sha256 = digest.hex()
 
     async def read_rest(self) -> list[FormField]:
         """The text fields after a streamed file, up to the end of the form."""

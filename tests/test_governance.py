@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import shutil
-import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +21,9 @@ from tests.conftest import (
     FakeUpstream,
     ProxyFactory,
     ReceivedRequest,
+    RedisServer,
     base_url,
     form,
-    free_port,
     post,
     provider_config,
     start_proxy_process,
@@ -322,55 +319,6 @@ async def test_a_budget_is_not_overshot_by_concurrent_requests(
 
 
 # --- Redis ---------------------------------------------------------------------------------
-
-
-class RedisServer:
-    """A real redis-server on a free port, stopped and restarted at will."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
-            except OSError:
-                await asyncio.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            await self.process.wait()
-
-
-@pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (scripts/test installs it)")
-    server = RedisServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def send(url: str) -> int:

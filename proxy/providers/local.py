@@ -30,10 +30,10 @@ from ..errors import (
     ServiceUnavailableError,
 )
 from ..fields import first_value, parse_temperature
+from ..formats import Segment, Word, transcript
 from ..metrics import Metrics
 from ..models import TranscriptDelta, TranscriptEvent, UpstreamCall
 from ..transcripts import DELTA
-from .whisper_output import Segment, Word, transcript
 
 log = logging.getLogger(__name__)
 
