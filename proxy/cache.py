@@ -206,6 +206,7 @@ class CacheLookup:
         self._route = route
         #: The key last looked up (``cache_debug.cache_id``).
         self.cache_id: str | None = None
+        self._missed: set[str] = set()
         #: Set once the whole form is read and the cache asked: the hit, or None.
         self.hit: asyncio.Future[tuple[CachedAnswer, TranscriptDone] | None] = (
             asyncio.get_running_loop().create_future()
@@ -222,9 +223,14 @@ class CacheLookup:
             fields=fields,
             audio_sha256=audio_sha256,
         )
-        return await self._cache.get(
+        if self.cache_id in self._missed:
+            return None  # asked already (from a Repr-Digest); one miss per request
+        found = await self._cache.get(
             self.cache_id, first_value(fields, "response_format") or "json"
         )
+        if found is None:
+            self._missed.add(self.cache_id)
+        return found
 
     def hold(
         self,

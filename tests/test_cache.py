@@ -419,6 +419,41 @@ async def test_repr_digest_hit_sends_nothing_upstream(
     assert upstream.requests[0].complete
 
 
+async def test_repr_digest_miss_is_counted_once(cached: TestServer, upstream: FakeUpstream) -> None:
+    audio = audio_bytes(STREAMED)
+    digest = {"Repr-Digest": repr_digest(audio)}
+    assert (await debug_of(cached, *model_first(audio), headers=digest))["cache_hit"] is False
+    assert await metric(cached, "proxy_cache_misses") == 1
+
+
+async def test_repr_digest_hit_with_a_field_after_the_file(
+    cached: TestServer, upstream: FakeUpstream
+) -> None:
+    audio = audio_bytes(STREAMED)
+    digest = {"Repr-Digest": repr_digest(audio)}
+    await debug_of(cached, *model_first(audio, ("language", "en")))
+    # The same request with language after the file: the digest finds the
+    # entry without language; the whole form finds the one with it.
+    after: list[tuple[str, str | bytes]] = [
+        ("model", "whisper-1"),
+        ("file", audio),
+        ("language", "en"),
+    ]
+    assert (await debug_of(cached, *after, headers=digest))["cache_hit"] is True
+    # A field after the file that names an answer never stored: the file was
+    # read without forwarding it, so the client is told how to send it.
+    await debug_of(cached, *model_first(audio))
+    other: list[tuple[str, str | bytes]] = [
+        ("model", "whisper-1"),
+        ("file", audio),
+        ("language", "de"),
+    ]
+    status, body, _ = await send(cached, *other, headers={**CACHED, **digest})
+    assert status == 400
+    assert_error(json_of(body), status=400, code="fields_after_file")
+    assert sum(r.complete for r in upstream.requests) == 2
+
+
 async def test_wrong_repr_digest_is_a_400_and_nothing_is_stored(
     cached: TestServer, upstream: FakeUpstream
 ) -> None:
