@@ -53,19 +53,20 @@ class Spool:
 
         ``written`` counts the bytes written to it.
         """
-
-        def open_unnamed() -> IO[bytes]:
-            # Unnamed from the start (O_TMPFILE where the filesystem has it):
-            # nothing is left on disk even if the process is killed.
-            return tempfile.TemporaryFile(
-                mode="w+b", buffering=0, dir=directory, prefix="proxy-spool-"
-            )
-
         try:
-            file = await asyncio.to_thread(open_unnamed)
+            file = await asyncio.to_thread(open_unnamed, directory)
         except OSError as exc:
             raise _spool_unavailable(exc) from exc
         return cls(file, written)
+
+    @classmethod
+    def adopt(cls, file: IO[bytes], written: Counter | None = None) -> Self:
+        """A spool over ``file``, already written by someone else (its bytes are counted now)."""
+        spool = cls(file, written)
+        spool.size = os.fstat(spool._fd).st_size
+        if written is not None:
+            written.inc(spool.size)
+        return spool
 
     async def append(self, data: bytes) -> None:
         """Add ``data`` at the end."""
@@ -125,6 +126,15 @@ class Spool:
         self._closing = True
         if not self._in_flight:
             self._file.close()
+
+
+def open_unnamed(directory: str | None) -> IO[bytes]:
+    """A temporary file with no name, in ``directory`` (the system's if None).
+
+    Unnamed from the start (O_TMPFILE where the filesystem has it): nothing
+    is left on disk even if the process is killed.
+    """
+    return tempfile.TemporaryFile(mode="w+b", buffering=0, dir=directory, prefix="proxy-spool-")
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:

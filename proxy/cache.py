@@ -212,17 +212,21 @@ class CacheLookup:
             asyncio.get_running_loop().create_future()
         )
 
-    async def find(
-        self, fields: Sequence[FormField], audio_sha256: str
-    ) -> tuple[CachedAnswer, TranscriptDone] | None:
-        """The cached answer for this audio and these fields, in the format they ask for."""
-        self.cache_id = cache_key(
+    def key(self, fields: Sequence[FormField], audio_sha256: str) -> str:
+        """The entry key for this audio and these fields."""
+        return cache_key(
             scope=self._scope,
             request_key=self._request.key,
             route=self._route,
             fields=fields,
             audio_sha256=audio_sha256,
         )
+
+    async def find(
+        self, fields: Sequence[FormField], audio_sha256: str
+    ) -> tuple[CachedAnswer, TranscriptDone] | None:
+        """The cached answer for this audio and these fields, in the format they ask for."""
+        self.cache_id = self.key(fields, audio_sha256)
         if self.cache_id in self._missed:
             return None  # asked already (from a Repr-Digest); one miss per request
         found = await self._cache.get(

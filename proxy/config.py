@@ -87,6 +87,14 @@ class ProviderConfig:
     keys: tuple[KeyConfig, ...]
     network: NetworkConfig
     send_back_raw_response: bool = False
+    #: The largest upload the upstream takes, in MiB; longer audio is cut
+    #: into chunks under it. None: no limit.
+    max_upload_mb: float | None = None
+
+    @property
+    def max_upload_bytes(self) -> int | None:
+        """The upload limit in bytes, if any."""
+        return None if self.max_upload_mb is None else int(self.max_upload_mb * MIB)
 
     def lists(self, model: str) -> bool:
         """Whether one of this provider's keys names ``model`` explicitly."""
@@ -122,6 +130,21 @@ class LocalSettings:
     #: Load the model at start rather than on the first request.
     preload: bool = False
     beam_size: int = 5
+
+
+@dataclass(frozen=True)
+class ChunkingSettings:
+    """Long audio past a provider's upload limit (``proxy.chunking``)."""
+
+    #: Longest chunk; each is cut at the quietest point shortly before it.
+    max_chunk_s: float = 600.0
+    #: Chunks sent upstream at once.
+    max_parallel: int = 4
+    #: How far before ``max_chunk_s`` the cut may fall, looking for silence.
+    cut_search_s: float = 30.0
+    #: Send each chunk the end of the previous chunk's text as its prompt
+    #: (names and spelling stay consistent), which runs chunks one at a time.
+    carry_prompt: bool = False
 
 
 CacheStoreKind = Literal["memory", "redis"]
@@ -173,6 +196,7 @@ class ProxySettings:
     redis_fail_open: bool = False
     local: LocalSettings = field(default_factory=LocalSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
 
 
 @dataclass(frozen=True)
@@ -250,6 +274,8 @@ class Config:
 
 
 DEFAULT_BASE_URLS: Mapping[str, str] = {"openai": "https://api.openai.com"}
+#: OpenAI's and Azure OpenAI's limit on an uploaded audio file.
+HOSTED_UPLOAD_LIMIT_MB = 25.0
 
 
 class _Section:
@@ -538,6 +564,7 @@ def _proxy(section: _Section) -> ProxySettings:
         redis_fail_open=section.boolean("redis_fail_open", False),
         local=_local(section.section("local")),
         cache=_cache(section.section("cache")),
+        chunking=_chunking(section.section("chunking")),
     )
     section.warn_unused()
     if settings.redis_url is not None and importlib.util.find_spec("redis") is None:
@@ -547,6 +574,17 @@ def _proxy(section: _Section) -> ProxySettings:
         )
     if settings.cache.store == "redis" and settings.redis_url is None:
         raise ConfigError(f"{section.path}.cache.store: redis needs {section.path}.redis_url")
+    return settings
+
+
+def _chunking(section: _Section) -> ChunkingSettings:
+    settings = ChunkingSettings(
+        max_chunk_s=section.number("max_chunk_s", 600.0, positive=True),
+        max_parallel=section.integer("max_parallel", 4, minimum=1),
+        cut_search_s=section.number("cut_search_s", 30.0, positive=True),
+        carry_prompt=section.boolean("carry_prompt", False),
+    )
+    section.warn_unused()
     return settings
 
 
@@ -616,10 +654,27 @@ def _provider(name: str, section: _Section) -> ProviderConfig | None:
             ),
         ),
         send_back_raw_response=section.boolean("send_back_raw_response", False),
+        max_upload_mb=_max_upload_mb(section, kind, base_url),
     )
     network.warn_unused()
     section.warn_unused()
     return provider
+
+
+def _max_upload_mb(section: _Section, kind: ProviderKind, base_url: str | None) -> float | None:
+    """The configured upload limit; by default OpenAI's own API's and Azure's (25 MB).
+
+    Self-hosted and other OpenAI-compatible servers have no limit unless
+    set, and the local model reads any length; 0 also means no limit.
+    """
+    hosted = kind == "azure" or (
+        kind == "openai" and (base_url or "").rstrip("/") == DEFAULT_BASE_URLS["openai"]
+    )
+    default = HOSTED_UPLOAD_LIMIT_MB if hosted else 0.0
+    limit = section.number("max_upload_mb", default)
+    if limit < 0:
+        raise ConfigError(f"{section.path}.max_upload_mb: must be 0 (no limit) or more")
+    return limit or None
 
 
 def _provider_kind(name: str, section: _Section) -> ProviderKind | None:
@@ -681,5 +736,6 @@ def _default_config(environ: Mapping[str, str]) -> Config:
             kind="openai",
             keys=(KeyConfig(value=api_key, name="env"),),
             network=NetworkConfig(base_url=DEFAULT_BASE_URLS["openai"]),
+            max_upload_mb=HOSTED_UPLOAD_LIMIT_MB,
         )
     return Config(providers=providers)

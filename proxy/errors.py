@@ -247,6 +247,17 @@ class AnsweredFromCacheError(ProxyError):
     is_bifrost_error = False
 
 
+class UploadOverLimitError(PayloadTooLargeError):
+    """The upload crossed the upstream's own size limit.
+
+    Raised inside a streaming upstream request whose length was not known in
+    advance, before its body is complete; the proxy then cuts the recording
+    into chunks instead (or answers 413 when it cannot).
+    """
+
+    default_code = "upload_over_provider_limit"
+
+
 class ModelIntegrityError(ServiceUnavailableError):
     """The model's weights are not the ones expected."""
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
 
 from .audio import BufferedAudio, SpooledAudio
+from .auth import Caller
 from .cache import CachedAnswer, CacheLookup, cache_scope
-from .errors import BadGatewayError, InvalidRequestError, ProxyError
+from .errors import BadGatewayError, InvalidRequestError, ProxyError, UploadOverLimitError
 from .fields import fallbacks_of, first_value, forwarded, parse_stream
 from .governance import Admission, Governor
 from .keys import (
@@ -26,13 +27,21 @@ from .keys import (
     ROUTER_KEY,
     STATE_KEY,
 )
+from .long_audio import (
+    LimitedAudio,
+    LongAudio,
+    long_audio_installed,
+    over_limit,
+    refuse_without_extra,
+    upload_limit,
+)
 from .metrics import Metrics, metrics_response
 from .models import AudioSource, FormField, RequestFacts, TranscriptDone, TranscriptEvent
 from .relay import STREAM_REQUEST_TYPE, relay
 from .responses import json_response, transcription_response
-from .router import Dispatch, may_retry
-from .transcripts import audio_seconds, wav_seconds
-from .upload import FormReader, TranscriptionForm, repr_digest_sha256
+from .router import Dispatch, Route, may_retry
+from .transcripts import audio_seconds, final_answer, wav_seconds
+from .upload import FILE_CHUNK_BYTES, FormReader, TranscriptionForm, repr_digest_sha256
 
 #: A cached entry and its answer in the format the request asks for.
 CacheHit = tuple[CachedAnswer, TranscriptDone]
@@ -102,7 +111,6 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(_settled(governor, admission, facts))
             lookup: CacheLookup | None = None
-            audio: AudioSource = form.audio
             if cache_request is not None:
                 lookup = CacheLookup(
                     request.app[CACHE_KEY],
@@ -113,26 +121,21 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
                 hit = await _look_up_before_sending(lookup, form, reader, declared_sha256)
                 if hit is not None:
                     return await _answer_from_cache(request, lookup, hit, form.all_fields())
-            if may_retry(routes):
-                await reader.record()
-                audio = form.audio
-            if lookup is not None and not lookup.hit.done():
-                # The digest is known only at the end of the file: the end of
-                # the upstream body waits for the cache's answer.
-                audio = lookup.hold(audio, form.all_fields, lambda: reader.audio_sha256)
-            dispatch = Dispatch(
-                routes,
-                form.fields,
-                audio,
-                metrics=metrics,
-                request_id=facts.request_id,
-                api_key=caller.direct_key,
-            )
-            events = await stack.enter_async_context(aclosing(dispatch.events()))
+            dispatch, events = await _start(request, stack, routes, form, reader, caller, lookup)
             # Until the first event, a failure is an ordinary JSON error with
             # its own status. By then the whole form has been read, so a
             # stream field sent after the file counts too.
-            first = await _first_event(events, lookup, metrics)
+            try:
+                first = await _first_event(
+                    events, lookup if isinstance(dispatch, Dispatch) else None, metrics
+                )
+            except UploadOverLimitError:
+                # A body of unknown length crossed the provider's limit: what
+                # was sent is abandoned and the recording is cut into chunks.
+                await events.aclose()
+                dispatch = _long_audio(request, routes, form, caller)
+                events = await stack.enter_async_context(aclosing(dispatch.events()))
+                first = await anext(events, None)
             if isinstance(first, tuple):
                 assert lookup is not None
                 return await _answer_from_cache(request, lookup, first, form.all_fields())
@@ -142,20 +145,28 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
             facts.provider = route.provider.name
             facts.model_deployment = route.provider.deployment_of(route.model)
             if dispatch.fell_back:
-                facts.attempts = [attempt.as_dict() for attempt in dispatch.attempts]
+                facts.attempts = dispatch.attempt_facts
             fields = form.all_fields()
             if lookup is not None:
                 facts.cache_debug = lookup.debug(None)
+                if lookup.cache_id is None:  # a long upload: keyed once it is all read
+                    lookup.cache_id = lookup.key(fields, reader.audio_sha256)
             if _wants_stream(fields):
                 answers: list[TranscriptDone] = []
+
+                def on_answer(done: TranscriptDone) -> None:
+                    answers.append(done)
+                    _note_how_answered(dispatch, facts)
+
                 watched = await stack.enter_async_context(
-                    aclosing(_keeping_answer(first, events, answers))
+                    aclosing(_keeping_answer(first, events, on_answer))
                 )
                 response = await _relay(request, first, watched, facts)
                 if lookup is not None and answers and facts.stream_complete:
                     await lookup.save(answers[0], fields, facts)
                 return response
-            done = first if isinstance(first, TranscriptDone) else await _final_answer(events)
+            done = first if isinstance(first, TranscriptDone) else await final_answer(events)
+            _note_how_answered(dispatch, facts)
             facts.audio_seconds = audio_seconds(done)
             if lookup is not None:
                 await lookup.save(done, fields, facts)
@@ -171,6 +182,77 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
         raw_response=(
             route.provider.sends_back_raw_response or _header_is_true(request, RAW_RESPONSE_HEADER)
         ),
+    )
+
+
+def _note_how_answered(dispatch: Dispatch | LongAudio, facts: RequestFacts) -> None:
+    """What only the end of an answer tells: its chunks, and any chunk's fallbacks."""
+    if isinstance(dispatch, LongAudio):
+        facts.audio_chunks = dispatch.chunk_count
+        if dispatch.fell_back:
+            facts.attempts = dispatch.attempt_facts
+
+
+async def _start(
+    request: web.Request,
+    stack: contextlib.AsyncExitStack,
+    routes: Sequence[Route],
+    form: TranscriptionForm,
+    reader: FormReader,
+    caller: Caller,
+    lookup: CacheLookup | None,
+) -> tuple[Dispatch | LongAudio, AsyncGenerator[TranscriptEvent, None]]:
+    """Send the upload on its way: streamed through whole, or cut into chunks when too long."""
+    assert form.audio is not None
+    limit = upload_limit(routes)
+    over = None if limit is None else over_limit(request, form.audio, limit)
+    if over:
+        dispatch: Dispatch | LongAudio = _long_audio(request, routes, form, caller)
+    else:
+        if limit is not None and over is None:
+            # Too long or not is found out on the way: what was read is kept
+            # so the recording can still be cut into chunks.
+            await reader.record(max_bytes=limit + 2 * FILE_CHUNK_BYTES)
+        elif may_retry(routes):
+            await reader.record()
+        audio: AudioSource = form.audio
+        if limit is not None and over is None:
+            audio = LimitedAudio(audio, limit)
+        if lookup is not None and not lookup.hit.done():
+            # The digest is known only at the end of the file: the end of
+            # the upstream body waits for the cache's answer.
+            audio = lookup.hold(audio, form.all_fields, lambda: reader.audio_sha256)
+        dispatch = Dispatch(
+            routes,
+            form.fields,
+            audio,
+            metrics=request.app[METRICS_KEY],
+            request_id=request[FACTS_KEY].request_id,
+            api_key=caller.direct_key,
+        )
+    return dispatch, await stack.enter_async_context(aclosing(dispatch.events()))
+
+
+def _long_audio(
+    request: web.Request, routes: Sequence[Route], form: TranscriptionForm, caller: Caller
+) -> LongAudio:
+    """The way of an upload over its provider's limit (a 413 if this install cannot cut it)."""
+    assert form.audio is not None
+    limit = upload_limit(routes)
+    assert limit is not None
+    if not long_audio_installed():
+        raise refuse_without_extra(routes[0], limit)
+    proxy = request.app[CONFIG_KEY].proxy
+    return LongAudio(
+        routes,
+        form.fields,
+        form.audio,
+        settings=proxy.chunking,
+        limit=limit,
+        spool_dir=proxy.spool_dir,
+        metrics=request.app[METRICS_KEY],
+        request_id=request[FACTS_KEY].request_id,
+        api_key=caller.direct_key,
     )
 
 
@@ -269,14 +351,16 @@ async def _relay(
 
 
 async def _keeping_answer(
-    first: TranscriptEvent, rest: AsyncIterator[TranscriptEvent], answers: list[TranscriptDone]
+    first: TranscriptEvent,
+    rest: AsyncIterator[TranscriptEvent],
+    on_answer: Callable[[TranscriptDone], None],
 ) -> AsyncGenerator[TranscriptEvent, None]:
-    """``rest`` as it comes, keeping its final answer in ``answers`` (``first``'s too)."""
+    """``rest`` as it comes, its final answer (or ``first``, if that is it) seen on its way."""
     if isinstance(first, TranscriptDone):
-        answers.append(first)
+        on_answer(first)
     async for event in rest:
         if isinstance(event, TranscriptDone):
-            answers.append(event)
+            on_answer(event)
         yield event
 
 
@@ -322,14 +406,6 @@ def _wants_stream(fields: Sequence[FormField]) -> bool:
 
 def _missing(name: str) -> InvalidRequestError:
     return InvalidRequestError(f"{name} is required", code="missing_required_field", param=name)
-
-
-async def _final_answer(events: AsyncIterator[TranscriptEvent]) -> TranscriptDone:
-    """The answer at the end of ``events``; the deltas before it are not needed."""
-    async for event in events:
-        if isinstance(event, TranscriptDone):
-            return event
-    raise BadGatewayError("the upstream stream ended before the transcript was done")
 
 
 def _header_is_true(request: web.Request, name: str) -> bool:

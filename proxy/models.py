@@ -103,6 +103,8 @@ class RequestFacts:
     audio_seconds: float = 0.0
     #: The file's first bytes, for reading its length from a WAV header.
     audio_head: bytes = b""
+    #: How many chunks a long upload was cut into (None: sent whole).
+    audio_chunks: int | None = None
     #: ``extra_fields.cache_debug`` when the request used the transcript cache.
     cache_debug: dict[str, Any] | None = None
     #: Whether a streamed answer reached its done event and ``[DONE]``.

@@ -46,6 +46,8 @@ class _Chunks:
         }
         if final and facts.attempts:
             extra_fields["attempts"] = facts.attempts
+        if final and facts.audio_chunks is not None:
+            extra_fields["audio_chunks"] = facts.audio_chunks
         if final and facts.cache_debug is not None:
             extra_fields["cache_debug"] = facts.cache_debug
         await self._stream.send({**event, "extra_fields": extra_fields})

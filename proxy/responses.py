@@ -57,6 +57,7 @@ def transcription_response(
                 "x-bf-latency-ms": str(latency),
                 **({"x-bf-attempts": str(len(facts.attempts))} if facts.attempts else {}),
                 **_cache_headers(facts),
+                **({"x-bf-audio-chunks": str(facts.audio_chunks)} if facts.audio_chunks else {}),
             },
         )
     extra_fields: dict[str, Any] = {
@@ -69,6 +70,8 @@ def transcription_response(
     }
     if facts.attempts:
         extra_fields["attempts"] = facts.attempts
+    if facts.audio_chunks is not None:
+        extra_fields["audio_chunks"] = facts.audio_chunks
     if facts.cache_debug is not None:
         extra_fields["cache_debug"] = facts.cache_debug
     if raw_request is not None:

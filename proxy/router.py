@@ -169,6 +169,11 @@ class Dispatch:
         """Whether the answer comes from anything but the primary's first try."""
         return len(self.attempts) > 1
 
+    @property
+    def attempt_facts(self) -> list[dict[str, Any]]:
+        """The attempts as ``extra_fields.attempts`` lists them."""
+        return [attempt.as_dict() for attempt in self.attempts]
+
     async def events(self) -> AsyncGenerator[TranscriptEvent, None]:
         """The answering route's events; raises the primary's error if every route fails."""
         primary_error: ProxyError | None = None

@@ -8,13 +8,13 @@ answer one JSON body. Whatever the upstream sent, the rest of the proxy sees
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
 
 from .errors import BadGatewayError
-from .models import TranscriptDelta, TranscriptDone
+from .models import TranscriptDelta, TranscriptDone, TranscriptEvent
 
 DELTA = "transcript.text.delta"
 SEGMENT = "transcript.text.segment"
@@ -119,6 +119,14 @@ def deltas_of(done: TranscriptDone) -> Iterator[TranscriptDelta]:
     text = done.document.get("text")
     if text:
         yield TranscriptDelta({"type": DELTA, "delta": text})
+
+
+async def final_answer(events: AsyncIterator[TranscriptEvent]) -> TranscriptDone:
+    """The answer at the end of ``events``; the deltas before it are not needed."""
+    async for event in events:
+        if isinstance(event, TranscriptDone):
+            return event
+    raise BadGatewayError("the upstream stream ended before the transcript was done")
 
 
 def done_event(done: TranscriptDone) -> dict[str, Any]:

@@ -205,16 +205,18 @@ class FormReader:
             audio.close()
         self._upload_finished()
 
-    async def record(self) -> None:
+    async def record(self, max_bytes: int | None = None) -> None:
         """Record a streaming upload as it is sent, so that it can be sent again.
 
-        Only for a request that may be retried or fall back: any other
-        touches no disk at all.
+        Only for a request that may be retried or fall back, or be cut into
+        chunks: any other touches no disk at all. Past ``max_bytes`` (the
+        spool limit by default) the recording stops.
         """
         live = self._form.audio
         if isinstance(live, LiveAudio):
             spool = await Spool.create(self._limits.spool_dir, written=self._metrics.spool_bytes)
-            self._form.audio = ReplayableAudio(live, spool, self._limits.max_spool_bytes)
+            cap = self._limits.max_spool_bytes if max_bytes is None else max_bytes
+            self._form.audio = ReplayableAudio(live, spool, cap)
 
     async def read(self) -> TranscriptionForm:
         """Read up to a streamable file part, or the whole form."""

@@ -41,6 +41,7 @@ class ReceivedPart:
     value: str | None = None  # text parts
     size: int = 0  # file parts
     sha256: str = ""  # file parts
+    data: bytes | None = None  # file parts, with FakeUpstream.keep_files
 
 
 @dataclass
@@ -125,6 +126,10 @@ class FakeUpstream:
         self.body_started = asyncio.Event()
         #: Set when a request ended without its closing boundary.
         self.aborted = asyncio.Event()
+        #: Keep each file's bytes (for an upstream that must hear the audio).
+        self.keep_files = False
+        #: Refuse files larger than this with OpenAI's own 413 answer.
+        self.max_file_bytes: int | None = None
         self.app = web.Application()
         self.app.router.add_post("/v1/audio/transcriptions", self._handle)
         self.app.router.add_post(
@@ -161,19 +166,40 @@ class FakeUpstream:
                     item.value = (await part.read()).decode()
                     continue
                 digest = hashlib.sha256()
+                kept = bytearray()
                 while chunk := await part.read_chunk(1024 * 1024):
                     digest.update(chunk)
                     item.size += len(chunk)
+                    if self.keep_files:
+                        kept += chunk
                     if self.drop_after is not None and item.size >= self.drop_after:
                         assert request.transport is not None
                         request.transport.abort()
                         return web.Response()
                 item.sha256 = digest.hexdigest()
+                item.data = bytes(kept) if self.keep_files else None
             received.complete = True
         except BaseException:  # a cancelled handler too: the client went away
             self.aborted.set()
             raise
+        if self.max_file_bytes is not None and received.file.size > self.max_file_bytes:
+            return openai_too_large(received.file.size, self.max_file_bytes)
         return await self.respond(request, received)
+
+
+def openai_too_large(size: int, limit: int) -> web.Response:
+    """OpenAI's answer to an upload over its size limit."""
+    return web.json_response(
+        {
+            "error": {
+                "message": f"Maximum content size limit ({limit}) exceeded ({size} bytes read)",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        },
+        status=413,
+    )
 
 
 @pytest.fixture
@@ -205,7 +231,11 @@ def free_port() -> int:
 
 
 async def start_proxy_process(
-    config: dict[str, Any], directory: Path, *extra: str, name: str = "proxy"
+    config: dict[str, Any],
+    directory: Path,
+    *extra: str,
+    name: str = "proxy",
+    env: dict[str, str] | None = None,
 ) -> tuple[asyncio.subprocess.Process, str]:
     """``python -m proxy`` with ``config`` on a free port, once it answers ``/health``.
 
@@ -224,6 +254,7 @@ async def start_proxy_process(
         str(path),
         *extra,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:

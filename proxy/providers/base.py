@@ -27,6 +27,10 @@ class Provider(Protocol):
         """Retry and timeout settings."""
 
     @property
+    def upload_limit(self) -> int | None:
+        """The largest upload the upstream takes, in bytes (longer audio is cut into chunks)."""
+
+    @property
     def sends_back_raw_response(self) -> bool:
         """Whether answers carry the upstream body in ``extra_fields.raw_response``."""
 

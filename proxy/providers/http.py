@@ -64,6 +64,10 @@ class HttpProvider:
         return self._config.network
 
     @property
+    def upload_limit(self) -> int | None:
+        return self._config.max_upload_bytes
+
+    @property
     def sends_back_raw_response(self) -> bool:
         return self._config.send_back_raw_response
 

@@ -160,6 +160,10 @@ class LocalProvider:
         return NetworkConfig(base_url="")
 
     @property
+    def upload_limit(self) -> int | None:
+        return None  # it reads any length where it is
+
+    @property
     def sends_back_raw_response(self) -> bool:
         return False
 

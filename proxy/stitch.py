@@ -1,0 +1,171 @@
+"""Chunk answers stitched into one: text joined, timings shifted, ids renumbered, usage summed.
+
+Each chunk of a long recording is answered in the format the client asked
+for; the stitched answer is in that format too, as if the upstream had heard
+the whole recording at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .formats import Segment, srt, vtt
+from .models import TranscriptDone
+
+_CUE_TIMING = re.compile(
+    r"^\s*((?:\d+:)?\d{1,2}:\d{2}[.,]\d{1,3})\s*-->\s*((?:\d+:)?\d{1,2}:\d{2}[.,]\d{1,3})"
+)
+
+
+@dataclass(frozen=True)
+class ChunkAnswer:
+    """One chunk's answer and where the chunk lies in the recording."""
+
+    start_s: float
+    end_s: float
+    done: TranscriptDone
+
+
+def chunk_text(done: TranscriptDone) -> str:
+    """The words of one answer, whatever its format (for stream deltas and prompts)."""
+    if done.document is not None:
+        return str(done.document.get("text", "")).strip()
+    text = done.text or ""
+    cues = parse_cues(text)
+    if cues or text.lstrip().startswith("WEBVTT"):
+        return " ".join(cue.text.strip() for cue in cues if cue.text.strip())
+    return text.strip()
+
+
+def stitch(
+    answers: Sequence[ChunkAnswer], *, response_format: str, duration_s: float
+) -> TranscriptDone:
+    """The chunks' answers as one answer in ``response_format``."""
+    if response_format in ("srt", "vtt"):
+        cues = [
+            Segment(
+                id=0, seek=0, start=cue.start + a.start_s, end=cue.end + a.start_s, text=cue.text
+            )
+            for a in answers
+            for cue in parse_cues(a.done.text or "")
+        ]
+        body = srt(cues) if response_format == "srt" else vtt(cues)
+        return TranscriptDone(raw=body.encode(), text=body)
+    if all(a.done.document is None for a in answers):  # text
+        body = _joined(chunk_text(a.done) for a in answers) + "\n"
+        return TranscriptDone(raw=body.encode(), text=body)
+    return TranscriptDone(raw=b"", document=_stitched_document(answers, duration_s))
+
+
+def _stitched_document(answers: Sequence[ChunkAnswer], duration_s: float) -> dict[str, Any]:
+    documents = [(a, a.done.document or {"text": a.done.text or ""}) for a in answers]
+    first = documents[0][1]
+    stitched: dict[str, Any] = {k: v for k, v in first.items() if k not in _STITCHED_KEYS}
+    if "task" in first:
+        stitched["task"] = first["task"]
+    if "language" in first:
+        stitched["language"] = first["language"]
+    if any("duration" in d for _, d in documents):
+        stitched["duration"] = round(duration_s, 2)
+    stitched["text"] = _joined(str(d.get("text", "")) for _, d in documents)
+    if any(isinstance(d.get("segments"), list) for _, d in documents):
+        stitched["segments"] = _shifted_segments(documents)
+    if any(isinstance(d.get("words"), list) for _, d in documents):
+        stitched["words"] = [
+            {**word, **_shifted(word, a.start_s)}
+            for a, d in documents
+            for word in d.get("words") or ()
+            if isinstance(word, dict)
+        ]
+    if any(isinstance(d.get("logprobs"), list) for _, d in documents):
+        stitched["logprobs"] = [p for _, d in documents for p in d.get("logprobs") or ()]
+    usage = _summed_usage([d.get("usage") for _, d in documents])
+    if usage is not None:
+        stitched["usage"] = usage
+    return stitched
+
+
+_STITCHED_KEYS = frozenset(
+    {"task", "language", "duration", "text", "segments", "words", "logprobs", "usage"}
+)
+
+
+def _joined(texts: Any) -> str:
+    return " ".join(t.strip() for t in texts if t and t.strip())
+
+
+def _shifted(item: dict[str, Any], offset: float) -> dict[str, Any]:
+    """``item``'s ``start`` and ``end`` moved ``offset`` seconds later."""
+    out: dict[str, Any] = {}
+    for key in ("start", "end"):
+        value = item.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = round(value + offset, 3)
+    return out
+
+
+def _shifted_segments(documents: list[tuple[ChunkAnswer, dict[str, Any]]]) -> list[Any]:
+    segments: list[Any] = []
+    for answer, document in documents:
+        for segment in document.get("segments") or ():
+            if not isinstance(segment, dict):
+                continue
+            moved = {**segment, **_shifted(segment, answer.start_s), "id": len(segments)}
+            # Whisper's seek counts 10 ms frames from the start of what it heard.
+            if isinstance(segment.get("seek"), int):
+                moved["seek"] = segment["seek"] + round(answer.start_s * 100)
+            segments.append(moved)
+    return segments
+
+
+def _summed_usage(usages: list[Any]) -> dict[str, Any] | None:
+    found = [u for u in usages if isinstance(u, dict)]
+    if not found:
+        return None
+    total: dict[str, Any] = dict(found[0])
+    for usage in found[1:]:
+        for key, value in usage.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                previous = total.get(key, 0)
+                if isinstance(previous, int | float) and not isinstance(previous, bool):
+                    total[key] = previous + value
+    return total
+
+
+@dataclass(frozen=True)
+class Cue:
+    """One caption of an srt or vtt transcript."""
+
+    start: float
+    end: float
+    text: str
+
+
+def parse_cues(text: str) -> list[Cue]:
+    """The cues of an srt or WebVTT document (numbers, ids and settings dropped)."""
+    cues: list[Cue] = []
+    for block in re.split(r"\r?\n\s*\r?\n", text):
+        lines = block.strip("\r\n").splitlines()
+        for position, line in enumerate(lines):
+            timing = _CUE_TIMING.match(line)
+            if timing:
+                cues.append(
+                    Cue(
+                        _seconds(timing.group(1)),
+                        _seconds(timing.group(2)),
+                        "\n".join(lines[position + 1 :]).strip(),
+                    )
+                )
+                break
+    return cues
+
+
+def _seconds(clock: str) -> float:
+    parts = clock.replace(",", ".").split(":")
+    seconds = float(parts[-1])
+    for unit, value in zip((60, 3600), reversed(parts[:-1]), strict=False):
+        seconds += unit * int(value)
+    return seconds
