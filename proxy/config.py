@@ -145,6 +145,9 @@ class ChunkingSettings:
     #: Send each chunk the end of the previous chunk's text as its prompt
     #: (names and spelling stay consistent), which runs chunks one at a time.
     carry_prompt: bool = False
+    #: How chunks are encoded: ``webm`` (Opus) or ``mp3`` (compact, taken
+    #: everywhere), ``flac`` or ``wav`` (lossless).
+    format: str = "webm"
 
 
 CacheStoreKind = Literal["memory", "redis"]
@@ -583,7 +586,10 @@ def _chunking(section: _Section) -> ChunkingSettings:
         max_parallel=section.integer("max_parallel", 4, minimum=1),
         cut_search_s=section.number("cut_search_s", 30.0, positive=True),
         carry_prompt=section.boolean("carry_prompt", False),
+        format=section.string("format", "webm") or "webm",
     )
+    if settings.format not in ("webm", "mp3", "flac", "wav"):
+        raise ConfigError(f"{section.path}.format: webm, mp3, flac or wav, got {settings.format!r}")
     section.warn_unused()
     return settings
 

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from .audio import BufferedAudio, Spool, SpooledAudio, open_unnamed
 from .chunker import (
+    CHUNK_FORMATS,
     PCM_BYTES_PER_S,
     Chunker,
     ChunkerStopped,
@@ -46,7 +47,7 @@ from .transcripts import DELTA, deltas_of, final_answer
 
 log = logging.getLogger(__name__)
 
-#: A chunk's FLAC stays this far under the limit (FLAC is at most about PCM's size).
+#: A chunk stays this far under the limit, as if it were PCM (no format is larger).
 _LIMIT_MARGIN = 0.9
 #: The end of the previous chunk's text sent as the next one's prompt.
 _PROMPT_TAIL_CHARS = 400
@@ -164,6 +165,7 @@ class LongAudio:
         self._api_key = api_key
         self._max_chunk_s = min(settings.max_chunk_s, limit * _LIMIT_MARGIN / PCM_BYTES_PER_S)
         self._parallel = 1 if settings.carry_prompt else settings.max_parallel
+        self._format = CHUNK_FORMATS[settings.format]
         #: Chunk files on disk at once: those being sent, and one being made.
         self._room = threading.Semaphore(self._parallel + 1)
         self._stopped = threading.Event()
@@ -239,6 +241,7 @@ class LongAudio:
             chunker = Chunker(
                 max_chunk_s=self._max_chunk_s,
                 cut_search_s=self._settings.cut_search_s,
+                chunk_format=self._format,
                 open_file=lambda: open_unnamed(self._spool_dir),
                 emit=self._emit_threadsafe(),
                 wait_for_room=self._wait_for_room,
@@ -385,7 +388,9 @@ class LongAudio:
         spool = Spool.adopt(chunk.file, written=self._metrics.spool_bytes)
         try:
             audio = SpooledAudio(
-                spool, filename=f"chunk-{chunk.index:04d}.flac", content_type="audio/flac"
+                spool,
+                filename=f"chunk-{chunk.index:04d}.{self._format.extension}",
+                content_type=self._format.content_type,
             )
             dispatch = Dispatch(
                 self._routes,

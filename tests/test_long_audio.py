@@ -104,7 +104,7 @@ async def test_every_second_transcribed_once_in_order(
     assert abs(document["duration"] - WORDS) < 0.1
     requests = listener.requests
     assert all(r.complete and r.file.size <= limit for r in requests)
-    assert [r.file.content_type for r in requests] == ["audio/flac"] * len(requests)
+    assert [r.file.content_type for r in requests] == ["audio/webm"] * len(requests)
     assert document["extra_fields"]["audio_chunks"] == len(requests) >= WORDS // CHUNK_S
     assert document["usage"]["seconds"] == sum(round(len(_samples(r)) / 16000) for r in requests)
 
@@ -227,7 +227,7 @@ async def test_chunked_body_crossing_the_limit_is_cut_after_all(
     # The upload went upstream whole until it crossed the limit, then was abandoned.
     assert not first.complete
     assert first.file.filename == "meeting.wav"
-    assert all(r.complete and (r.file.filename or "").endswith(".flac") for r in chunks)
+    assert all(r.complete and (r.file.filename or "").endswith(".webm") for r in chunks)
 
 
 async def test_under_the_limit_takes_the_plain_path_byte_for_byte(
@@ -322,7 +322,7 @@ async def test_a_chunk_failing_is_served_by_the_fallback(
     server = await make_proxy(config)
 
     async def third_fails(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        if received.file.filename == "chunk-0002.flac":
+        if received.file.filename == "chunk-0002.webm":
             return web.json_response({"error": {"message": "overloaded"}}, status=503)
         return await listening(request, received)
 
@@ -336,7 +336,7 @@ async def test_a_chunk_failing_is_served_by_the_fallback(
     assert status == 200, body
     document = json_of(body)
     assert_every_word_once(document["segments"])
-    assert [r.file.filename for r in backup.requests] == ["chunk-0002.flac"]
+    assert [r.file.filename for r in backup.requests] == ["chunk-0002.webm"]
     attempts = document["extra_fields"]["attempts"]
     assert [(a["chunk"], a["provider"], a["status"]) for a in attempts] == [
         (2, "openai", 503),
@@ -351,7 +351,7 @@ async def test_a_chunk_failing_everywhere_names_its_time_range(
     server = await make_proxy(long_config(listener, len(data) // 3))
 
     async def third_fails(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        if received.file.filename == "chunk-0002.flac":
+        if received.file.filename == "chunk-0002.webm":
             return web.json_response({"error": {"message": "overloaded"}}, status=503)
         return await listening(request, received)
 
@@ -500,7 +500,7 @@ async def test_client_leaving_mid_stream_cancels_every_chunk(
         arrived += 1
         if arrived == 4:
             four_in_flight.set()
-        if received.file.filename == "chunk-0000.flac":
+        if received.file.filename == "chunk-0000.webm":
             await four_in_flight.wait()  # chunk 0 is answered once 4 chunks are in flight
         else:
             try:
@@ -601,3 +601,21 @@ async def test_spool_holds_at_most_the_chunks_in_flight(
     assert status == 200
     assert 1 <= most <= 3  # max_parallel + 1
     assert open_files_under(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize(
+    ("chunk_format", "content_type"),
+    [("mp3", "audio/mpeg"), ("flac", "audio/flac"), ("wav", "audio/wav")],
+)
+async def test_other_chunk_formats(
+    make_proxy: ProxyFactory, listener: FakeUpstream, chunk_format: str, content_type: str
+) -> None:
+    data = encode(WORDS, "wav")
+    server = await make_proxy(long_config(listener, len(data) // 3, format=chunk_format))
+    status, body, _ = await send(
+        server, parts_for(data, "wav", ("response_format", "verbose_json"))
+    )
+    assert status == 200
+    assert_every_word_once(json_of(body)["segments"])
+    assert {r.file.content_type for r in listener.requests} == {content_type}
+    assert {r.file.filename for r in listener.requests} >= {f"chunk-0000.{chunk_format}"}
