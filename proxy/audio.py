@@ -154,6 +154,37 @@ def _spool_unavailable(exc: OSError) -> ServiceUnavailableError:
     )
 
 
+class PassThroughAudio:
+    """Another audio source's bytes passed on, for a subclass to watch or hold in ``chunks``."""
+
+    def __init__(self, inner: AudioSource) -> None:
+        self._inner = inner
+
+    @property
+    def filename(self) -> str:
+        return self._inner.filename
+
+    @property
+    def content_type(self) -> str:
+        return self._inner.content_type
+
+    @property
+    def size(self) -> int | None:
+        return self._inner.size
+
+    @property
+    def trailing_fields(self) -> Sequence[FormField]:
+        return self._inner.trailing_fields
+
+    @property
+    def replayable(self) -> bool:
+        return self._inner.replayable
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The inner source's bytes, unchanged."""
+        return self._inner.chunks()
+
+
 class BufferedAudio:
     """A small file that arrived whole with its request, kept as the bytes it is."""
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from .audio import PassThroughAudio
 from .auth import Caller
 from .cache_store import CacheStore, CacheStoreError
 from .config import CacheSettings, parse_duration
@@ -286,7 +287,7 @@ class CacheLookup:
         return facts
 
 
-class _HeldAudio:
+class _HeldAudio(PassThroughAudio):
     """An audio source whose last step is asking the cache (see :meth:`CacheLookup.hold`)."""
 
     def __init__(
@@ -296,30 +297,10 @@ class _HeldAudio:
         all_fields: Callable[[], Sequence[FormField]],
         audio_sha256: Callable[[], str],
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._lookup = lookup
         self._all_fields = all_fields
         self._audio_sha256 = audio_sha256
-
-    @property
-    def filename(self) -> str:
-        return self._inner.filename
-
-    @property
-    def content_type(self) -> str:
-        return self._inner.content_type
-
-    @property
-    def size(self) -> int | None:
-        return self._inner.size
-
-    @property
-    def trailing_fields(self) -> Sequence[FormField]:
-        return self._inner.trailing_fields
-
-    @property
-    def replayable(self) -> bool:
-        return self._inner.replayable
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The audio; then, before the body can end, the cache is asked."""

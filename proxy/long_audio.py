@@ -25,7 +25,7 @@ from typing import IO, Any, TypeVar
 
 from aiohttp import web
 
-from .audio import BufferedAudio, Spool, SpooledAudio, open_unnamed
+from .audio import BufferedAudio, PassThroughAudio, Spool, SpooledAudio, open_unnamed
 from .chunker import (
     CHUNK_FORMATS,
     PCM_BYTES_PER_S,
@@ -86,7 +86,7 @@ def refuse_without_extra(route: Route, limit: int) -> PayloadTooLargeError:
     )
 
 
-class LimitedAudio:
+class LimitedAudio(PassThroughAudio):
     """An upload of unknown length that stops with :class:`UploadOverLimitError` past ``limit``.
 
     It stands in for the upload on the plain path, so an upload that turns
@@ -94,28 +94,8 @@ class LimitedAudio:
     """
 
     def __init__(self, inner: AudioSource, limit: int) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._limit = limit
-
-    @property
-    def filename(self) -> str:
-        return self._inner.filename
-
-    @property
-    def content_type(self) -> str:
-        return self._inner.content_type
-
-    @property
-    def size(self) -> int | None:
-        return self._inner.size
-
-    @property
-    def trailing_fields(self) -> Sequence[FormField]:
-        return self._inner.trailing_fields
-
-    @property
-    def replayable(self) -> bool:
-        return self._inner.replayable
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The upload, up to the limit."""
