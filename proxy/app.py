@@ -45,6 +45,7 @@ from .relay import DRAIN_DEADLINE
 from .responses import error_response
 from .router import Router
 from .upload import FormLimits, check_content_type, check_declared_length
+from .web_ui import add_web_ui
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/v1/models", handlers.list_models)
+    if config.proxy.web_ui:
+        add_web_ui(app)
     for path in TRANSCRIPTION_PATHS:
         app.router.add_post(path, handlers.create_transcription, expect_handler=expect_continue)
     for path in AZURE_TRANSCRIPTION_PATHS:

@@ -200,6 +200,8 @@ class ProxySettings:
     local: LocalSettings = field(default_factory=LocalSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
+    #: Serve the caption page at ``GET /``.
+    web_ui: bool = True
 
 
 @dataclass(frozen=True)
@@ -568,6 +570,7 @@ def _proxy(section: _Section) -> ProxySettings:
         local=_local(section.section("local")),
         cache=_cache(section.section("cache")),
         chunking=_chunking(section.section("chunking")),
+        web_ui=section.boolean("web_ui", True),
     )
     section.warn_unused()
     if settings.redis_url is not None and importlib.util.find_spec("redis") is None:

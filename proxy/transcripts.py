@@ -137,6 +137,15 @@ def done_event(done: TranscriptDone) -> dict[str, Any]:
     for key in ("logprobs", "usage"):
         if key in done.document:
             event[key] = done.document[key]
+    segments = done.document.get("segments")
+    if isinstance(segments, list) and segments:
+        # Not in OpenAI's event: the timings of an answer that had them, so a
+        # streaming client can still make captions (srt, vtt) at the end.
+        event["segments"] = [
+            {key: segment[key] for key in ("id", "start", "end", "text") if key in segment}
+            for segment in segments
+            if isinstance(segment, dict)
+        ]
     return event
 
 

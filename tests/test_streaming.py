@@ -476,3 +476,18 @@ async def test_streamed_vllm_upstream_answers_a_non_streaming_client_with_one_js
         ) as response,
     ):
         assert json_of(await response.read())["text"] == "ab"
+
+
+async def test_done_event_carries_the_answers_segments(
+    proxy: TestServer, upstream: FakeUpstream
+) -> None:
+    _, frames = await raw_stream(
+        proxy,
+        ("model", "whisper-1"),
+        ("response_format", "verbose_json"),
+        ("stream", "true"),
+        ("file", b"RIFF"),
+    )
+    done = payloads(frames)[-1]
+    assert done["type"] == "transcript.text.done"
+    assert done["segments"] == [{"id": 0, "start": 0.0, "end": 2.0, "text": "heard 4 bytes"}]
