@@ -41,10 +41,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     _raise_open_file_limit()
-    if args.workers <= 1:
-        _serve(config, args.host, args.port, reuse_port=False)
-        return 0
-    return _supervise(config, args.host, args.port, args.workers)
+    try:
+        if args.workers <= 1:
+            _serve(config, args.host, args.port, reuse_port=False)
+            return 0
+        return _supervise(config, args.host, args.port, args.workers)
+    except ConfigError as exc:  # found while building the app (a missing extra, say)
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Starting to listen is the only OSError that reaches here.
+        print(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; "
+            "is another server using it? choose another --port",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _serve(config: Config, host: str, port: int, *, reuse_port: bool) -> None:

@@ -57,8 +57,12 @@ class KeyConfig:
         return not self.models or "*" in self.models or model in self.models
 
     def lists(self, model: str) -> bool:
-        """Whether this key names ``model`` explicitly (not through ``*``)."""
-        return model in self.models or (self.azure is not None and model in self.azure.deployments)
+        """Whether this key's ``models`` name ``model`` (not through ``*``).
+
+        An Azure deployment map does not count: DESIGN.md section 2 routes a
+        bare name by ``keys[].models`` only, then to ``openai``.
+        """
+        return model in self.models
 
     def listed_models(self) -> tuple[str, ...]:
         """The models this key names explicitly."""

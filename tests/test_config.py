@@ -199,3 +199,46 @@ async def test_cli_serves(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+async def test_cli_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write(tmp_path, {"proxy": {"web_ui": False}})
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "proxy",
+            "--port",
+            str(port),
+            "--config",
+            str(path),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1
+    assert b"Traceback" not in stderr
+    last = stderr.decode().strip().splitlines()[-1]
+    assert last.startswith(f"cannot listen on 127.0.0.1:{port}: ")
+    assert "choose another --port" in last
+
+
+async def test_cli_redis_url_without_the_extra_is_one_line(tmp_path: Path) -> None:
+    # The redis extra hidden from the process, as in an install without it.
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['redis'] = None\n")
+    path = write(tmp_path, {"proxy": {"redis_url": "redis://127.0.0.1:1/0"}})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "--config",
+        str(path),
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)},
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert b"Traceback" not in stderr
+    assert b"proxy.redis_url: the Redis client is not installed" in stderr

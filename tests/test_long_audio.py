@@ -619,3 +619,24 @@ async def test_other_chunk_formats(
     assert_every_word_once(json_of(body)["segments"])
     assert {r.file.content_type for r in listener.requests} == {content_type}
     assert {r.file.filename for r in listener.requests} >= {f"chunk-0000.{chunk_format}"}
+
+
+async def test_a_long_answer_is_cached_whole(
+    make_proxy: ProxyFactory, listener: FakeUpstream
+) -> None:
+    data = encode(WORDS, "wav")
+    server = await make_proxy(long_config(listener, len(data) // 3))
+    cached = {"x-bf-cache-key": "meeting"}
+    fields = ("response_format", "verbose_json")
+    status, body, _ = await send(server, parts_for(data, "wav", fields), headers=cached)
+    assert json_of(body)["extra_fields"]["cache_debug"]["cache_hit"] is False
+    chunks_sent = len(listener.requests)
+    # The same recording again (file first: hashed before anything is sent).
+    status, body, _ = await send(
+        server, parts_for(data, "wav", fields, file_first=True), headers=cached
+    )
+    assert status == 200
+    document = json_of(body)
+    assert document["extra_fields"]["cache_debug"]["cache_hit"] is True
+    assert_every_word_once(document["segments"])
+    assert len(listener.requests) == chunks_sent

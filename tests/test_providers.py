@@ -284,3 +284,21 @@ async def test_models_lists_what_the_config_names(
         "created": 0,
         "owned_by": "azure",
     }
+
+
+async def test_bare_model_goes_to_openai_even_when_an_azure_deployment_has_its_name(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, backup: FakeUpstream
+) -> None:
+    config = azure_config(backup)
+    config["providers"]["openai"] = provider_config(upstream)["providers"]["openai"]
+    server = await make_proxy(config)
+    status, document, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
+    assert status == 200
+    assert document["extra_fields"]["provider"] == "openai"
+    assert upstream.last.path == "/v1/audio/transcriptions"
+    assert not backup.requests
+    # Named by its keys' models, a bare name goes to the provider that lists it.
+    config["providers"]["azure"]["keys"][0]["models"] = ["whisper-1"]
+    server = await make_proxy(config)
+    status, document, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
+    assert document["extra_fields"]["provider"] == "azure"
