@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import operator
 import queue
 from array import array
@@ -24,6 +25,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 _SAMPLE_BYTES = 2
@@ -107,11 +110,20 @@ class Pipe:
         self._pieces: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
         self._current = memoryview(b"")
         self._ended = False
+        self._discarding = False
 
     async def put(self, piece: bytes) -> None:
-        """Hand ``piece`` to the thread (loop side)."""
+        """Hand ``piece`` to the thread (loop side); dropped once the thread has stopped reading."""
+        if self._discarding:
+            return
         await self._room.acquire()
-        self._pieces.put(piece)
+        if not self._discarding:
+            self._pieces.put(piece)
+
+    def discard(self) -> None:
+        """The thread reads no more: what is put from now on is dropped (loop side)."""
+        self._discarding = True
+        self._room.release()  # a put waiting for room goes on, and drops its piece
 
     def end(self) -> None:
         """No more bytes: the thread reads end of file (loop side)."""
@@ -197,10 +209,14 @@ class Chunker:
                 for frame in container.decode(streams[0]):
                     for out in resampler.resample(frame):
                         self._feed(_pcm_of(out))
-                for out in resampler.resample(None):
-                    self._feed(_pcm_of(out))
             except (av.error.FFmpegError, ValueError, IndexError) as exc:
-                raise UndecodableAudioError(str(exc)) from exc
+                if not self._decoded_any():
+                    raise UndecodableAudioError(str(exc)) from exc
+                # A damaged tail: what came before it is transcribed, as
+                # FFmpeg-based servers do with such a file.
+                log.warning("long audio: decoding stopped early: %s", exc)
+            for out in resampler.resample(None):
+                self._feed(_pcm_of(out))
         except BaseException:
             if self._writer is not None:  # a chunk half made is nobody's: its file goes
                 self._writer.abandon()
@@ -214,6 +230,9 @@ class Chunker:
         tail = self._joined_tail()
         self._finish_chunk(tail, len(tail))
         return total / PCM_BYTES_PER_S
+
+    def _decoded_any(self) -> bool:
+        return bool(self._chunk_start or self._encoded or self._tail_bytes)
 
     def _feed(self, pcm: bytes) -> None:
         self._tail.append(pcm)

@@ -228,9 +228,13 @@ class LongAudio:
             )
             decoded = self._in_thread(chunker.run, source)
             if feeder is not None:
-                await asyncio.wait((feeder, decoded), return_when=asyncio.FIRST_EXCEPTION)
-                if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
-                    raise feeder.exception()  # type: ignore[misc]
+                await asyncio.wait((feeder, decoded), return_when=asyncio.FIRST_COMPLETED)
+                if decoded.done() and not feeder.done():
+                    decoded.result()  # a decoding failure ends the request here
+                    # The recording ended before the body did (its header said
+                    # so): the rest is read, for the form's end, not decoded.
+                    self._pipe.discard()  # type: ignore[union-attr]
+                await feeder  # the client's failures (gone, too slow) end it too
             self._ready.put_nowait(_Decoded(await decoded))
         except UndecodableAudioError as exc:
             log.info("long audio could not be decoded: %s", exc)

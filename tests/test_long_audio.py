@@ -640,3 +640,18 @@ async def test_a_long_answer_is_cached_whole(
     assert document["extra_fields"]["cache_debug"]["cache_hit"] is True
     assert_every_word_once(document["segments"])
     assert len(listener.requests) == chunks_sent
+
+
+async def test_a_wav_shorter_than_its_upload_is_transcribed_as_far_as_it_says(
+    make_proxy: ProxyFactory, listener: FakeUpstream
+) -> None:
+    data = bytearray(encode(WORDS, "wav"))
+    # The header says 5 s: that much is audio, the rest of the body is not.
+    at = data.index(b"data") + 4
+    data[at : at + 4] = (5 * 16000 * 2).to_bytes(4, "little")
+    server = await make_proxy(long_config(listener, len(data) // 3))
+    status, body, _ = await send(
+        server, parts_for(bytes(data), "wav", ("response_format", "verbose_json"))
+    )
+    assert status == 200, body
+    assert_every_word_once(json_of(body)["segments"], 5)
