@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import orjson
 
 from .errors import InvalidRequestError
+from .logs import looks_like_a_credential
 from .models import FormField
 
 RESPONSE_FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt", "diarized_json"})
@@ -33,6 +34,13 @@ def validate_field(field: FormField) -> None:
     if name == "model":
         if not value.strip():
             raise InvalidRequestError("model must not be empty", param=name)
+        if looks_like_a_credential(value):
+            # Never echoed back, logged or sent to a provider as a model name.
+            raise InvalidRequestError(
+                "model looks like an API key or token; send credentials in a header",
+                code="credential_in_model",
+                param=name,
+            )
     elif name == "response_format":
         if value not in RESPONSE_FORMATS:
             choices = ", ".join(sorted(RESPONSE_FORMATS))

@@ -29,6 +29,11 @@ _RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "as
 _CREDENTIAL_SHAPED = re.compile(r"(sk-|eyJ)[A-Za-z0-9_.-]{6,}")
 
 
+def looks_like_a_credential(value: str) -> bool:
+    """Whether ``value`` holds something shaped like a key or token."""
+    return _CREDENTIAL_SHAPED.search(value) is not None
+
+
 def redacted(value: str | None) -> str | None:
     """A client-supplied string fit for a log line: anything shaped like a credential is hidden."""
     if value is None:

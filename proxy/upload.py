@@ -138,6 +138,16 @@ def repr_digest_sha256(headers: Mapping[str, str]) -> bytes | None:
     return None
 
 
+def _filename_of(part: BodyPartReader) -> str:
+    """The file part's name, as text that can be sent on.
+
+    aiohttp keeps bytes that are not UTF-8 as lone surrogates; they become
+    U+FFFD. Quotes and line breaks are escaped when the name is sent upstream.
+    """
+    name = part.filename or _DEFAULT_FILENAME
+    return name.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def _too_large(limits: FormLimits) -> PayloadTooLargeError:
     return PayloadTooLargeError(
         f"the request body is larger than the limit of {limits.max_body_bytes} bytes"
@@ -247,7 +257,7 @@ class FormReader:
         pieces = [chunk async for chunk in self.file_chunks(part)]
         return BufferedAudio(
             b"".join(pieces),
-            filename=part.filename or _DEFAULT_FILENAME,
+            filename=_filename_of(part),
             content_type=part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE),
         )
 
@@ -370,7 +380,7 @@ class FormReader:
         spool = await Spool.create(self._limits.spool_dir, written=self._metrics.spool_bytes)
         audio = SpooledAudio(
             spool,
-            filename=part.filename or _DEFAULT_FILENAME,
+            filename=_filename_of(part),
             content_type=part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE),
         )
         # Registered before the first write so that __aexit__ removes it
@@ -389,7 +399,7 @@ class LiveAudio:
         self._part = part
         self._trailing: list[FormField] = []
         self._started = False
-        self.filename = part.filename or _DEFAULT_FILENAME
+        self.filename = _filename_of(part)
         self.content_type = part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE)
         self.size: int | None = None
 

@@ -53,6 +53,7 @@ class ReceivedRequest:
     headers: CIMultiDict[str]
     parts: list[ReceivedPart] = field(default_factory=list)
     complete: bool = False  # the body was read to its closing boundary
+    raw_path: str = ""  # as sent, percent-encoding kept
 
     @property
     def names(self) -> list[str]:
@@ -148,7 +149,10 @@ class FakeUpstream:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         received = ReceivedRequest(
-            path=request.path, query=dict(request.query), headers=CIMultiDict(request.headers)
+            path=request.path,
+            query=dict(request.query),
+            headers=CIMultiDict(request.headers),
+            raw_path=request.raw_path,
         )
         self.requests.append(received)
         try:

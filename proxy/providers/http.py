@@ -108,13 +108,25 @@ class HttpProvider:
         started = time.monotonic()
         try:
             async with deadline:
+                # Never followed: a redirect could take the audio and our key
+                # to another host.
                 response = await self._session.post(
-                    url, data=body.stream(), headers=headers, timeout=self._client_timeout
+                    url,
+                    data=body.stream(),
+                    headers=headers,
+                    timeout=self._client_timeout,
+                    allow_redirects=False,
                 )
             self._metrics.upstream_ttfb.labels(provider=self.name).observe(
                 time.monotonic() - started
             )
             async with response:
+                if 300 <= response.status < 400:
+                    raise BadGatewayError(
+                        f"the upstream answered with a redirect ({response.status}); "
+                        "redirects are not followed",
+                        code="upstream_redirect",
+                    )
                 if response.status >= 400:
                     raw = await _read_capped(response, self._idle_s)
                     refused = (
@@ -203,13 +215,20 @@ async def _stream_events(
 
 
 async def _read_capped(response: aiohttp.ClientResponse, idle_s: float) -> bytes:
+    """A whole (not streamed) answer: at most MAX_ANSWER_BYTES, within ``idle_s`` in all.
+
+    An answer that is not a stream is sent at once when it is ready; one that
+    drips in a byte at a time would never trip a per-read timeout.
+    """
     body = bytearray()
-    async for chunk in _idle_limited(aiter(response.content.iter_chunked(256 * 1024)), idle_s):
-        body += chunk
-        if len(body) > MAX_ANSWER_BYTES:
-            raise BadGatewayError(
-                f"the upstream answer is larger than {MAX_ANSWER_BYTES} bytes", retryable=False
-            )
+    async with asyncio.timeout(idle_s):
+        async for chunk in response.content.iter_chunked(256 * 1024):
+            body += chunk
+            if len(body) > MAX_ANSWER_BYTES:
+                raise BadGatewayError(
+                    f"the upstream answer is larger than {MAX_ANSWER_BYTES} bytes",
+                    retryable=False,
+                )
     return bytes(body)
 
 
@@ -294,6 +313,11 @@ def _transport_error(
 ) -> BadGatewayError | GatewayTimeoutError:
     if isinstance(exc, aiohttp.ServerTimeoutError):
         return GatewayTimeoutError(f"provider {provider} did not answer in time", retryable=True)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        # Refused, never retried: the same certificate would be refused again.
+        return BadGatewayError(
+            f"provider {provider}'s TLS certificate could not be verified; refusing to send to it"
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return BadGatewayError(f"provider {provider} is unreachable", retryable=True)
     return BadGatewayError(
