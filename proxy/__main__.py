@@ -68,6 +68,7 @@ def _serve(config: Config, host: str, port: int, *, reuse_port: bool) -> None:
         port=port,
         reuse_port=reuse_port,
         shutdown_timeout=config.proxy.drain_timeout_s + DRAIN_GRACE_S,
+        keepalive_timeout=config.proxy.keepalive_timeout_s,
         print=lambda message: log.info("%s", message),
         **SERVER_SETTINGS,  # type: ignore[arg-type]
     )

@@ -197,6 +197,10 @@ class ProxySettings:
     body_idle_timeout_s: float = 30.0
     #: On SIGTERM: how long in-flight uploads and streams may go on.
     drain_timeout_s: float = 30.0
+    #: A new connection must send its request's headers within this, and a
+    #: kept-alive connection idle this long is closed (slow-header clients
+    #: cannot hold connections open).
+    keepalive_timeout_s: float = 15.0
     #: Where rate limits and budgets are counted when replicas share them.
     redis_url: str | None = field(default=None, repr=False)
     #: With Redis unreachable: serve without limits (True) or answer 503.
@@ -569,6 +573,7 @@ def _proxy(section: _Section) -> ProxySettings:
         max_in_flight=section.integer("max_in_flight", 256, minimum=1),
         body_idle_timeout_s=section.number("body_idle_timeout_s", 30.0, positive=True),
         drain_timeout_s=section.number("drain_timeout_s", 30.0),
+        keepalive_timeout_s=section.number("keepalive_timeout_s", 15.0, positive=True),
         redis_url=section.string("redis_url"),
         redis_fail_open=section.boolean("redis_fail_open", False),
         local=_local(section.section("local")),

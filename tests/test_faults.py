@@ -37,6 +37,7 @@ from tests.conftest import (
     open_files_under,
     post,
     provider_config,
+    start_proxy_process,
 )
 from tests.test_errors import assert_error
 
@@ -796,3 +797,37 @@ async def test_no_credential_anywhere_the_suite_can_see(
     assert UPSTREAM_KEY not in everything
     assert vk not in everything
     assert len(seen) > 20
+
+
+async def test_slow_headers_cannot_hold_a_connection(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    config = provider_config(upstream)
+    config["proxy"] = {"keepalive_timeout_s": 1}
+    process, url = await start_proxy_process(config, tmp_path)
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        writer.write(f"POST {URL} HTTP/1.1\r\nHost: proxy\r\n".encode())
+        closed = False
+        with contextlib_suppress():
+            for _ in range(20):  # a header line every 0.3 s, never the blank line
+                writer.write(b"X-Slow: yes\r\n")
+                await writer.drain()
+                if reader.at_eof() or await _closed(reader):
+                    closed = True
+                    break
+        writer.close()
+    finally:
+        process.terminate()
+        await process.wait()
+    assert closed
+    assert time.monotonic() - started < 3
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), 0.3) == b""
+    except TimeoutError:
+        return False
