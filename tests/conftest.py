@@ -240,10 +240,12 @@ async def start_proxy_process(
     *extra: str,
     name: str = "proxy",
     env: dict[str, str] | None = None,
+    limits: dict[int, int] | None = None,
 ) -> tuple[asyncio.subprocess.Process, str]:
     """``python -m proxy`` with ``config`` on a free port, once it answers ``/health``.
 
-    Its stderr (the JSON log lines) is a pipe the caller may read.
+    Its stderr (the JSON log lines) is a pipe the caller may read. ``limits``
+    are resource limits (``resource.RLIMIT_*``: soft and hard) it starts with.
     """
     path = directory / f"{name}.json"
     await asyncio.to_thread(path.write_bytes, orjson.dumps(config))
@@ -259,6 +261,7 @@ async def start_proxy_process(
         *extra,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
+        preexec_fn=(lambda: _set_limits(limits)) if limits else None,
     )
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
@@ -270,6 +273,13 @@ async def start_proxy_process(
             await asyncio.sleep(0.05)
     process.kill()
     raise AssertionError("the proxy did not start")
+
+
+def _set_limits(limits: dict[int, int]) -> None:
+    import resource
+
+    for which, value in limits.items():
+        resource.setrlimit(which, (value, value))
 
 
 def provider_config(upstream: FakeUpstream, **network: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import base64
 import datetime
 import hashlib
 import json
+import resource
 import ssl
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from tests.conftest import (
     audio_bytes,
     base_url,
     form,
+    json_of,
     open_files_under,
     post,
     provider_config,
@@ -831,3 +833,71 @@ async def _closed(reader: asyncio.StreamReader) -> bool:
         return await asyncio.wait_for(reader.read(1), 0.3) == b""
     except TimeoutError:
         return False
+
+
+# --- the machine -----------------------------------------------------------------------------
+
+
+async def _health(url: str) -> int:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/health") as response:
+        return response.status
+
+
+async def test_spool_disk_full(upstream: FakeUpstream, tmp_path: Path) -> None:
+    # A file-size limit makes the spool's writes fail as a full disk's do.
+    config = provider_config(upstream)
+    process, url = await start_proxy_process(
+        config, tmp_path, limits={resource.RLIMIT_FSIZE: 1024 * 1024}
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            big = form(("file", audio_bytes(4 * 1024 * 1024)), ("model", "whisper-1"))
+            async with session.post(f"{url}{URL}", data=big) as response:
+                document = json_of(await response.read())
+                assert response.status == 503
+            small = form(("file", b"RIFF"), ("model", "whisper-1"))
+            async with session.post(f"{url}{URL}", data=small) as response:
+                assert response.status == 200  # and it goes on serving
+    finally:
+        process.terminate()
+        await process.wait()
+    assert_error(
+        document, status=503, code="spool_unavailable", error_type="api_error", bifrost=True
+    )
+    assert "send model before file" in document["error"]["message"]
+
+
+async def test_open_file_limit_reached_and_recovered(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    config = provider_config(upstream)
+    process, url = await start_proxy_process(config, tmp_path, limits={resource.RLIMIT_NOFILE: 64})
+    port = int(url.rsplit(":", 1)[1])
+    held = []
+    try:
+        body = raw_body(("model", b"whisper-1"), ("file", audio_bytes(200_000)))
+        for _ in range(90):  # more connections than the proxy may have files
+            with contextlib_suppress():
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request_head(len(body)) + body[:1000])
+                held.append(writer)
+        await asyncio.sleep(0.5)
+        for writer in held:
+            writer.close()
+        # Once the connections are gone it serves again, whole.
+        for _ in range(100):
+            with contextlib_suppress():
+                if await _health(url) == 200:
+                    break
+            await asyncio.sleep(0.1)
+        status, document, _ = await post_url(url, form(("model", "whisper-1"), ("file", b"RIFF")))
+        assert status == 200, document
+        assert process.returncode is None
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def post_url(url: str, data: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+    async with aiohttp.ClientSession() as session, session.post(f"{url}{URL}", data=data) as r:
+        return r.status, json_of(await r.read()), dict(r.headers)
