@@ -13,6 +13,7 @@ import base64
 import datetime
 import hashlib
 import json
+import os
 import resource
 import ssl
 import time
@@ -47,20 +48,40 @@ BOUNDARY = "fault-boundary"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 
 
+def _open_files() -> set[str]:
+    """The files (not sockets or pipes) this process holds open, by descriptor."""
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib_suppress():
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("/"):
+                held.add(f"{fd}:{target}")
+    return held
+
+
 class Settled:
-    """What a proxy in this process holds: tasks and spool files, to compare after a fault."""
+    """What a proxy in this process holds: tasks, open files, spool files; compared after."""
 
     def __init__(self, spool_dir: Path) -> None:
         self._spool_dir = str(spool_dir)
         self.tasks = len(asyncio.all_tasks())
+        self.files = _open_files()
+
+    def _leaked_files(self) -> set[str]:
+        return _open_files() - self.files
 
     async def check(self) -> None:
         """Everything the fault started is gone (waits a little for it to wind down)."""
         for _ in range(150):
-            if len(asyncio.all_tasks()) <= self.tasks and not open_files_under(self._spool_dir):
+            if (
+                len(asyncio.all_tasks()) <= self.tasks
+                and not open_files_under(self._spool_dir)
+                and not self._leaked_files()
+            ):
                 return
             await asyncio.sleep(0.02)
         assert open_files_under(self._spool_dir) == []
+        assert self._leaked_files() == set()
         assert len(asyncio.all_tasks()) <= self.tasks, asyncio.all_tasks()
 
 
@@ -617,6 +638,29 @@ async def test_deployment_ids_never_change_the_upstream_url_or_headers(
         assert path.count("/") == 5  # the id stayed one path segment
         assert received.query == {"api-version": "2024-10-21"}
         assert "X-Evil" not in received.headers
+
+
+@pytest.mark.parametrize(
+    "model", ["azure/../../admin", "azure/dep?x=1", "azure/dep#frag", "azure/a%2Fb", "azure/a/b"]
+)
+async def test_model_names_never_change_the_upstream_url(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, model: str
+) -> None:
+    config = {
+        "providers": {
+            "azure": {
+                "keys": [{"value": AZURE_KEY, "azure_key_config": {"endpoint": upstream.base_url}}]
+            }
+        }
+    }
+    server = await make_proxy(config)
+    status, _, _ = await post(server, form(("model", model), ("file", b"RIFF")))
+    assert status in (200, 404)
+    for received in upstream.requests:
+        path = received.raw_path.split("?")[0]
+        assert path.count("/") == 5
+        assert path.endswith("/audio/transcriptions")
+        assert received.query == {"api-version": "2024-10-21"}
 
 
 async def test_only_allowed_client_headers_reach_the_upstream(
