@@ -12,6 +12,18 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from . import handlers, logs
+from .app_state import (
+    AUTH_KEY,
+    CACHE_KEY,
+    CONFIG_KEY,
+    FACTS_KEY,
+    GOVERNOR_KEY,
+    LIMITS_KEY,
+    METRICS_KEY,
+    ROUTER_KEY,
+    STATE_KEY,
+    ServerState,
+)
 from .auth import Authenticator
 from .cache import TranscriptCache
 from .cache_store import CacheStore, MemoryStore, RedisStore
@@ -25,18 +37,6 @@ from .errors import (
     ServiceUnavailableError,
 )
 from .governance import Governor
-from .keys import (
-    AUTH_KEY,
-    CACHE_KEY,
-    CONFIG_KEY,
-    FACTS_KEY,
-    GOVERNOR_KEY,
-    LIMITS_KEY,
-    METRICS_KEY,
-    ROUTER_KEY,
-    STATE_KEY,
-    ServerState,
-)
 from .metrics import Metrics
 from .models import RequestFacts
 from .providers import create_provider

@@ -10,13 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .audio import BufferedAudio, SpooledAudio
-from .auth import Caller
-from .cache import CachedAnswer, CacheLookup, cache_scope
-from .errors import BadGatewayError, InvalidRequestError, ProxyError, UploadOverLimitError
-from .fields import fallbacks_of, first_value, forwarded, parse_stream
-from .governance import Admission, Governor
-from .keys import (
+from .app_state import (
     AUTH_KEY,
     CACHE_KEY,
     CONFIG_KEY,
@@ -27,6 +21,12 @@ from .keys import (
     ROUTER_KEY,
     STATE_KEY,
 )
+from .audio import BufferedAudio, SpooledAudio
+from .auth import Caller
+from .cache import CachedAnswer, CacheLookup, cache_scope
+from .errors import BadGatewayError, InvalidRequestError, ProxyError, UploadOverLimitError
+from .fields import fallbacks_of, first_value, forwarded, parse_stream
+from .governance import Admission, Governor
 from .long_audio import (
     LimitedAudio,
     LongAudio,

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.config import KeyConfig
-from proxy.providers.keys import KeyPool
+from proxy.providers.key_pool import KeyPool
 from tests.conftest import (
     URL,
     FakeUpstream,

@@ -22,7 +22,7 @@ from ..models import TranscriptDone, TranscriptEvent, UpstreamCall
 from ..multipart import UpstreamBody
 from ..sse import read_events
 from ..transcripts import StreamTranslator
-from .keys import KeyPool
+from .key_pool import KeyPool
 
 #: A transcript is text; an answer larger than this is not one.
 MAX_ANSWER_BYTES = 64 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""Typed keys for application and request state."""
+"""The application's and each request's state, under typed keys."""
 
 from __future__ import annotations
 
