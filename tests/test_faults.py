@@ -385,6 +385,29 @@ async def test_hostile_filenames_reach_the_upstream_inert(
     await settled.check()
 
 
+@pytest.mark.parametrize("where", ["before the file", "as the file"])
+async def test_nested_multipart(guarded: tuple[TestServer, Settled], where: str) -> None:
+    server, settled = guarded
+    inner = b'--inner\r\nContent-Disposition: form-data; name="x"\r\n\r\ny\r\n--inner--\r\n'
+    name = "extra" if where == "before the file" else "file"
+    nested = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n'
+            "Content-Type: multipart/mixed; boundary=inner\r\n\r\n"
+        ).encode()
+        + inner
+        + b"\r\n"
+    )
+    body = raw_body(("model", b"whisper-1")).removesuffix(f"--{BOUNDARY}--\r\n".encode())
+    body += nested + f"--{BOUNDARY}--\r\n".encode()
+    raw = await raw_exchange(server, request_head(len(body)), body, read_s=3)
+    status, document = answers_of(raw)[0]
+    assert status == 400
+    assert document is not None
+    assert_error(document, status=400, code="malformed_multipart")
+    await settled.check()
+
+
 async def test_no_final_boundary(guarded: tuple[TestServer, Settled]) -> None:
     server, settled = guarded
     body = raw_body(("model", b"whisper-1"), ("file", b"RIFF"), close=False)
