@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
@@ -463,7 +463,7 @@ def _prompt_tail(text: str) -> str:
     return tail.split(" ", 1)[1] if " " in tail else tail
 
 
-async def _first_of(waiting: Any, launcher: asyncio.Task[None]) -> Any:
+async def _first_of(waiting: Awaitable[_T], launcher: asyncio.Task[None]) -> _T:
     """``waiting``'s result, unless ``launcher`` fails first (then its error)."""
     getting = asyncio.ensure_future(waiting)
     try:

@@ -8,7 +8,7 @@ the whole recording at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,7 +93,7 @@ _STITCHED_KEYS = frozenset(
 )
 
 
-def _joined(texts: Any) -> str:
+def _joined(texts: Iterable[str]) -> str:
     return " ".join(t.strip() for t in texts if t and t.strip())
 
 

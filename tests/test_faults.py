@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import hashlib
 import json
@@ -52,7 +53,7 @@ def _open_files() -> set[str]:
     """The files (not sockets or pipes) this process holds open, by descriptor."""
     held = set()
     for fd in os.listdir("/proc/self/fd"):
-        with contextlib_suppress():
+        with ignoring_disconnects():
             target = os.readlink(f"/proc/self/fd/{fd}")
             if target.startswith("/"):
                 held.add(f"{fd}:{target}")
@@ -292,7 +293,7 @@ async def test_slow_drip_body_is_cut(guarded: tuple[TestServer, Settled]) -> Non
 
     async def read_all() -> None:
         # Read as it comes: data still unread when the connection resets is lost.
-        with contextlib_suppress():
+        with ignoring_disconnects():
             while data := await reader.read(65536):
                 received.extend(data)
 
@@ -480,7 +481,7 @@ async def test_upstream_endless_body_is_cut(
     async def endless(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
-        with contextlib_suppress():
+        with ignoring_disconnects():
             while True:
                 await response.write(b" " * 1024 * 1024)
         return response
@@ -500,7 +501,7 @@ async def test_upstream_dripping_one_byte_at_a_time_times_out(
     async def drip(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
-        with contextlib_suppress():
+        with ignoring_disconnects():
             for byte in b'{"text": "a very slow answer"}':
                 await response.write(bytes([byte]))
                 await asyncio.sleep(0.5)  # never silent for the 2 s timeout, but never done
@@ -622,9 +623,8 @@ def _self_signed(directory: Path) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
-def contextlib_suppress() -> Any:
-    import contextlib
-
+def ignoring_disconnects() -> contextlib.suppress:
+    """Quiet about a peer that hung up (or a task cancelled with it)."""
     return contextlib.suppress(OSError, asyncio.CancelledError)
 
 
@@ -880,7 +880,7 @@ async def test_slow_headers_cannot_hold_a_connection(
         started = time.monotonic()
         writer.write(f"POST {URL} HTTP/1.1\r\nHost: proxy\r\n".encode())
         closed = False
-        with contextlib_suppress():
+        with ignoring_disconnects():
             for _ in range(20):  # a header line every 0.3 s, never the blank line
                 writer.write(b"X-Slow: yes\r\n")
                 await writer.drain()
@@ -944,7 +944,7 @@ async def test_open_file_limit_reached_and_recovered(
     try:
         body = raw_body(("model", b"whisper-1"), ("file", audio_bytes(200_000)))
         for _ in range(90):  # more connections than the proxy may have files
-            with contextlib_suppress():
+            with ignoring_disconnects():
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(request_head(len(body)) + body[:1000])
                 held.append(writer)
@@ -953,7 +953,7 @@ async def test_open_file_limit_reached_and_recovered(
             writer.close()
         # Once the connections are gone it serves again, whole.
         for _ in range(100):
-            with contextlib_suppress():
+            with ignoring_disconnects():
                 if await _health(url) == 200:
                     break
             await asyncio.sleep(0.1)
