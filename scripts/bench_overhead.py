@@ -1,0 +1,386 @@
+"""Per-request overhead: the same requests direct, through nginx, and through the proxy.
+
+One fake upstream; nginx (the system package, ``proxy_pass`` with request and
+response buffering off, installed with apt-get when missing) and the proxy
+in front of it, each as its own process. The client runs each measurement
+against the three in turn, interleaved, for several rounds, and prints
+medians. Everything runs on 127.0.0.1.
+
+    .venv/bin/python scripts/bench_overhead.py
+    .venv/bin/python scripts/bench_overhead.py --rounds 1 --small 300 --upload-mib 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from benchlib import (
+    PeakRss,
+    cpu_seconds,
+    free_port,
+    main,
+    percentile,
+    proxy_with,
+    running,
+)
+
+MIB = 1024 * 1024
+PATH = "/v1/audio/transcriptions"
+BOUNDARY = "bench-overhead-boundary"
+HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+# --- the fake upstream (a child process) -----------------------------------------------------
+
+
+async def _answer(request: web.Request) -> web.StreamResponse:
+    reader = await request.multipart()
+    model = ""
+    while (part := await reader.next()) is not None:
+        assert isinstance(part, aiohttp.BodyPartReader)
+        if part.name == "model":
+            model = (await part.read()).decode()
+        else:
+            while await part.read_chunk(MIB):
+                pass
+    if not model.startswith("sse:"):
+        return web.json_response({"text": "ok", "usage": {"type": "duration", "seconds": 1}})
+    # sse:EVENTS:INTERVAL_MS, each event stamped with the (shared) monotonic clock.
+    _, count, interval_ms = model.split(":")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for _ in range(int(count)):
+        await asyncio.sleep(int(interval_ms) / 1000)
+        event = {"type": "transcript.text.delta", "delta": "w ", "sent_ns": time.monotonic_ns()}
+        await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+    await response.write(b'data: {"type":"transcript.text.done","text":"w"}\n\n')
+    await response.write_eof()
+    return response
+
+
+def run_upstream(port: int) -> None:
+    app = web.Application(client_max_size=1 << 40)
+    app.router.add_post(PATH, _answer)
+    app.router.add_get("/", lambda request: _ok())
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, backlog=4096)
+
+
+async def _ok() -> web.Response:
+    return web.Response(text="ok")
+
+
+# --- nginx -----------------------------------------------------------------------------------
+
+NGINX_CONF = """
+worker_processes 1;
+user root;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log error;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  upstream whisper {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 0;
+    location / {{
+      proxy_pass http://whisper;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_request_buffering off;
+      proxy_buffering off;
+      proxy_read_timeout 600s;
+    }}
+  }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    """The system nginx, installed with apt-get the first time (as scripts/test does redis)."""
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found is None:
+        print("bench: installing nginx", file=sys.stderr)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True)
+        found = shutil.which("nginx") or "/usr/sbin/nginx"
+    return found
+
+
+@asynccontextmanager
+async def nginx_in_front_of(upstream_port: int) -> AsyncIterator[tuple[int, int]]:
+    """nginx on a free port, proxying to the upstream; yields its port and its worker's pid."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-nginx-") as prefix:
+        conf = os.path.join(prefix, "nginx.conf")
+        with open(conf, "w") as out:  # noqa: ASYNC230 - a few hundred bytes, once
+            out.write(NGINX_CONF.format(prefix=prefix, upstream=upstream_port, port=port))
+        command = (nginx_binary(), "-c", str(conf), "-p", prefix, "-g", "daemon off;")
+        async with running(*command, up=f"http://127.0.0.1:{port}/"):
+            master = int(_read(os.path.join(prefix, "nginx.pid")))
+            children = _read(f"/proc/{master}/task/{master}/children").split()
+            yield port, int(children[0]) if children else master
+
+
+def _read(path: str) -> str:
+    with open(path) as file:
+        return file.read()
+
+
+# --- measurements ----------------------------------------------------------------------------
+
+
+def small_body(size: int = 10_000) -> bytes:
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + os.urandom(size)
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+
+async def small_requests(session: aiohttp.ClientSession, url: str, count: int) -> list[float]:
+    """Seconds for each of ``count`` 10 KB requests, one after another, kept alive."""
+    body = small_body()
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        async with session.post(url, data=body, headers=HEADERS) as response:
+            await response.read()
+            assert response.status == 200, response.status
+        times.append(time.perf_counter() - started)
+    return times
+
+
+async def concurrent_requests(url: str, count: int, concurrency: int) -> tuple[list[float], float]:
+    """``count`` 10 KB requests, ``concurrency`` at a time: their latencies and the total time."""
+    body = small_body()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    times: list[float] = []
+    left = count
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers=HEADERS) as response:
+                    await response.read()
+                times.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return times, time.perf_counter() - started
+
+
+async def upload(url: str, size: int, pid: int | None) -> tuple[float, float, float]:
+    """A ``size``-byte upload, generated as sent: MiB/s, CPU s/GiB of ``pid``, its peak RSS MiB."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+    block = os.urandom(MIB)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield head
+        for _ in range(size // MIB):
+            yield block
+        yield tail
+
+    headers = {**HEADERS, "Content-Length": str(len(head) + size // MIB * MIB + len(tail))}
+    cpu_before = cpu_seconds(pid) if pid else 0.0
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        peak = PeakRss(pid) if pid else None
+        if peak:
+            await peak.__aenter__()
+        started = time.perf_counter()
+        async with session.post(url, data=body(), headers=headers) as response:
+            await response.read()
+        seconds = time.perf_counter() - started
+        if peak:
+            await peak.__aexit__()
+    cpu = (cpu_seconds(pid) - cpu_before) if pid else 0.0
+    gib = size / (1024 * MIB)
+    return size / MIB / seconds, cpu / gib, (peak.peak_kib / 1024 if peak else 0.0)
+
+
+async def sse_delays(session: aiohttp.ClientSession, url: str, events: int) -> list[float]:
+    """Per-event delay in ms from the upstream's send to this client, for one stream."""
+    body = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\nsse:{events}:5\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="stream"\r\n\r\ntrue\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        f"Content-Type: audio/wav\r\n\r\nRIFF\r\n--{BOUNDARY}--\r\n"
+    ).encode()
+    delays = []
+    async with session.post(url, data=body, headers=HEADERS) as response:
+        async for line in response.content:
+            if line.startswith(b"data: {"):
+                received = time.monotonic_ns()
+                event = orjson.loads(line[6:])
+                if "sent_ns" in event:
+                    delays.append((received - event["sent_ns"]) / 1e6)
+    return delays
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+Targets = dict[str, tuple[str, int | None]]
+
+
+async def interleaved(
+    targets: Targets, rounds: int, measure: Callable[[str, int | None], Coroutine[Any, Any, Any]]
+) -> dict[str, list[Any]]:
+    """``measure`` on each target in turn, ``rounds`` times: a change in load hits all three."""
+    results: dict[str, list[Any]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, (url, pid) in targets.items():
+            results[name].append(await measure(url, pid))
+    return results
+
+
+async def bench(args: argparse.Namespace) -> None:
+    upstream_port = free_port()
+    command = (sys.executable, __file__, "upstream", "--port", str(upstream_port))
+    config: dict[str, Any] = {
+        "client": {"max_request_body_size_mb": 1 << 20},
+        "providers": {
+            "openai": {
+                "keys": [{"value": "sk-bench"}],
+                "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
+            }
+        },
+        "proxy": {"web_ui": False},
+    }
+    async with (
+        running(*command, up=f"http://127.0.0.1:{upstream_port}/"),
+        nginx_in_front_of(upstream_port) as (nginx_port, nginx_pid),
+        proxy_with(config) as (proxy_port, proxy),
+    ):
+        targets: Targets = {
+            "direct": (f"http://127.0.0.1:{upstream_port}{PATH}", None),
+            "nginx": (f"http://127.0.0.1:{nginx_port}{PATH}", nginx_pid),
+            "proxy": (f"http://127.0.0.1:{proxy_port}{PATH}", proxy.pid),
+        }
+        async with aiohttp.ClientSession() as session:
+            await small_requests(session, targets["proxy"][0], 50)  # warm up
+
+            async def sequential(url: str, pid: int | None) -> list[float]:
+                return await small_requests(session, url, args.small)
+
+            small = await interleaved(targets, args.rounds, sequential)
+
+            async def streams(url: str, pid: int | None) -> list[float]:
+                return await sse_delays(session, url, args.events)
+
+            sse = await interleaved(targets, args.rounds, streams)
+
+        async def concurrent(url: str, pid: int | None) -> tuple[list[float], float]:
+            return await concurrent_requests(url, args.small, 50)
+
+        loaded = await interleaved(targets, args.rounds, concurrent)
+
+        async def big(url: str, pid: int | None) -> tuple[float, float, float]:
+            return await upload(url, args.upload_mib * MIB, pid)
+
+        uploads = await interleaved(targets, args.rounds, big)
+
+    report(args, small, sse, loaded, uploads)
+
+
+def report(
+    args: argparse.Namespace,
+    small: dict[str, list[Any]],
+    sse: dict[str, list[Any]],
+    loaded: dict[str, list[Any]],
+    uploads: dict[str, list[Any]],
+) -> None:
+    p50 = {n: statistics.median(t for run in r for t in run) * 1000 for n, r in small.items()}
+    rps = {n: len(r[0]) / statistics.median(sum(run) for run in r) for n, r in small.items()}
+    e50 = {n: statistics.median(d for run in r for d in run) for n, r in sse.items()}
+    e99 = {n: percentile([d for run in r for d in run], 99) for n, r in sse.items()}
+    mib_s = {n: statistics.median(u[0] for u in r) for n, r in uploads.items()}
+    cpu = {n: statistics.median(u[1] for u in r) for n, r in uploads.items()}
+    rss = {n: max(u[2] for u in r) for n, r in uploads.items()}
+    print(f"{args.rounds} interleaved rounds, medians (2 cores, everything on 127.0.0.1)\n")
+    print("| | direct | nginx | proxy |\n|---|---|---|---|")
+    print(
+        "| 10 KB request, sequential, p50 (added over direct) | "
+        + " | ".join(f"{p50[n]:.2f} ms (+{p50[n] - p50['direct']:.2f})" for n in p50)
+        + " |"
+    )
+    print(
+        "| 10 KB requests per second, sequential | "
+        + " | ".join(f"{rps[n]:.0f}" for n in rps)
+        + " |"
+    )
+    for name in ("direct", "nginx", "proxy"):
+        times = [t for run, _ in loaded[name] for t in run]
+        total = statistics.median(elapsed for _, elapsed in loaded[name])
+        loaded[name] = [
+            statistics.median(times) * 1000,
+            percentile(times, 99) * 1000,
+            args.small / total,
+        ]
+    print(
+        "| 10 KB, 50 at once: p50 / p99 / RPS | "
+        + " | ".join(f"{a:.1f} / {b:.1f} ms / {c:.0f}" for a, b, c in loaded.values())
+        + " |"
+    )
+    print(
+        f"| {args.upload_mib} MiB upload, MiB/s (CPU s/GiB of the middle process) | "
+        + " | ".join(
+            f"{mib_s[n]:.0f}" + (f" ({cpu[n]:.2f})" if n != "direct" else "") for n in mib_s
+        )
+        + " |"
+    )
+    print(
+        "| SSE per-event delay added, p50 / p99 | "
+        + " | ".join(
+            f"+{e50[n] - e50['direct']:.2f} / +{e99[n] - e99['direct']:.2f} ms" for n in e50
+        )
+        + " |"
+    )
+    print(
+        f"| peak RSS, {args.upload_mib} MiB upload | | "
+        + " | ".join(f"{rss[n]:.1f} MiB" for n in ("nginx", "proxy"))
+        + " |"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (2)")
+    parser.add_argument("--small", type=int, default=500, help="10 KB requests a round (500)")
+    parser.add_argument("--events", type=int, default=200, help="SSE events a stream (200)")
+    parser.add_argument("--upload-mib", type=int, default=1024, help="the upload's size (1024)")
+
+
+if __name__ == "__main__":
+    main(__doc__, add_arguments, run_upstream, bench)
