@@ -16,6 +16,7 @@ from .app_state import (
     AUTH_KEY,
     CACHE_KEY,
     CONFIG_KEY,
+    DECODERS_KEY,
     FACTS_KEY,
     GOVERNOR_KEY,
     LIMITS_KEY,
@@ -97,6 +98,7 @@ def create_app(config: Config) -> web.Application:
         body_idle_timeout_s=config.proxy.body_idle_timeout_s,
     )
     app[AUTH_KEY] = Authenticator(config.client, config.governance)
+    app[DECODERS_KEY] = asyncio.Semaphore(config.proxy.chunking.max_decoders)
     app.cleanup_ctx.append(_stores)
     app.cleanup_ctx.append(_upstream_session)
     app.on_response_prepare.append(_tag_response)

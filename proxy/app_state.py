@@ -34,5 +34,7 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 STATE_KEY = web.AppKey("state", ServerState)
 LIMITS_KEY = web.AppKey("limits", FormLimits)
 ROUTER_KEY = web.AppKey("router", Router)
+#: Long uploads being decoded (``proxy.chunking.max_decoders`` at once).
+DECODERS_KEY = web.AppKey("long_audio_decoders", asyncio.Semaphore)
 CACHE_KEY = web.AppKey("transcript_cache", TranscriptCache)
 FACTS_KEY = web.RequestKey("facts", RequestFacts)

@@ -152,6 +152,9 @@ class ChunkingSettings:
     #: How chunks are encoded: ``webm`` (Opus) or ``mp3`` (compact, taken
     #: everywhere), ``flac`` or ``wav`` (lossless).
     format: str = "webm"
+    #: Long uploads decoded at once in this process (each takes a core while
+    #: it decodes); more wait their turn, their clients held by backpressure.
+    max_decoders: int = field(default_factory=lambda: os.cpu_count() or 2)
 
 
 CacheStoreKind = Literal["memory", "redis"]
@@ -599,6 +602,7 @@ def _chunking(section: _Section) -> ChunkingSettings:
         cut_search_s=section.number("cut_search_s", 30.0, positive=True),
         carry_prompt=section.boolean("carry_prompt", False),
         format=section.string("format", "webm") or "webm",
+        max_decoders=section.integer("max_decoders", os.cpu_count() or 2, minimum=1),
     )
     if settings.format not in ("webm", "mp3", "flac", "wav"):
         raise ConfigError(f"{section.path}.format: webm, mp3, flac or wav, got {settings.format!r}")

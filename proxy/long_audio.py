@@ -131,6 +131,7 @@ class LongAudio:
         settings: ChunkingSettings,
         limit: int,
         spool_dir: str | None,
+        decoders: asyncio.Semaphore | None = None,
         metrics: Metrics,
         request_id: str | None = None,
         api_key: str | None = None,
@@ -139,6 +140,7 @@ class LongAudio:
         self._fields = fields
         self._audio = audio
         self._settings = settings
+        self._decoders = decoders
         self._spool_dir = spool_dir
         self._metrics = metrics
         self._request_id = request_id
@@ -199,6 +201,7 @@ class LongAudio:
         spool: Spool | None = None
         feeder: asyncio.Task[None] | None = None
         decoded: asyncio.Future[float] | None = None
+        holding = False
         try:
             audio = self._audio
             if isinstance(audio, SpooledAudio | BufferedAudio):
@@ -226,6 +229,9 @@ class LongAudio:
                 emit=self._emit_threadsafe(),
                 wait_for_room=self._wait_for_room,
             )
+            if self._decoders is not None:
+                await self._decoders.acquire()  # released once the thread is done
+                holding = True
             decoded = self._in_thread(chunker.run, source)
             if feeder is not None:
                 await asyncio.wait((feeder, decoded), return_when=asyncio.FIRST_COMPLETED)
@@ -255,6 +261,9 @@ class LongAudio:
                 await self._after_thread()
                 if decoded.done() and not decoded.cancelled():
                     decoded.exception()  # a stopped thread's end is nobody's news
+            if holding:
+                assert self._decoders is not None
+                self._decoders.release()
             if source is not None and not isinstance(source, Pipe):
                 source.close()
             if spool is not None:

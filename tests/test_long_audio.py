@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -655,3 +656,31 @@ async def test_a_wav_shorter_than_its_upload_is_transcribed_as_far_as_it_says(
     )
     assert status == 200, body
     assert_every_word_once(json_of(body)["segments"], 5)
+
+
+async def test_decoders_at_once_are_capped(
+    make_proxy: ProxyFactory, listener: FakeUpstream
+) -> None:
+    data = encode(WORDS, "wav")
+    server = await make_proxy(long_config(listener, len(data) // 3, max_decoders=1))
+    most = 0
+    done = False
+
+    async def count_decoders() -> None:
+        nonlocal most
+        while not done:
+            alive = [t for t in threading.enumerate() if t.name == "long-audio"]
+            most = max(most, len(alive))
+            await asyncio.sleep(0.002)
+
+    counting = asyncio.ensure_future(count_decoders())
+    fields = ("response_format", "verbose_json")
+    results = await asyncio.gather(
+        *(send(server, parts_for(data, "wav", fields)) for _ in range(3))
+    )
+    done = True
+    await counting
+    for status, body, _ in results:
+        assert status == 200
+        assert_every_word_once(json_of(body)["segments"])
+    assert most == 1
