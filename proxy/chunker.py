@@ -99,7 +99,7 @@ class CutChunk:
 class Pipe:
     """Bytes handed from the event loop to the decoding thread, a few pieces at a time.
 
-    The loop :meth:`put`\\ s pieces as it reads them from the client and waits
+    The loop hands pieces over with :meth:`put` as it reads them from the client, and waits
     when ``depth`` pieces are waiting, so a slow decoder slows the client
     down instead of filling memory. The thread reads it as a file.
     """

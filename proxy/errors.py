@@ -64,6 +64,16 @@ class InvalidRequestError(ProxyError):
     is_bifrost_error = False
 
 
+class InvalidAudioError(InvalidRequestError):
+    """The uploaded file is not audio that can be decoded."""
+
+    default_code = "invalid_audio"
+    MESSAGE = "the audio file could not be decoded; is it a supported audio format?"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(f"{self.MESSAGE} ({detail})" if detail else self.MESSAGE, param="file")
+
+
 class MalformedBodyError(InvalidRequestError):
     """The multipart body cannot be parsed."""
 

@@ -210,15 +210,15 @@ async def _start(
     if over:
         dispatch: Dispatch | LongAudio = _long_audio(request, routes, form, caller)
     else:
+        audio: AudioSource = form.audio
         if limit is not None and over is None:
             # Too long or not is found out on the way: what was read is kept
             # so the recording can still be cut into chunks.
             await reader.record(max_bytes=limit + 2 * FILE_CHUNK_BYTES)
+            audio = LimitedAudio(form.audio, limit)
         elif may_retry(routes):
             await reader.record()
-        audio: AudioSource = form.audio
-        if limit is not None and over is None:
-            audio = LimitedAudio(audio, limit)
+            audio = form.audio
         if lookup is not None and not lookup.hit.done():
             # The digest is known only at the end of the file: the end of
             # the upstream body waits for the cache's answer.

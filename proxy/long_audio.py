@@ -37,7 +37,13 @@ from .chunker import (
     long_audio_installed,
 )
 from .config import ChunkingSettings
-from .errors import InvalidRequestError, PayloadTooLargeError, ProxyError, UploadOverLimitError
+from .errors import (
+    InvalidAudioError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    ProxyError,
+    UploadOverLimitError,
+)
 from .fields import first_value
 from .metrics import Metrics
 from .models import AudioSource, FormField, TranscriptDelta, TranscriptDone, TranscriptEvent
@@ -131,7 +137,7 @@ class LongAudio:
         settings: ChunkingSettings,
         limit: int,
         spool_dir: str | None,
-        decoders: asyncio.Semaphore | None = None,
+        decoders: asyncio.Semaphore,
         metrics: Metrics,
         request_id: str | None = None,
         api_key: str | None = None,
@@ -159,7 +165,11 @@ class LongAudio:
         #: How many chunks the recording was cut into (known at the end).
         self.chunk_count = 0
         self._attempts: list[dict[str, Any]] = []
-        self.fell_back = False
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether any chunk was answered by other than its primary's first try."""
+        return bool(self._attempts)
 
     @property
     def attempt_facts(self) -> list[dict[str, Any]]:
@@ -188,7 +198,7 @@ class LongAudio:
                     yield delta
             self.chunk_count = len(answers)
             if not answers:
-                raise _undecodable("the file holds no audio")
+                raise InvalidAudioError("the file holds no audio")
             yield stitch(answers, response_format=response_format, duration_s=answers[-1].end_s)
         finally:
             await self._stop(decoding, launcher, tasks)
@@ -201,7 +211,6 @@ class LongAudio:
         spool: Spool | None = None
         feeder: asyncio.Task[None] | None = None
         decoded: asyncio.Future[float] | None = None
-        holding = False
         try:
             audio = self._audio
             if isinstance(audio, SpooledAudio | BufferedAudio):
@@ -229,9 +238,7 @@ class LongAudio:
                 emit=self._emit_threadsafe(),
                 wait_for_room=self._wait_for_room,
             )
-            if self._decoders is not None:
-                await self._decoders.acquire()  # released once the thread is done
-                holding = True
+            await self._decoders.acquire()  # released once the thread is done
             decoded = self._in_thread(chunker.run, source)
             if feeder is not None:
                 await asyncio.wait((feeder, decoded), return_when=asyncio.FIRST_COMPLETED)
@@ -244,7 +251,7 @@ class LongAudio:
             self._ready.put_nowait(_Decoded(await decoded))
         except UndecodableAudioError as exc:
             log.info("long audio could not be decoded: %s", exc)
-            self._ready.put_nowait(_undecodable())
+            self._ready.put_nowait(InvalidAudioError())
         except ChunkerStopped:
             pass
         except Exception as exc:
@@ -261,8 +268,6 @@ class LongAudio:
                 await self._after_thread()
                 if decoded.done() and not decoded.cancelled():
                     decoded.exception()  # a stopped thread's end is nobody's news
-            if holding:
-                assert self._decoders is not None
                 self._decoders.release()
             if source is not None and not isinstance(source, Pipe):
                 source.close()
@@ -405,7 +410,6 @@ class LongAudio:
             if chunk.index == 0:
                 self.route = dispatch.route
             if dispatch.fell_back:
-                self.fell_back = True
                 where = {"chunk": chunk.index, "start": chunk.start_s, "end": chunk.end_s}
                 self._attempts.extend({**a.as_dict(), **where} for a in dispatch.attempts)
             return done
@@ -441,13 +445,6 @@ class LongAudio:
             if isinstance(item, CutChunk):
                 item.file.close()
                 self._room.release()
-
-
-def _undecodable(detail: str | None = None) -> InvalidRequestError:
-    message = "the audio file could not be decoded; is it a supported audio format?"
-    return InvalidRequestError(
-        f"{message} ({detail})" if detail else message, code="invalid_audio", param="file"
-    )
 
 
 def _deltas(done: TranscriptDone, *, first: bool) -> list[TranscriptDelta]:

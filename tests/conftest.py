@@ -275,6 +275,13 @@ async def start_proxy_process(
     raise AssertionError("the proxy did not start")
 
 
+def without_module(directory: Path, name: str) -> dict[str, str]:
+    """The environment of a Python process that cannot import ``name``, as in an install
+    without the extra that brings it (a ``sitecustomize`` in ``directory`` hides it)."""
+    (directory / "sitecustomize.py").write_text(f"import sys\nsys.modules[{name!r}] = None\n")
+    return {"PYTHONPATH": f"{directory}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
 def _set_limits(limits: dict[int, int]) -> None:
     import resource
 
@@ -380,11 +387,13 @@ def form(*parts: tuple[str, str | bytes], filename: str = "a.wav") -> aiohttp.Mu
 
 
 async def post(
-    server: TestServer, data: Any, headers: dict[str, str] | None = None, path: str = URL
+    server: TestServer | str, data: Any, headers: dict[str, str] | None = None, path: str = URL
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """POST to a proxy (a test server, or the URL of one) and read its JSON answer."""
+    url = server if isinstance(server, str) else base_url(server)
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"{base_url(server)}{path}", data=data, headers=headers) as response,
+        session.post(f"{url}{path}", data=data, headers=headers) as response,
     ):
         return response.status, json_of(await response.read()), dict(response.headers)
 

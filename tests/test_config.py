@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from proxy.config import ConfigError, load_config, local_model_installed, parse_config
+from tests.conftest import without_module
 
 
 def write(tmp_path: Path, document: Any) -> Path:
@@ -162,19 +163,24 @@ def test_defaults_without_a_file() -> None:
     assert config.providers["openai"].network.base_url == "https://api.openai.com"
 
 
-async def test_cli_reports_config_errors_and_exits_2(tmp_path: Path) -> None:
-    path = write(tmp_path, {"providers": {"openai": {"keys": [{"value": "env.NOPE_NOT_SET"}]}}})
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int | None, bytes]:
+    """``python -m proxy ARGS`` to its end (a start-up failure): its exit code and stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "proxy",
-        "--config",
-        str(path),
+        *args,
         stderr=asyncio.subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 2
+    return process.returncode, stderr
+
+
+async def test_cli_reports_config_errors_and_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, {"providers": {"openai": {"keys": [{"value": "env.NOPE_NOT_SET"}]}}})
+    returncode, stderr = await run_cli("--config", str(path))
+    assert returncode == 2
     assert b"providers.openai.keys[0].value: environment variable NOPE_NOT_SET is not set" in stderr
 
 
@@ -207,18 +213,8 @@ async def test_cli_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         path = write(tmp_path, {"proxy": {"web_ui": False}})
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy",
-            "--port",
-            str(port),
-            "--config",
-            str(path),
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 1
+        returncode, stderr = await run_cli("--port", str(port), "--config", str(path))
+    assert returncode == 1
     assert b"Traceback" not in stderr
     last = stderr.decode().strip().splitlines()[-1]
     assert last.startswith(f"cannot listen on 127.0.0.1:{port}: ")
@@ -226,19 +222,8 @@ async def test_cli_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 
 async def test_cli_redis_url_without_the_extra_is_one_line(tmp_path: Path) -> None:
-    # The redis extra hidden from the process, as in an install without it.
-    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['redis'] = None\n")
     path = write(tmp_path, {"proxy": {"redis_url": "redis://127.0.0.1:1/0"}})
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "--config",
-        str(path),
-        stderr=asyncio.subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)},
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 2
+    returncode, stderr = await run_cli("--config", str(path), env=without_module(tmp_path, "redis"))
+    assert returncode == 2
     assert b"Traceback" not in stderr
     assert b"proxy.redis_url: the Redis client is not installed" in stderr

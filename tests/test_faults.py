@@ -631,7 +631,13 @@ def ignoring_disconnects() -> contextlib.suppress:
 # --- attackers -------------------------------------------------------------------------------
 
 
-AZURE_KEY = "azure-secret-key-0123456789"
+def any_deployment(upstream: FakeUpstream) -> dict[str, Any]:
+    """An Azure provider whose key serves any deployment named to it."""
+    key = {
+        "value": "azure-secret-key-0123456789",
+        "azure_key_config": {"endpoint": upstream.base_url},
+    }
+    return {"providers": {"azure": {"keys": [key]}}}
 
 
 @pytest.mark.parametrize(
@@ -640,14 +646,7 @@ AZURE_KEY = "azure-secret-key-0123456789"
 async def test_deployment_ids_never_change_the_upstream_url_or_headers(
     make_proxy: ProxyFactory, upstream: FakeUpstream, deployment: str
 ) -> None:
-    config = {
-        "providers": {
-            "azure": {
-                "keys": [{"value": AZURE_KEY, "azure_key_config": {"endpoint": upstream.base_url}}]
-            }
-        }
-    }
-    server = await make_proxy(config)
+    server = await make_proxy(any_deployment(upstream))
     status, _, _ = await post(
         server,
         form(("file", b"RIFF")),
@@ -669,14 +668,7 @@ async def test_deployment_ids_never_change_the_upstream_url_or_headers(
 async def test_model_names_never_change_the_upstream_url(
     make_proxy: ProxyFactory, upstream: FakeUpstream, model: str
 ) -> None:
-    config = {
-        "providers": {
-            "azure": {
-                "keys": [{"value": AZURE_KEY, "azure_key_config": {"endpoint": upstream.base_url}}]
-            }
-        }
-    }
-    server = await make_proxy(config)
+    server = await make_proxy(any_deployment(upstream))
     status, _, _ = await post(server, form(("model", model), ("file", b"RIFF")))
     assert status in (200, 404)
     for received in upstream.requests:
@@ -957,14 +949,9 @@ async def test_open_file_limit_reached_and_recovered(
                 if await _health(url) == 200:
                     break
             await asyncio.sleep(0.1)
-        status, document, _ = await post_url(url, form(("model", "whisper-1"), ("file", b"RIFF")))
+        status, document, _ = await post(url, form(("model", "whisper-1"), ("file", b"RIFF")))
         assert status == 200, document
         assert process.returncode is None
     finally:
         process.terminate()
         await process.wait()
-
-
-async def post_url(url: str, data: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
-    async with aiohttp.ClientSession() as session, session.post(f"{url}{URL}", data=data) as r:
-        return r.status, json_of(await r.read()), dict(r.headers)

@@ -28,6 +28,7 @@ from tests.conftest import (
     open_files_under,
     provider_config,
     start_proxy_process,
+    without_module,
 )
 from tests.spoken import FORMATS, encode, listening
 from tests.test_errors import assert_error
@@ -560,12 +561,9 @@ async def test_default_limits_by_provider() -> None:
 async def test_lean_install_answers_413_naming_the_extra(
     listener: FakeUpstream, tmp_path: Path
 ) -> None:
-    # The long-audio extra is hidden from the proxy process, as in an install without it.
-    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['av'] = None\n")
     data = encode(WORDS, "wav")
     config = long_config(listener, len(data) // 3)
-    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    process, url = await start_proxy_process(config, tmp_path, env=env)
+    process, url = await start_proxy_process(config, tmp_path, env=without_module(tmp_path, "av"))
     try:
         async with (
             aiohttp.ClientSession() as session,

@@ -24,6 +24,7 @@ from typing import IO, Any
 from ..audio import BufferedAudio, Spool, SpooledAudio
 from ..config import LocalSettings, NetworkConfig
 from ..errors import (
+    InvalidAudioError,
     InvalidRequestError,
     ModelIntegrityError,
     ProxyError,
@@ -330,10 +331,6 @@ def _decode_error(exc: BaseException) -> ProxyError:
     module = type(exc).__module__
     if module.startswith("av") or isinstance(exc, ValueError | IndexError):
         log.info("local model could not decode an upload: %r", exc)
-        return InvalidRequestError(
-            "the audio file could not be decoded; is it a supported audio format?",
-            code="invalid_audio",
-            param="file",
-        )
+        return InvalidAudioError()
     log.error("local model failed", exc_info=exc)
     return ServiceUnavailableError("the local model failed to transcribe the audio")
