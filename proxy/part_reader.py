@@ -37,7 +37,8 @@ class StreamingPartReader(BodyPartReader):
         self._started = False
 
     @reify
-    def _disposition(self) -> dict[str, str]:
+    def disposition_params(self) -> dict[str, str]:
+        """The Content-Disposition header's parameters, as aiohttp's parser gives them."""
         # aiohttp parses the header anew for each of name and filename, and
         # each parse costs more than the rest of a small request's form.
         header = self.headers.get(hdrs.CONTENT_DISPOSITION)
@@ -51,12 +52,12 @@ class StreamingPartReader(BodyPartReader):
     @reify
     def name(self) -> str | None:
         """The part's ``name`` from its Content-Disposition header."""
-        return content_disposition_filename(self._disposition, "name")
+        return content_disposition_filename(self.disposition_params, "name")
 
     @reify
     def filename(self) -> str | None:
         """The part's ``filename`` from its Content-Disposition header."""
-        return content_disposition_filename(self._disposition, "filename")
+        return content_disposition_filename(self.disposition_params, "filename")
 
     async def read_chunk(self, size: int = BodyPartReader.chunk_size) -> bytes:
         """The next piece of the part's body, at most ``size`` bytes; ``b""`` at its end."""
@@ -138,3 +139,39 @@ class StreamingMultipartReader(MultipartReader):
     """A multipart reader whose parts are :class:`StreamingPartReader`s."""
 
     part_reader_cls = StreamingPartReader
+
+    async def next(self) -> MultipartReader | BodyPartReader | None:
+        """The next part, or ``None`` after the last.
+
+        aiohttp's own steps, but for its check for a ``_charset_`` part
+        (RFC 7578, 4.6): aiohttp parses each part's Content-Disposition
+        again for it, with the parser that costs more than the rest of a
+        small form; here the part's own parse, done once, is asked.
+        """
+        if self._at_eof:
+            return None
+        await self._maybe_release_last_part()
+        if self._at_bof:
+            await self._read_until_first_boundary()
+            self._at_bof = False
+        else:
+            await self._read_boundary()
+        if self._at_eof:
+            return None
+        part = await self.fetch_next_part()
+        # aiohttp releases the last part before this check, so, as there,
+        # any part named _charset_ sets the charset, not only the first.
+        if (
+            self._last_part is None
+            and self._mimetype.subtype == "form-data"
+            and isinstance(part, StreamingPartReader)
+            and part.disposition_params.get("name") == "_charset_"
+        ):
+            # The longest encoding name in the WHATWG list is 19 characters.
+            charset = await part.read_chunk(32)
+            if len(charset) > 31:
+                raise RuntimeError("Invalid default charset")
+            self._default_charset = charset.strip().decode()
+            part = await self.fetch_next_part()
+        self._last_part = part
+        return part

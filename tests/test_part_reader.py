@@ -9,10 +9,12 @@ import warnings
 import pytest
 from aiohttp import BodyPartReader, MultipartReader
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import parse_content_disposition
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
-from proxy.part_reader import StreamingMultipartReader, _partial_match_at_end
+from proxy.part_reader import StreamingMultipartReader, StreamingPartReader, _partial_match_at_end
 
 BOUNDARY = "xYz-boundary"
 DELIMITER = f"\r\n--{BOUNDARY}".encode()
@@ -203,3 +205,45 @@ async def test_name_and_filename_agree_with_aiohttp(header: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # aiohttp warns about the malformed ones
         assert await read(StreamingMultipartReader) == await read(MultipartReader)
+
+
+@pytest.mark.parametrize("header", DISPOSITIONS)
+async def test_disposition_params_are_aiohttps(header: str) -> None:
+    """The fast parse of plain headers gives exactly what aiohttp's full parser gives."""
+    part = StreamingPartReader(
+        BOUNDARY.encode(), CIMultiDict({"Content-Disposition": header}), new_stream()
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert part.disposition_params == parse_content_disposition(header or None)[1]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["_charset_", "prompt", "file"],
+        ["prompt", "_charset_", "file"],
+        ["model", "prompt", "file"],
+        ["_charset_", "_charset_", "prompt"],
+    ],
+)
+async def test_charset_parts_are_read_as_aiohttp_reads_them(names: list[str]) -> None:
+    values = {"_charset_": b"iso-8859-1", "prompt": "caf\u00e9".encode("latin-1"), "file": b"RIFF"}
+    body = body_of([(name, values.get(name, b"whisper-1")) for name in names])
+
+    async def read(reader_cls: type[MultipartReader]) -> list[tuple[str | None, str, bytes]]:
+        stream = new_stream()
+        stream.feed_data(body)
+        stream.feed_eof()
+        headers = CIMultiDict({"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+        reader = reader_cls(headers, stream)
+        seen = []
+        try:
+            while (part := await reader.next()) is not None:
+                assert isinstance(part, BodyPartReader)
+                seen.append((part.name, part.get_charset("utf-8"), await part.read()))
+        except (ValueError, HttpProcessingError) as exc:  # the same failure, at the same place
+            seen.append((None, type(exc).__name__, str(exc).encode()))
+        return seen
+
+    assert await read(StreamingMultipartReader) == await read(MultipartReader)
