@@ -145,7 +145,11 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     # One session and one connection pool for every upstream. No pool
     # limit: requests in flight are bounded where they come in, not here.
     connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    # No cookie jar: one client's upstream cookies (a load balancer's, say)
+    # must never ride along on another client's request.
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+    ) as session:
         config = app[CONFIG_KEY]
         providers = {
             name: create_provider(provider, session, config.proxy, app[METRICS_KEY])
@@ -248,7 +252,11 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
                 metrics.in_flight.dec()
         return response
     finally:
-        _access_log(request, facts, response)
+        # Written once the answer is on its way: aiohttp sends a returned
+        # response only after the middleware returns, and the line and the
+        # metrics are work the client need not wait for. The callback runs
+        # in a copy of this context, so the line keeps the request's id.
+        asyncio.get_running_loop().call_soon(_access_log, request, facts, response)
 
 
 def _access_log(

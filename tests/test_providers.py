@@ -164,6 +164,29 @@ async def test_a_key_refused_upstream_is_passed_over(
     assert len(refused) <= 1
 
 
+async def test_an_upstream_cookie_is_never_sent_with_another_request(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """The upstream session is shared by every client: it must keep no cookie jar."""
+
+    async def with_cookie(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        response = await transcript_json(request, received)
+        response.set_cookie("__cf_bm", "affinity-of-the-first-client")
+        return response
+
+    upstream.respond = with_cookie
+    config = provider_config(upstream)
+    # By name: a cookie jar takes no cookies from a bare IP address.
+    network = config["providers"]["openai"]["network_config"]
+    network["base_url"] = network["base_url"].replace("127.0.0.1", "localhost")
+    server = await make_proxy(config)
+    for _ in range(2):
+        status, headers, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
+        assert status == 200
+        assert "Set-Cookie" not in headers  # nor is it passed back to the client
+    assert [r.headers.get("Cookie") for r in upstream.requests] == [None, None]
+
+
 async def test_model_not_served_by_any_key(
     make_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:
