@@ -27,6 +27,19 @@ _PLAIN_DISPOSITION = re.compile(r'form-data(?:\s*;\s*[A-Za-z0-9_-]+="[^"\\/;][^"
 _PLAIN_PARAMETER = re.compile(r'([A-Za-z0-9_-]+)="([^"]*)"')
 
 
+def plain_disposition_params(header: str) -> dict[str, str] | None:
+    """The parameters of a plainly written Content-Disposition, as aiohttp's parser gives them.
+
+    ``None`` for a header that needs the full parser: one with escapes, a
+    ``*`` parameter, a repeated parameter or anything but ``form-data``.
+    """
+    if not _PLAIN_DISPOSITION.fullmatch(header):
+        return None
+    pairs = _PLAIN_PARAMETER.findall(header)
+    params = {key.lower(): value for key, value in pairs}
+    return params if len(params) == len(pairs) else None
+
+
 class StreamingPartReader(BodyPartReader):
     """A body part whose :meth:`read_chunk` passes pieces through uncopied."""
 
@@ -42,11 +55,8 @@ class StreamingPartReader(BodyPartReader):
         # aiohttp parses the header anew for each of name and filename, and
         # each parse costs more than the rest of a small request's form.
         header = self.headers.get(hdrs.CONTENT_DISPOSITION)
-        if header is not None and _PLAIN_DISPOSITION.fullmatch(header):
-            pairs = _PLAIN_PARAMETER.findall(header)
-            params = {key.lower(): value for key, value in pairs}
-            if len(params) == len(pairs):
-                return params
+        if header is not None and (params := plain_disposition_params(header)) is not None:
+            return params
         return parse_content_disposition(header)[1]
 
     @reify

@@ -7,7 +7,9 @@ off the client socket (the rest of the form is read after the file, as the
 upstream body is sent). When ``file`` comes first, the file is copied to a
 :class:`SpooledAudio` on disk, never to memory, and the rest of the form read.
 A small body that has already arrived whole is the exception: it is in
-memory anyway, so it becomes a :class:`BufferedAudio`.
+memory anyway, so its file becomes a :class:`BufferedAudio`, whatever the
+order of its parts, and when it is plainly written it is split in one pass
+(:mod:`proxy.whole_form`) rather than walked part by part.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Self
 
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
 
 from .audio import BufferedAudio, ReplayableAudio, Spool, SpooledAudio
 from .errors import (
@@ -40,6 +43,7 @@ from .fields import SINGULAR_FIELDS, validate_field
 from .metrics import Metrics
 from .models import FormField, RequestFacts
 from .part_reader import StreamingMultipartReader
+from .whole_form import WholePart, form_boundary, split_whole_form
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +142,13 @@ def repr_digest_sha256(headers: Mapping[str, str]) -> bytes | None:
     return None
 
 
-def _filename_of(part: BodyPartReader) -> str:
+def _sendable_filename(filename: str | None) -> str:
     """The file part's name, as text that can be sent on.
 
     aiohttp keeps bytes that are not UTF-8 as lone surrogates; they become
     U+FFFD. Quotes and line breaks are escaped when the name is sent upstream.
     """
-    name = part.filename or _DEFAULT_FILENAME
+    name = filename or _DEFAULT_FILENAME
     return name.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
@@ -170,7 +174,11 @@ class FormReader:
         facts: RequestFacts | None = None,
         hash_audio: bool = False,
         expected_sha256: bytes | None = None,
+        split_whole_bodies: bool = True,
     ) -> None:
+        """``split_whole_bodies``: a plainly written body that has arrived whole
+        is split in one pass; off, every body is read part by part (which is
+        what the fast way is tested against)."""
         self._request = request
         self._limits = limits
         self._metrics = metrics
@@ -184,6 +192,9 @@ class FormReader:
         self._expected_sha256 = expected_sha256
         self._hasher = hashlib.sha256() if hash_audio or expected_sha256 is not None else None
         self._audio_sha256: str | None = None
+        self._split_whole_bodies = split_whole_bodies
+        #: Whether the body was split in one pass (known once it is read).
+        self.split_whole: bool | None = None
 
     @property
     def audio_sha256(self) -> str:
@@ -232,18 +243,31 @@ class FormReader:
         """Read up to a streamable file part, or the whole form."""
         check_content_type(self._request)
         check_declared_length(self._request, self._limits)
+        content = self._request.content
+        if self._split_whole_bodies and self._body_received_whole():
+            body = await content.read()
+            self._upload_finished()
+            if content.total_bytes > self._limits.max_body_bytes:
+                raise _too_large(self._limits)
+            boundary = form_boundary(self._request.headers.get(hdrs.CONTENT_TYPE, ""))
+            parts = split_whole_form(body, boundary) if boundary is not None else None
+            self.split_whole = parts is not None
+            if parts is not None:
+                return self._read_whole(parts)
+            # Declined: the streaming reader reads the same bytes, its own way.
+            content = _stream_of(body, self._request)
         async with self._reading():
-            self._multipart = StreamingMultipartReader(self._request.headers, self._request.content)
+            self._multipart = StreamingMultipartReader(self._request.headers, content)
         form = self._form
         while (part := await self._next_part()) is not None:
             if part.name != "file":
                 form.fields.append(await self._read_field(part))
             elif form.audio is not None:
                 raise InvalidRequestError("only one file may be sent", param="file")
-            elif not self._routing_fields <= {f.name for f in form.fields}:
-                form.audio = await self._spool(part)
             elif self._body_received_whole():
                 form.audio = await self._buffer(part)
+            elif not self._routing_fields <= {f.name for f in form.fields}:
+                form.audio = await self._spool(part)
             else:
                 form.audio = LiveAudio(self, part)
                 return form
@@ -253,11 +277,40 @@ class FormReader:
         content = self._request.content
         return content.is_eof() and content.total_bytes <= BUFFERED_BODY_BYTES
 
+    def _read_whole(self, parts: Sequence[WholePart]) -> TranscriptionForm:
+        """The form from the parts of a body split in one pass.
+
+        Every check is the streaming path's, made in the same order, so the
+        same body gets the same form or the same error either way.
+        """
+        form = self._form
+        for part in parts:
+            if part.name != "file":
+                form.fields.append(self._whole_field(part))
+            elif form.audio is not None:
+                raise InvalidRequestError("only one file may be sent", param="file")
+            else:
+                if part.data:
+                    self._took(part.data)
+                self._file_read()
+                form.audio = BufferedAudio(
+                    part.data,
+                    filename=_sendable_filename(part.filename),
+                    content_type=part.content_type or _DEFAULT_FILE_TYPE,
+                )
+        return form
+
+    def _whole_field(self, part: WholePart) -> FormField:
+        self._count_field(part.name)
+        if len(part.data) > self._limits.max_field_bytes:
+            raise self._field_too_large(part.name)
+        return self._field(part.name, part.data, part.charset("utf-8"), part.content_type)
+
     async def _buffer(self, part: BodyPartReader) -> BufferedAudio:
         pieces = [chunk async for chunk in self.file_chunks(part)]
         return BufferedAudio(
             b"".join(pieces),
-            filename=_filename_of(part),
+            filename=_sendable_filename(part.filename),
             content_type=part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE),
         )
 
@@ -305,13 +358,7 @@ class FormReader:
         name = part.name
         if not name:
             raise MalformedBodyError("a form part has no name")
-        self._field_count += 1
-        if self._field_count > self._limits.max_fields:
-            raise InvalidRequestError(
-                f"too many form fields (at most {self._limits.max_fields})",
-                code="too_many_fields",
-                param=name,
-            )
+        self._count_field(name)
         data = bytearray()
         while True:
             async with self._reading():
@@ -320,20 +367,40 @@ class FormReader:
                 break
             data += chunk
             if len(data) > self._limits.max_field_bytes:
-                raise InvalidRequestError(
-                    f"field {name} is larger than {self._limits.max_field_bytes} bytes",
-                    code="field_too_large",
-                    param=name,
-                )
+                raise self._field_too_large(name)
+        return self._field(
+            name, data, part.get_charset("utf-8"), part.headers.get(hdrs.CONTENT_TYPE)
+        )
+
+    def _count_field(self, name: str) -> None:
+        self._field_count += 1
+        if self._field_count > self._limits.max_fields:
+            raise InvalidRequestError(
+                f"too many form fields (at most {self._limits.max_fields})",
+                code="too_many_fields",
+                param=name,
+            )
+
+    def _field_too_large(self, name: str) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"field {name} is larger than {self._limits.max_field_bytes} bytes",
+            code="field_too_large",
+            param=name,
+        )
+
+    def _field(
+        self, name: str, data: bytes | bytearray, charset: str, content_type: str | None
+    ) -> FormField:
+        """A field read whole: its text, checked."""
         try:
-            value = data.decode(part.get_charset("utf-8"))
+            value = data.decode(charset)
         except (UnicodeDecodeError, LookupError):
             raise InvalidRequestError(f"field {name} is not valid text", param=name) from None
         if name in SINGULAR_FIELDS:
             if name in self._singular_seen:
                 raise InvalidRequestError(f"field {name} was sent more than once", param=name)
             self._singular_seen.add(name)
-        result = FormField(name, value, part.headers.get(hdrs.CONTENT_TYPE))
+        result = FormField(name, value, content_type)
         validate_field(result)
         return result
 
@@ -345,14 +412,18 @@ class FormReader:
             if not chunk:
                 self._file_read()
                 return
-            if self._hasher is not None:
-                self._hasher.update(chunk)
-            self._metrics.audio_bytes_in.inc(len(chunk))
-            if self._facts is not None:
-                if not self._facts.audio_bytes:
-                    self._facts.audio_head = chunk[:64]
-                self._facts.audio_bytes += len(chunk)
+            self._took(chunk)
             yield chunk
+
+    def _took(self, chunk: bytes) -> None:
+        """Account for a piece of the file: its digest, the metrics, the request's facts."""
+        if self._hasher is not None:
+            self._hasher.update(chunk)
+        self._metrics.audio_bytes_in.inc(len(chunk))
+        if self._facts is not None:
+            if not self._facts.audio_bytes:
+                self._facts.audio_head = chunk[:64]
+            self._facts.audio_bytes += len(chunk)
 
     def _file_read(self) -> None:
         """The file is read whole: its digest is known, and checked against the client's."""
@@ -380,7 +451,7 @@ class FormReader:
         spool = await Spool.create(self._limits.spool_dir, written=self._metrics.spool_bytes)
         audio = SpooledAudio(
             spool,
-            filename=_filename_of(part),
+            filename=_sendable_filename(part.filename),
             content_type=part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE),
         )
         # Registered before the first write so that __aexit__ removes it
@@ -391,6 +462,14 @@ class FormReader:
         return audio
 
 
+def _stream_of(body: bytes, request: web.Request) -> StreamReader:
+    """``body`` as a stream that has ended, for the streaming reader to read again."""
+    stream = StreamReader(request.protocol, len(body) + 1, loop=asyncio.get_running_loop())
+    stream.feed_data(body)
+    stream.feed_eof()
+    return stream
+
+
 class LiveAudio:
     """The file part read straight off the client socket: one pass, no copy kept."""
 
@@ -399,7 +478,7 @@ class LiveAudio:
         self._part = part
         self._trailing: list[FormField] = []
         self._started = False
-        self.filename = _filename_of(part)
+        self.filename = _sendable_filename(part.filename)
         self.content_type = part.headers.get(hdrs.CONTENT_TYPE, _DEFAULT_FILE_TYPE)
         self.size: int | None = None
 

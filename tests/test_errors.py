@@ -12,12 +12,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from proxy.upload import BUFFERED_BODY_BYTES
 from tests.conftest import (
     UPSTREAM_KEY,
     URL,
     FakeUpstream,
     ProxyFactory,
     ReceivedRequest,
+    audio_bytes,
     base_url,
     form,
     free_port,
@@ -517,7 +519,9 @@ async def test_spool_failure_is_a_clear_503(
     config["proxy"] = {"spool_dir": str(spool_dir)}
     server = await make_proxy(config)
     spool_dir.rmdir()  # gone after start-up, as when a volume is unmounted
-    status, body, _ = await post(server, form(("file", b"RIFF"), ("model", "whisper-1")))
+    # Larger than a body taken whole from aiohttp's buffer: it must be spooled.
+    audio = audio_bytes(BUFFERED_BODY_BYTES + 1)
+    status, body, _ = await post(server, form(("file", audio), ("model", "whisper-1")))
     assert status == 503
     message = assert_error(
         body, status=503, code="spool_unavailable", error_type="api_error", bifrost=True

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.upload import BUFFERED_BODY_BYTES
 from tests.conftest import (
     UPSTREAM_KEY,
     URL,
@@ -52,7 +53,8 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 async def test_metrics_move_as_requests_are_made(proxy: TestServer, upstream: FakeUpstream) -> None:
     before = await scrape(proxy)
-    audio = b"\1" * 300_000
+    # Larger than a body taken whole from aiohttp's buffer: streamed, then spooled.
+    audio = b"\1" * (BUFFERED_BODY_BYTES + 1)
     await post(proxy, form(("model", "whisper-1"), ("file", audio)))
     await post(proxy, form(("file", audio), ("model", "whisper-1")))  # spooled
     await post(proxy, form(("model", "whisper-1"), ("temperature", "9"), ("file", b"x")))
