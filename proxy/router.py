@@ -180,9 +180,12 @@ class Dispatch:
         for position, route in enumerate(self._routes):
             answered = False
             try:
-                async for event in self._try_route(route):
-                    answered = True
-                    yield event
+                # Closed here, not left to the garbage collector, when the
+                # consumer stops early (as it does once it has the answer).
+                async with aclosing(self._try_route(route)) as attempt:
+                    async for event in attempt:
+                        answered = True
+                        yield event
                 return
             except ProxyError as exc:
                 if answered:

@@ -8,7 +8,7 @@ openai SDK.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Mapping
 from typing import Any
 
 import orjson
@@ -69,7 +69,7 @@ class SSEFormatError(ValueError):
     """An upstream event stream broke the framing."""
 
 
-async def read_events(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+async def read_events(lines: AsyncIterable[bytes]) -> AsyncGenerator[bytes, None]:
     """The ``data`` of each event in an upstream stream, as sent (``[DONE]`` included).
 
     ``lines`` are the stream's lines with their endings, as aiohttp's

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import aiohttp
 import openai
@@ -363,3 +366,32 @@ async def test_health(proxy: TestServer) -> None:
     ):
         assert response.status == 200
         assert json_of(await response.read()) == {"status": "ok"}
+
+
+async def test_every_async_generator_is_closed_not_left_to_the_collector(
+    proxy: TestServer, upstream: FakeUpstream
+) -> None:
+    """A generator the proxy stops early must be closed then, not by the garbage collector:
+    until that runs, what it holds (an upstream response, a file) stays open, and asyncio
+    then closes it from a task scheduled across threads."""
+    left: list[str] = []
+    hooks = sys.get_asyncgen_hooks()
+
+    def finalizer(generator: AsyncGenerator[Any, Any]) -> None:
+        left.append(getattr(generator, "__qualname__", repr(generator)))
+        assert hooks.finalizer is not None
+        hooks.finalizer(generator)
+
+    sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=finalizer)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for audio in (b"RIFF", audio_bytes(2 * 1024 * 1024)):  # taken whole, then streamed
+                for stream in ("false", "true"):
+                    body = form(("model", "whisper-1"), ("stream", stream), ("file", audio))
+                    async with session.post(f"{base_url(proxy)}{URL}", data=body) as response:
+                        assert response.status == 200
+                        await response.read()
+        gc.collect()
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+    assert left == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import replace
 
 import aiohttp
@@ -141,8 +142,9 @@ class HttpProvider:
                         retryable=self._keys.refused(key, call.model) if refused and key else None,
                     )
                 if response.content_type == "text/event-stream":
-                    async for event in _stream_events(response, self._idle_s):
-                        yield event
+                    async with aclosing(_stream_events(response, self._idle_s)) as events:
+                        async for event in events:
+                            yield event
                     return
                 raw = await _read_capped(response, self._idle_s)
                 yield parse_answer(response.content_type, raw)
@@ -188,7 +190,7 @@ class _Deadline:
         self._timeout.reschedule(self._loop.time() + self._idle_s + self._per_mib_s * size / _MIB)
 
 
-async def _idle_limited(chunks: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:
+async def _idle_limited(chunks: AsyncIterator[bytes], idle_s: float) -> AsyncGenerator[bytes, None]:
     """``chunks``, failing if the upstream is silent for ``idle_s``; never cut while they flow."""
     while True:
         async with asyncio.timeout(idle_s):
@@ -200,15 +202,19 @@ async def _idle_limited(chunks: AsyncIterator[bytes], idle_s: float) -> AsyncIte
 
 async def _stream_events(
     response: aiohttp.ClientResponse, idle_s: float
-) -> AsyncIterator[TranscriptEvent]:
+) -> AsyncGenerator[TranscriptEvent, None]:
     """The transcript events of an upstream event stream, each as soon as it arrives."""
     translator = StreamTranslator()
     try:
-        async for data in read_events(_idle_limited(aiter(response.content), idle_s)):
-            for event in translator.feed(data):
-                yield event
-            if translator.done is not None:
-                return
+        async with (
+            aclosing(_idle_limited(aiter(response.content), idle_s)) as chunks,
+            aclosing(read_events(chunks)) as datas,
+        ):
+            async for data in datas:
+                for event in translator.feed(data):
+                    yield event
+                if translator.done is not None:
+                    return
     except ValueError as exc:  # an over-long line or event
         raise BadGatewayError(f"the upstream stream is malformed: {exc}") from exc
     raise BadGatewayError("the upstream stream ended before the transcript was done")
