@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,45 +96,61 @@ http {{
   access_log off;
   client_body_temp_path {prefix}/body;
   proxy_temp_path {prefix}/proxy;
-  upstream whisper {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  {upstream}
   server {{
     listen 127.0.0.1:{port};
     client_max_body_size 0;
-    location / {{
+    location / {{ {location} }}
+  }}
+}}
+"""
+#: nginx as the proxy under comparison: streaming both ways, connections kept alive.
+PROXY_PASS = """
       proxy_pass http://whisper;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_request_buffering off;
       proxy_buffering off;
       proxy_read_timeout 600s;
-    }}
-  }}
-}}
+"""
+#: nginx as an upstream that costs next to nothing: the same answer to every request.
+ANSWER = """
+      default_type application/json;
+      return 200 '{"text":"ok","usage":{"type":"duration","seconds":1}}';
 """
 
 
-def nginx_binary() -> str:
-    """The system nginx, installed with apt-get the first time (as scripts/test does redis)."""
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+def system_binary(name: str, package: str) -> str:
+    """A Debian package's program, installed with apt-get the first time (as scripts/test
+    installs redis-server)."""
+    found = shutil.which(name) or next(
+        (path for path in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(path).exists()), None
     )
     if found is None:
-        print("bench: installing nginx", file=sys.stderr)
+        print(f"bench: installing {package}", file=sys.stderr)
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True)
-        found = shutil.which("nginx") or "/usr/sbin/nginx"
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True)
+        found = shutil.which(name) or f"/usr/sbin/{name}"
     return found
 
 
-@asynccontextmanager
-async def nginx_in_front_of(upstream_port: int) -> AsyncIterator[tuple[int, int]]:
+def nginx_in_front_of(upstream_port: int) -> AbstractAsyncContextManager[tuple[int, int]]:
     """nginx on a free port, proxying to the upstream; yields its port and its worker's pid."""
+    upstream = f"upstream whisper {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}"
+    return nginx_serving(PROXY_PASS, upstream)
+
+
+@asynccontextmanager
+async def nginx_serving(location: str, upstream: str = "") -> AsyncIterator[tuple[int, int]]:
+    """nginx on a free port with ``location`` at ``/``; yields its port and its worker's pid."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-nginx-") as prefix:
         conf = os.path.join(prefix, "nginx.conf")
+        text = NGINX_CONF.format(prefix=prefix, upstream=upstream, port=port, location=location)
         with open(conf, "w") as out:  # noqa: ASYNC230 - a few hundred bytes, once
-            out.write(NGINX_CONF.format(prefix=prefix, upstream=upstream_port, port=port))
-        command = (nginx_binary(), "-c", str(conf), "-p", prefix, "-g", "daemon off;")
+            out.write(text)
+        nginx = system_binary("nginx", "nginx-light")
+        command = (nginx, "-c", str(conf), "-p", prefix, "-g", "daemon off;")
         async with running(*command, up=f"http://127.0.0.1:{port}/"):
             master = int(_read(os.path.join(prefix, "nginx.pid")))
             children = _read(f"/proc/{master}/task/{master}/children").split()
@@ -249,6 +265,62 @@ async def sse_delays(session: aiohttp.ClientSession, url: str, events: int) -> l
     return delays
 
 
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "multipart/form-data; boundary={boundary}"
+local file = io.open("{body}", "rb")
+wrk.body = file:read("*a")
+file:close()
+"""
+
+
+async def wrk_rps(url: str, seconds: int, connections: int, script: str) -> float:
+    """Requests per second wrk (one thread, ``connections`` kept alive) gets from ``url``."""
+    wrk = system_binary("wrk", "wrk")
+    process = await asyncio.create_subprocess_exec(
+        *(wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script, url),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output = (await process.communicate())[0].decode()
+    if "Non-2xx" in output or "Socket errors" in output:
+        raise RuntimeError(f"wrk saw failed requests:\n{output}")
+    return float(output.split("Requests/sec:")[1].split()[0])
+
+
+async def workers_scaling(args: argparse.Namespace) -> dict[int, list[float]]:
+    """RPS of the proxy with one worker and with two, in front of an upstream that costs
+    next to nothing (nginx answering), loaded by wrk: what scales is the proxy's own work."""
+    results: dict[int, list[float]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as scratch:
+        body = Path(scratch) / "body"
+        body.write_bytes(small_body())
+        script = Path(scratch) / "post.lua"
+        script.write_text(WRK_SCRIPT.format(boundary=BOUNDARY, body=body))
+        async with nginx_serving(ANSWER) as (upstream_port, _):
+            config = {
+                "providers": {
+                    "openai": {
+                        "keys": [{"value": "sk-bench"}],
+                        "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
+                    }
+                },
+                "proxy": {"web_ui": False},
+            }
+            async with (
+                proxy_with(config, "--workers", "1") as (one, _),
+                proxy_with(config, "--workers", "2") as (two, _),
+            ):
+                ports = {1: one, 2: two}
+                for port in ports.values():  # warm up
+                    await wrk_rps(f"http://127.0.0.1:{port}{PATH}", 1, 50, str(script))
+                for _ in range(args.rounds):
+                    for workers, port in ports.items():
+                        url = f"http://127.0.0.1:{port}{PATH}"
+                        rps = await wrk_rps(url, args.wrk_seconds, 50, str(script))
+                        results[workers].append(rps)
+    return results
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -312,7 +384,8 @@ async def bench(args: argparse.Namespace) -> None:
 
         uploads = await interleaved(targets, args.rounds, big)
 
-    report(args, small, sse, loaded, uploads)
+    scaling = await workers_scaling(args)
+    report(args, small, sse, loaded, uploads, scaling)
 
 
 def report(
@@ -321,6 +394,7 @@ def report(
     sse: dict[str, list[Any]],
     loaded: dict[str, list[Any]],
     uploads: dict[str, list[Any]],
+    scaling: dict[int, list[float]],
 ) -> None:
     p50 = {n: statistics.median(t for run in r for t in run) * 1000 for n, r in small.items()}
     rps = {n: len(r[0]) / statistics.median(sum(run) for run in r) for n, r in small.items()}
@@ -373,6 +447,11 @@ def report(
         + " | ".join(f"{rss[n]:.1f} MiB" for n in ("nginx", "proxy"))
         + " |"
     )
+    one, two = (statistics.median(scaling[n]) for n in (1, 2))
+    print(
+        "\n| proxy, 10 KB, 50 connections (wrk), upstream nginx answering | RPS |\n|---|---|\n"
+        f"| --workers 1 | {one:.0f} |\n| --workers 2 | {two:.0f} ({two / one:.2f}x) |"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -380,6 +459,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--small", type=int, default=500, help="10 KB requests a round (500)")
     parser.add_argument("--events", type=int, default=200, help="SSE events a stream (200)")
     parser.add_argument("--upload-mib", type=int, default=1024, help="the upload's size (1024)")
+    parser.add_argument(
+        "--wrk-seconds", type=int, default=5, help="each wrk run of the workers scaling (5)"
+    )
 
 
 if __name__ == "__main__":

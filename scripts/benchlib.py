@@ -99,16 +99,16 @@ async def running(*command: str, up: str) -> AsyncIterator[asyncio.subprocess.Pr
 
 @asynccontextmanager
 async def proxy_with(
-    config: dict[str, Any],
+    config: dict[str, Any], *arguments: str
 ) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
-    """``python -m proxy`` on a free port with ``config``."""
+    """``python -m proxy`` on a free port with ``config`` (and more ``arguments``)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "proxy.json"
         path.write_text(json.dumps(config))
         command = (sys.executable, "-m", "proxy", "--port", str(port), "--config", str(path))
         async with running(
-            *command, "--log-level", "WARNING", up=f"http://127.0.0.1:{port}/health"
+            *command, "--log-level", "WARNING", *arguments, up=f"http://127.0.0.1:{port}/health"
         ) as process:
             yield port, process
 
