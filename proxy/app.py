@@ -275,6 +275,8 @@ def _access_log(
             status=str(status),
         ).inc()
         metrics.request_duration.labels(route=route_name).observe(seconds)
+    if not logs.ACCESS.isEnabledFor(logging.INFO):
+        return  # the line's fields are not worth gathering for nothing
     logs.ACCESS.info(
         "%s %s %s",
         request.method,
