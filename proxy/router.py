@@ -44,11 +44,20 @@ class Route:
     requested: str
 
 
+#: Model strings whose routes are remembered: more than any deployment serves,
+#: and a bound against clients that send endless new ones.
+REMEMBERED_ROUTES = 1024
+
+
 class Router:
     """Resolves ``model`` fields to routes (DESIGN.md section 2)."""
 
     def __init__(self, providers: Mapping[str, Provider]) -> None:
         self._providers = dict(providers)
+        # The providers and their keys are fixed once the app starts, so a
+        # model string always resolves the same way: worked out once, it is
+        # looked up after. Refusals are not kept; they are worked out again.
+        self._resolved: dict[str, Route] = {}
 
     @property
     def providers(self) -> Mapping[str, Provider]:
@@ -56,6 +65,15 @@ class Router:
         return self._providers
 
     def resolve(self, requested: str) -> Route:
+        """The route for a model string (see :meth:`work_out`), remembered."""
+        route = self._resolved.get(requested)
+        if route is None:
+            route = self.work_out(requested)
+            if len(self._resolved) < REMEMBERED_ROUTES:
+                self._resolved[requested] = route
+        return route
+
+    def work_out(self, requested: str) -> Route:
         """The route for a model string: ``provider/model`` or a bare model name.
 
         A bare name goes to the provider whose keys list it, else ``openai``

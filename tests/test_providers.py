@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -13,8 +13,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.config import KeyConfig
+from proxy.config import KeyConfig, parse_config
+from proxy.errors import ProxyError
+from proxy.metrics import Metrics
+from proxy.providers import create_provider
 from proxy.providers.key_pool import KeyPool
+from proxy.router import REMEMBERED_ROUTES, Route, Router
 from tests.conftest import (
     URL,
     FakeUpstream,
@@ -325,3 +329,51 @@ async def test_bare_model_goes_to_openai_even_when_an_azure_deployment_has_its_n
     server = await make_proxy(config)
     status, document, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert document["extra_fields"]["provider"] == "azure"
+
+
+async def test_remembered_routes_are_the_routes_worked_out() -> None:
+    """The router keeps each model string's route: what it remembers must be what it works out."""
+    config = parse_config(
+        {
+            "providers": {
+                "openai": {"keys": [{"value": "sk-a", "models": ["whisper-1", "shared"]}]},
+                "groq": {
+                    "keys": [{"value": "gsk", "models": ["whisper-large-v3", "shared"]}],
+                    "custom_provider_config": {"base_provider_type": "openai"},
+                    "network_config": {"base_url": "http://127.0.0.1:9"},
+                },
+            }
+        },
+        {},
+    )
+    models = [
+        "whisper-1",
+        "Whisper-1",  # another string, whatever it resolves to
+        "openai/whisper-1",
+        "whisper-large-v3",
+        "groq/whisper-large-v3",
+        "groq/whisper-1",
+        "Systran/faster-whisper-small",
+        "shared",  # listed by both: refused, every time
+        "nobody-lists-this",
+        "groq/",
+        "",
+        *(f"generated-{n}" for n in range(REMEMBERED_ROUTES + 10)),  # past the bound
+    ]
+
+    def outcome(resolve: Callable[[str], Route], model: str) -> object:
+        try:
+            route = resolve(model)
+        except ProxyError as exc:
+            return (type(exc), exc.code, exc.message, exc.param)
+        return (route.provider.name, route.model, route.requested)
+
+    async with aiohttp.ClientSession() as session:
+        router = Router(
+            {
+                name: create_provider(provider, session, config.proxy, Metrics())
+                for name, provider in config.providers.items()
+            }
+        )
+        for model in models * 2:  # the second time round, from memory
+            assert outcome(router.resolve, model) == outcome(router.work_out, model), model
