@@ -8,12 +8,15 @@ medians. Everything runs on 127.0.0.1.
 
     .venv/bin/python scripts/bench_overhead.py
     .venv/bin/python scripts/bench_overhead.py --rounds 1 --small 300 --upload-mib 256
+    git worktree add /tmp/before REV
+    .venv/bin/python scripts/bench_overhead.py --baseline /tmp/before
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -351,18 +354,22 @@ async def bench(args: argparse.Namespace) -> None:
         },
         "proxy": {"web_ui": False},
     }
-    async with (
-        running(*command, up=f"http://127.0.0.1:{upstream_port}/"),
-        nginx_in_front_of(upstream_port) as (nginx_port, nginx_pid),
-        proxy_with(config) as (proxy_port, proxy),
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(running(*command, up=f"http://127.0.0.1:{upstream_port}/"))
+        nginx_port, nginx_pid = await stack.enter_async_context(nginx_in_front_of(upstream_port))
         targets: Targets = {
             "direct": (f"http://127.0.0.1:{upstream_port}{PATH}", None),
             "nginx": (f"http://127.0.0.1:{nginx_port}{PATH}", nginx_pid),
-            "proxy": (f"http://127.0.0.1:{proxy_port}{PATH}", proxy.pid),
         }
+        if args.baseline:
+            # An earlier revision's proxy (a checkout of it), measured in the same rounds.
+            port, process = await stack.enter_async_context(proxy_with(config, cwd=args.baseline))
+            targets["baseline"] = (f"http://127.0.0.1:{port}{PATH}", process.pid)
+        proxy_port, proxy = await stack.enter_async_context(proxy_with(config))
+        targets["proxy"] = (f"http://127.0.0.1:{proxy_port}{PATH}", proxy.pid)
         async with aiohttp.ClientSession() as session:
-            await small_requests(session, targets["proxy"][0], 50)  # warm up
+            for url, _ in targets.values():
+                await small_requests(session, url, 50)  # warm up
 
             async def sequential(url: str, pid: int | None) -> list[float]:
                 return await small_requests(session, url, args.small)
@@ -404,7 +411,7 @@ def report(
     cpu = {n: statistics.median(u[1] for u in r) for n, r in uploads.items()}
     rss = {n: max(u[2] for u in r) for n, r in uploads.items()}
     print(f"{args.rounds} interleaved rounds, medians (2 cores, everything on 127.0.0.1)\n")
-    print("| | direct | nginx | proxy |\n|---|---|---|---|")
+    print("| | " + " | ".join(small) + " |\n|---|" + "---|" * len(small))
     print(
         "| 10 KB request, sequential, p50 (added over direct) | "
         + " | ".join(f"{p50[n]:.2f} ms (+{p50[n] - p50['direct']:.2f})" for n in p50)
@@ -415,7 +422,7 @@ def report(
         + " | ".join(f"{rps[n]:.0f}" for n in rps)
         + " |"
     )
-    for name in ("direct", "nginx", "proxy"):
+    for name in small:
         times = [t for run, _ in loaded[name] for t in run]
         total = statistics.median(elapsed for _, elapsed in loaded[name])
         loaded[name] = [
@@ -444,7 +451,7 @@ def report(
     )
     print(
         f"| peak RSS, {args.upload_mib} MiB upload | | "
-        + " | ".join(f"{rss[n]:.1f} MiB" for n in ("nginx", "proxy"))
+        + " | ".join(f"{rss[n]:.1f} MiB" for n in rss if n != "direct")
         + " |"
     )
     one, two = (statistics.median(scaling[n]) for n in (1, 2))
@@ -459,6 +466,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--small", type=int, default=500, help="10 KB requests a round (500)")
     parser.add_argument("--events", type=int, default=200, help="SSE events a stream (200)")
     parser.add_argument("--upload-mib", type=int, default=1024, help="the upload's size (1024)")
+    parser.add_argument(
+        "--baseline",
+        type=lambda path: Path(path).resolve(),
+        help="a checkout of an earlier revision: its proxy is measured too, as 'baseline'",
+    )
     parser.add_argument(
         "--wrk-seconds", type=int, default=5, help="each wrk run of the workers scaling (5)"
     )

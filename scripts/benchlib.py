@@ -86,9 +86,11 @@ async def wait_until_up(url: str) -> None:
 
 
 @asynccontextmanager
-async def running(*command: str, up: str) -> AsyncIterator[asyncio.subprocess.Process]:
+async def running(
+    *command: str, up: str, cwd: Path = ROOT
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """A child process, once ``up`` answers; terminated on the way out."""
-    process = await asyncio.create_subprocess_exec(*command, cwd=ROOT)
+    process = await asyncio.create_subprocess_exec(*command, cwd=cwd)
     try:
         await wait_until_up(up)
         yield process
@@ -99,16 +101,22 @@ async def running(*command: str, up: str) -> AsyncIterator[asyncio.subprocess.Pr
 
 @asynccontextmanager
 async def proxy_with(
-    config: dict[str, Any], *arguments: str
+    config: dict[str, Any], *arguments: str, cwd: Path = ROOT
 ) -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
-    """``python -m proxy`` on a free port with ``config`` (and more ``arguments``)."""
+    """``python -m proxy`` on a free port with ``config`` (and more ``arguments``).
+
+    ``cwd`` is the checkout whose ``proxy`` package runs (this one by default).
+    """
     port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "proxy.json"
         path.write_text(json.dumps(config))
         command = (sys.executable, "-m", "proxy", "--port", str(port), "--config", str(path))
         async with running(
-            *command, "--log-level", "WARNING", *arguments, up=f"http://127.0.0.1:{port}/health"
+            *command,
+            *("--log-level", "WARNING", *arguments),
+            up=f"http://127.0.0.1:{port}/health",
+            cwd=cwd,
         ) as process:
             yield port, process
 
