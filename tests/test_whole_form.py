@@ -100,6 +100,11 @@ def part(headers: str, value: bytes) -> bytes:
     return f"--{B}\r\n{headers}\r\n\r\n".encode() + value + b"\r\n"
 
 
+def after_model(headers: str, value: bytes) -> bytes:
+    """A whole form: the model, then one part with ``headers``."""
+    return MODEL + part(headers, value) + END
+
+
 MODEL = part('Content-Disposition: form-data; name="model"', b"whisper-1")
 FILE = part(
     'Content-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav',
@@ -115,15 +120,15 @@ PLAIN = {
     "empty file": MODEL + part('Content-Disposition: form-data; name="file"', b"") + END,
     "no file": MODEL + END,
     "two files": MODEL + FILE + FILE + END,
-    "header case and spacing": MODEL
-    + part('content-disposition:form-data; name="file"\r\nCONTENT-TYPE:   audio/x-flac  ', b"f")
-    + END,
+    "header case and spacing": after_model(
+        'content-disposition:form-data; name="file"\r\nCONTENT-TYPE:   audio/x-flac  ', b"f"
+    ),
     "tabs around values": part('Content-Disposition:\tform-data; name="model"\t', b"whisper-1")
     + part('Content-Disposition: form-data; name="file"\r\nContent-Type: \taudio/ogg \t', b"f")
     + END,
-    "non-ASCII filename": MODEL
-    + part('Content-Disposition: form-data; name="file"; filename="r\u00e9union.wav"', b"f")
-    + END,
+    "non-ASCII filename": after_model(
+        'Content-Disposition: form-data; name="file"; filename="r\u00e9union.wav"', b"f"
+    ),
     "latin-1 field": MODEL
     + part(
         'Content-Disposition: form-data; name="prompt"\r\nContent-Type: text/plain; '
@@ -163,34 +168,30 @@ UNUSUAL = {
     "_charset_ part": part('Content-Disposition: form-data; name="_charset_"', b"latin-1")
     + MODEL
     + END,
-    "filename*": MODEL
-    + part("Content-Disposition: form-data; name=\"file\"; filename*=UTF-8''r%C3%A9.wav", b"f")
-    + END,
-    "escaped quote": MODEL
-    + part('Content-Disposition: form-data; name="file"; filename="a\\"b.wav"', b"f")
-    + END,
+    "filename*": after_model(
+        "Content-Disposition: form-data; name=\"file\"; filename*=UTF-8''r%C3%A9.wav", b"f"
+    ),
+    "escaped quote": after_model(
+        'Content-Disposition: form-data; name="file"; filename="a\\"b.wav"', b"f"
+    ),
     "non-UTF-8 filename": MODEL
     + part('Content-Disposition: form-data; name="file"; filename="x', b"")[:-4]
     + b'\xe9.wav"\r\n\r\nf\r\n'
     + END,
-    "transfer encoding": MODEL
-    + part(
+    "transfer encoding": after_model(
         'Content-Disposition: form-data; name="file"\r\nContent-Transfer-Encoding: base64', b"UklG"
-    )
-    + END,
-    "part length": MODEL
-    + part('Content-Disposition: form-data; name="file"\r\nContent-Length: 1', b"f")
-    + END,
-    "two dispositions": MODEL
-    + part('Content-Disposition: form-data; name="a"\r\nContent-Disposition: form-data', b"f")
-    + END,
-    "nested multipart": MODEL
-    + part(
+    ),
+    "part length": after_model(
+        'Content-Disposition: form-data; name="file"\r\nContent-Length: 1', b"f"
+    ),
+    "two dispositions": after_model(
+        'Content-Disposition: form-data; name="a"\r\nContent-Disposition: form-data', b"f"
+    ),
+    "nested multipart": after_model(
         'Content-Disposition: form-data; name="file"\r\nContent-Type: multipart/mixed; '
         "boundary=inner",
         b"--inner--",
-    )
-    + END,
+    ),
     "header without colon": MODEL.replace(b'"model"\r\n', b'"model"\r\nno colon\r\n') + END,
     "empty part without CRLF": part('Content-Disposition: form-data; name="prompt"', b"")[:-2]
     + MODEL
