@@ -50,6 +50,8 @@ class KeyPool:
                 param="model",
             )
         options = self._rested(serving) or serving
+        if len(options) == 1:
+            return self._keys[options[0]]
         weights = [self._keys[i].weight for i in options]
         return self._keys[self._choose(options, weights)]
 
