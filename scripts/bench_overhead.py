@@ -341,6 +341,12 @@ async def interleaved(
     return results
 
 
+#: A minimal aiohttp pass-through (scripts/aiohttp_floor.py): what aiohttp's
+#: server and client cost on their own. It holds bodies whole and does not
+#: stream answers, so it takes part in the small-request rows only.
+FLOOR = "aiohttp floor"
+
+
 async def bench(args: argparse.Namespace) -> None:
     upstream_port = free_port()
     command = (sys.executable, __file__, "upstream", "--port", str(upstream_port))
@@ -357,9 +363,18 @@ async def bench(args: argparse.Namespace) -> None:
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(running(*command, up=f"http://127.0.0.1:{upstream_port}/"))
         nginx_port, nginx_pid = await stack.enter_async_context(nginx_in_front_of(upstream_port))
+        floor_port = free_port()
+        floor = await stack.enter_async_context(
+            running(
+                *(sys.executable, str(Path(__file__).with_name("aiohttp_floor.py"))),
+                *(str(floor_port), f"http://127.0.0.1:{upstream_port}{PATH}"),
+                up=f"http://127.0.0.1:{floor_port}/health",
+            )
+        )
         targets: Targets = {
             "direct": (f"http://127.0.0.1:{upstream_port}{PATH}", None),
             "nginx": (f"http://127.0.0.1:{nginx_port}{PATH}", nginx_pid),
+            FLOOR: (f"http://127.0.0.1:{floor_port}{PATH}", floor.pid),
         }
         if args.baseline:
             # An earlier revision's proxy (a checkout of it), measured in the same rounds.
@@ -367,19 +382,22 @@ async def bench(args: argparse.Namespace) -> None:
             targets["baseline"] = (f"http://127.0.0.1:{port}{PATH}", process.pid)
         proxy_port, proxy = await stack.enter_async_context(proxy_with(config))
         targets["proxy"] = (f"http://127.0.0.1:{proxy_port}{PATH}", proxy.pid)
+        streaming = {name: target for name, target in targets.items() if name != FLOOR}
         async with aiohttp.ClientSession() as session:
             for url, _ in targets.values():
                 await small_requests(session, url, 50)  # warm up
 
-            async def sequential(url: str, pid: int | None) -> list[float]:
-                return await small_requests(session, url, args.small)
+            async def sequential(url: str, pid: int | None) -> tuple[list[float], float]:
+                cpu = cpu_seconds(pid) if pid else 0.0
+                times = await small_requests(session, url, args.small)
+                return times, (cpu_seconds(pid) - cpu if pid else 0.0)
 
             small = await interleaved(targets, args.rounds, sequential)
 
             async def streams(url: str, pid: int | None) -> list[float]:
                 return await sse_delays(session, url, args.events)
 
-            sse = await interleaved(targets, args.rounds, streams)
+            sse = await interleaved(streaming, args.rounds, streams)
 
         async def concurrent(url: str, pid: int | None) -> tuple[list[float], float]:
             return await concurrent_requests(url, args.small, 50)
@@ -389,7 +407,7 @@ async def bench(args: argparse.Namespace) -> None:
         async def big(url: str, pid: int | None) -> tuple[float, float, float]:
             return await upload(url, args.upload_mib * MIB, pid)
 
-        uploads = await interleaved(targets, args.rounds, big)
+        uploads = await interleaved(streaming, args.rounds, big)
 
     scaling = await workers_scaling(args)
     report(args, small, sse, loaded, uploads, scaling)
@@ -403,56 +421,51 @@ def report(
     uploads: dict[str, list[Any]],
     scaling: dict[int, list[float]],
 ) -> None:
-    p50 = {n: statistics.median(t for run in r for t in run) * 1000 for n, r in small.items()}
-    rps = {n: len(r[0]) / statistics.median(sum(run) for run in r) for n, r in small.items()}
+    columns = list(small)
+
+    def row(label: str, cells: dict[str, str]) -> None:
+        print(f"| {label} | " + " | ".join(cells.get(name, "") for name in columns) + " |")
+
+    times = {n: [t for run, _ in r for t in run] for n, r in small.items()}
+    p50 = {n: statistics.median(t) * 1000 for n, t in times.items()}
+    rps = {n: len(r[0][0]) / statistics.median(sum(run) for run, _ in r) for n, r in small.items()}
+    cpu_each = {n: sum(c for _, c in r) / len(times[n]) * 1000 for n, r in small.items()}
     e50 = {n: statistics.median(d for run in r for d in run) for n, r in sse.items()}
     e99 = {n: percentile([d for run in r for d in run], 99) for n, r in sse.items()}
     mib_s = {n: statistics.median(u[0] for u in r) for n, r in uploads.items()}
     cpu = {n: statistics.median(u[1] for u in r) for n, r in uploads.items()}
     rss = {n: max(u[2] for u in r) for n, r in uploads.items()}
     print(f"{args.rounds} interleaved rounds, medians (2 cores, everything on 127.0.0.1)\n")
-    print("| | " + " | ".join(small) + " |\n|---|" + "---|" * len(small))
-    print(
-        "| 10 KB request, sequential, p50 (added over direct) | "
-        + " | ".join(f"{p50[n]:.2f} ms (+{p50[n] - p50['direct']:.2f})" for n in p50)
-        + " |"
+    print("| | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
+    row(
+        "10 KB request, sequential, p50 (added over direct)",
+        {n: f"{p50[n]:.2f} ms (+{p50[n] - p50['direct']:.2f})" for n in p50},
     )
-    print(
-        "| 10 KB requests per second, sequential | "
-        + " | ".join(f"{rps[n]:.0f}" for n in rps)
-        + " |"
+    row("10 KB requests per second, sequential", {n: f"{rps[n]:.0f}" for n in rps})
+    row(
+        "CPU per 10 KB request (the middle process)",
+        {n: f"{cpu_each[n]:.2f} ms" for n in cpu_each if n != "direct"},
     )
-    for name in small:
-        times = [t for run, _ in loaded[name] for t in run]
-        total = statistics.median(elapsed for _, elapsed in loaded[name])
-        loaded[name] = [
-            statistics.median(times) * 1000,
-            percentile(times, 99) * 1000,
-            args.small / total,
-        ]
-    print(
-        "| 10 KB, 50 at once: p50 / p99 / RPS | "
-        + " | ".join(f"{a:.1f} / {b:.1f} ms / {c:.0f}" for a, b, c in loaded.values())
-        + " |"
-    )
-    print(
-        f"| {args.upload_mib} MiB upload, MiB/s (CPU s/GiB of the middle process) | "
-        + " | ".join(
-            f"{mib_s[n]:.0f}" + (f" ({cpu[n]:.2f})" if n != "direct" else "") for n in mib_s
+    cells = {}
+    for name, runs in loaded.items():
+        latencies = [t for run, _ in runs for t in run]
+        total = statistics.median(elapsed for _, elapsed in runs)
+        cells[name] = (
+            f"{statistics.median(latencies) * 1000:.1f} / "
+            f"{percentile(latencies, 99) * 1000:.1f} ms / {args.small / total:.0f}"
         )
-        + " |"
+    row("10 KB, 50 at once: p50 / p99 / RPS", cells)
+    row(
+        f"{args.upload_mib} MiB upload, MiB/s (CPU s/GiB of the middle process)",
+        {n: f"{mib_s[n]:.0f}" + (f" ({cpu[n]:.2f})" if n != "direct" else "") for n in mib_s},
     )
-    print(
-        "| SSE per-event delay added, p50 / p99 | "
-        + " | ".join(
-            f"+{e50[n] - e50['direct']:.2f} / +{e99[n] - e99['direct']:.2f} ms" for n in e50
-        )
-        + " |"
+    row(
+        "SSE per-event delay added, p50 / p99",
+        {n: f"+{e50[n] - e50['direct']:.2f} / +{e99[n] - e99['direct']:.2f} ms" for n in e50},
     )
-    print(
-        f"| peak RSS, {args.upload_mib} MiB upload | | "
-        + " | ".join(f"{rss[n]:.1f} MiB" for n in rss if n != "direct")
-        + " |"
+    row(
+        f"peak RSS, {args.upload_mib} MiB upload",
+        {n: f"{rss[n]:.1f} MiB" for n in rss if n != "direct"},
     )
     one, two = (statistics.median(scaling[n]) for n in (1, 2))
     print(
