@@ -4,13 +4,15 @@ The same bytes go to two form readers, one allowed to split a body that has
 arrived whole, one made to read every body part by part. Whatever the body
 (plain, unusual, broken, over a limit), the two must agree: the same fields,
 the same file bytes, name and type, the same digest, or the same error.
+End to end, the proxy answers a body that arrived whole as it answers the
+same body trickled in, and sends the upstream the same parts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -23,6 +25,7 @@ from hypothesis import strategies as st
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.upload import FormLimits, FormReader
+from tests.conftest import URL, FakeUpstream, base_url, json_of
 from tests.test_multipart_fuzz import BREAKS, Form, forms
 
 # aiohttp warns of the malformed part headers, then reads or refuses them.
@@ -257,3 +260,53 @@ def test_generated_bodies_are_read_alike(
     if mutation is None:
         assert outcome["split_whole"] is True
         assert outcome["audio"][4] == hashlib.sha256(form.file).hexdigest()
+
+
+async def _through_the_proxy(
+    proxy: TestServer, upstream: FakeUpstream, body: bytes, *, trickled: bool
+) -> tuple[int, dict[str, Any], list[tuple[str, str | None, str | None, str | None, str]]]:
+    """The client's answer (less its timing) and what reached the upstream.
+
+    ``trickled``: the body's second half is sent after a pause, so it has not
+    arrived whole when the proxy starts reading, and is read part by part.
+    """
+
+    async def in_two_halves() -> AsyncIterator[bytes]:
+        yield body[: len(body) // 2]
+        await asyncio.sleep(0.05)
+        yield body[len(body) // 2 :]
+
+    before = len(upstream.requests)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{base_url(proxy)}{URL}",
+            data=in_two_halves() if trickled else body,
+            headers={"Content-Type": f"multipart/form-data; boundary={B}"},
+        ) as response,
+    ):
+        answer = json_of(await response.read())
+    extra = answer.get("extra_fields")
+    if isinstance(extra, dict):
+        extra.pop("latency", None)
+    received = [
+        (p.name, p.filename, p.content_type, p.value, p.sha256)
+        for request in upstream.requests[before:]
+        for p in request.parts
+    ]
+    return response.status, answer, received
+
+
+@pytest.mark.parametrize(
+    "name", ["model then file", "file then model", "latin-1 field", "epilogue"]
+)
+async def test_the_proxy_answers_alike_whole_or_trickled(
+    proxy: TestServer, upstream: FakeUpstream, name: str
+) -> None:
+    """End to end: the same body, arrived whole or in two halves, gets the same answer and
+    sends the upstream the same parts."""
+    body = {**PLAIN, **UNUSUAL}[name]
+    whole = await _through_the_proxy(proxy, upstream, body, trickled=False)
+    trickled = await _through_the_proxy(proxy, upstream, body, trickled=True)
+    assert whole == trickled
+    assert whole[0] == 200
