@@ -158,6 +158,50 @@ def _too_large(limits: FormLimits) -> PayloadTooLargeError:
     )
 
 
+class FieldChecks:
+    """The rules a form's text fields keep, however the form is read: how many there
+    are, how large each is, that each is text, that a singular one comes once."""
+
+    def __init__(self, limits: FormLimits) -> None:
+        self._limits = limits
+        self._count = 0
+        self._singular_seen: set[str] = set()
+
+    def count(self, name: str) -> None:
+        """One more field, named ``name``: refused past the limit."""
+        self._count += 1
+        if self._count > self._limits.max_fields:
+            raise InvalidRequestError(
+                f"too many form fields (at most {self._limits.max_fields})",
+                code="too_many_fields",
+                param=name,
+            )
+
+    def too_large(self, name: str) -> InvalidRequestError:
+        """The error for a field past the size limit."""
+        return InvalidRequestError(
+            f"field {name} is larger than {self._limits.max_field_bytes} bytes",
+            code="field_too_large",
+            param=name,
+        )
+
+    def field(
+        self, name: str, data: bytes | bytearray, charset: str, content_type: str | None
+    ) -> FormField:
+        """A field read whole: its text, checked."""
+        try:
+            value = data.decode(charset)
+        except (UnicodeDecodeError, LookupError):
+            raise InvalidRequestError(f"field {name} is not valid text", param=name) from None
+        if name in SINGULAR_FIELDS:
+            if name in self._singular_seen:
+                raise InvalidRequestError(f"field {name} was sent more than once", param=name)
+            self._singular_seen.add(name)
+        result = FormField(name, value, content_type)
+        validate_field(result)
+        return result
+
+
 class FormReader:
     """Reads one transcription form, streaming or spooling its file.
 
@@ -186,8 +230,7 @@ class FormReader:
         self._uploading = False
         self._routing_fields = frozenset(routing_fields)
         self._multipart: MultipartReader | None = None
-        self._field_count = 0
-        self._singular_seen: set[str] = set()
+        self._fields = FieldChecks(limits)
         self._form = TranscriptionForm()
         self._expected_sha256 = expected_sha256
         self._hasher = hashlib.sha256() if hash_audio or expected_sha256 is not None else None
@@ -301,10 +344,10 @@ class FormReader:
         return form
 
     def _whole_field(self, part: WholePart) -> FormField:
-        self._count_field(part.name)
+        self._fields.count(part.name)
         if len(part.data) > self._limits.max_field_bytes:
-            raise self._field_too_large(part.name)
-        return self._field(part.name, part.data, part.charset("utf-8"), part.content_type)
+            raise self._fields.too_large(part.name)
+        return self._fields.field(part.name, part.data, part.charset("utf-8"), part.content_type)
 
     async def _buffer(self, part: BodyPartReader) -> BufferedAudio:
         pieces = [chunk async for chunk in self.file_chunks(part)]
@@ -358,7 +401,7 @@ class FormReader:
         name = part.name
         if not name:
             raise MalformedBodyError("a form part has no name")
-        self._count_field(name)
+        self._fields.count(name)
         data = bytearray()
         while True:
             async with self._reading():
@@ -367,42 +410,10 @@ class FormReader:
                 break
             data += chunk
             if len(data) > self._limits.max_field_bytes:
-                raise self._field_too_large(name)
-        return self._field(
+                raise self._fields.too_large(name)
+        return self._fields.field(
             name, data, part.get_charset("utf-8"), part.headers.get(hdrs.CONTENT_TYPE)
         )
-
-    def _count_field(self, name: str) -> None:
-        self._field_count += 1
-        if self._field_count > self._limits.max_fields:
-            raise InvalidRequestError(
-                f"too many form fields (at most {self._limits.max_fields})",
-                code="too_many_fields",
-                param=name,
-            )
-
-    def _field_too_large(self, name: str) -> InvalidRequestError:
-        return InvalidRequestError(
-            f"field {name} is larger than {self._limits.max_field_bytes} bytes",
-            code="field_too_large",
-            param=name,
-        )
-
-    def _field(
-        self, name: str, data: bytes | bytearray, charset: str, content_type: str | None
-    ) -> FormField:
-        """A field read whole: its text, checked."""
-        try:
-            value = data.decode(charset)
-        except (UnicodeDecodeError, LookupError):
-            raise InvalidRequestError(f"field {name} is not valid text", param=name) from None
-        if name in SINGULAR_FIELDS:
-            if name in self._singular_seen:
-                raise InvalidRequestError(f"field {name} was sent more than once", param=name)
-            self._singular_seen.add(name)
-        result = FormField(name, value, content_type)
-        validate_field(result)
-        return result
 
     async def file_chunks(self, part: BodyPartReader) -> AsyncIterator[bytes]:
         """The file part's bytes, straight off the client socket."""
