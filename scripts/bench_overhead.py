@@ -37,6 +37,7 @@ from benchlib import (
     cpu_seconds,
     free_port,
     main,
+    one_provider,
     percentile,
     proxy_with,
     running,
@@ -300,15 +301,7 @@ async def workers_scaling(args: argparse.Namespace) -> dict[int, list[float]]:
         script = Path(scratch) / "post.lua"
         script.write_text(WRK_SCRIPT.format(boundary=BOUNDARY, body=body))
         async with nginx_serving(ANSWER) as (upstream_port, _):
-            config = {
-                "providers": {
-                    "openai": {
-                        "keys": [{"value": "sk-bench"}],
-                        "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
-                    }
-                },
-                "proxy": {"web_ui": False},
-            }
+            config = one_provider(upstream_port)
             async with (
                 proxy_with(config, "--workers", "1") as (one, _),
                 proxy_with(config, "--workers", "2") as (two, _),
@@ -350,16 +343,7 @@ FLOOR = "aiohttp floor"
 async def bench(args: argparse.Namespace) -> None:
     upstream_port = free_port()
     command = (sys.executable, __file__, "upstream", "--port", str(upstream_port))
-    config: dict[str, Any] = {
-        "client": {"max_request_body_size_mb": 1 << 20},
-        "providers": {
-            "openai": {
-                "keys": [{"value": "sk-bench"}],
-                "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
-            }
-        },
-        "proxy": {"web_ui": False},
-    }
+    config = one_provider(upstream_port)
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(running(*command, up=f"http://127.0.0.1:{upstream_port}/"))
         nginx_port, nginx_pid = await stack.enter_async_context(nginx_in_front_of(upstream_port))

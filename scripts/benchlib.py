@@ -99,6 +99,21 @@ async def running(
         await asyncio.wait_for(process.wait(), 10)
 
 
+def one_provider(upstream_port: int) -> dict[str, Any]:
+    """A proxy config: one OpenAI-compatible provider at ``upstream_port``, no body limit
+    a benchmark would meet, no caption page."""
+    return {
+        "client": {"max_request_body_size_mb": 1 << 20},
+        "providers": {
+            "openai": {
+                "keys": [{"value": "sk-bench"}],
+                "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
+            }
+        },
+        "proxy": {"web_ui": False},
+    }
+
+
 @asynccontextmanager
 async def proxy_with(
     config: dict[str, Any], *arguments: str, cwd: Path = ROOT

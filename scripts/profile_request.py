@@ -37,7 +37,16 @@ from typing import Any
 
 import aiohttp
 from bench_overhead import PATH, small_requests
-from benchlib import ROOT, cpu_seconds, free_port, main, proxy_with, running, wait_until_up
+from benchlib import (
+    ROOT,
+    cpu_seconds,
+    free_port,
+    main,
+    one_provider,
+    proxy_with,
+    running,
+    wait_until_up,
+)
 
 
 def run_upstream(port: int) -> None:
@@ -131,15 +140,7 @@ async def cpu_per_request(config: dict[str, Any], requests: int) -> float:
 async def bench(args: argparse.Namespace) -> None:
     upstream_port = free_port()
     upstream = (sys.executable, str(ROOT / "scripts" / "bench_overhead.py"), "upstream")
-    settings = {
-        "providers": {
-            "openai": {
-                "keys": [{"value": "sk-bench"}],
-                "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
-            }
-        },
-        "proxy": {"web_ui": False},
-    }
+    settings = one_provider(upstream_port)
     with tempfile.TemporaryDirectory(prefix="profile-") as scratch:
         config = Path(scratch) / "proxy.json"
         config.write_text(json.dumps(settings))
