@@ -202,6 +202,54 @@ class FieldChecks:
         return result
 
 
+class FileAccount:
+    """What is kept of the file as it passes, however the form is read: its digest
+    (checked against the client's), the bytes-in metric, the request's facts."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        facts: RequestFacts | None,
+        hash_audio: bool,
+        expected_sha256: bytes | None,
+    ) -> None:
+        self._metrics = metrics
+        self._facts = facts
+        self._expected_sha256 = expected_sha256
+        self._hasher = hashlib.sha256() if hash_audio or expected_sha256 is not None else None
+        self._sha256: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        """The file's sha256 in hex, once it has been read whole and hashed."""
+        if self._sha256 is None:
+            raise RuntimeError("the file has not been read whole and hashed")
+        return self._sha256
+
+    def took(self, chunk: bytes) -> None:
+        """A piece of the file has been read."""
+        if self._hasher is not None:
+            self._hasher.update(chunk)
+        self._metrics.audio_bytes_in.inc(len(chunk))
+        if self._facts is not None:
+            if not self._facts.audio_bytes:
+                self._facts.audio_head = chunk[:64]
+            self._facts.audio_bytes += len(chunk)
+
+    def read_whole(self) -> None:
+        """The file is read whole: its digest is known, and checked against the client's."""
+        if self._hasher is None:
+            return
+        digest = self._hasher.digest()
+        if self._expected_sha256 is not None and digest != self._expected_sha256:
+            raise InvalidRequestError(
+                f"the file's sha-256 does not match the {REPR_DIGEST_HEADER} header",
+                code="digest_mismatch",
+                param="file",
+            )
+        self._sha256 = digest.hex()
+
+
 class FormReader:
     """Reads one transcription form, streaming or spooling its file.
 
@@ -226,15 +274,12 @@ class FormReader:
         self._request = request
         self._limits = limits
         self._metrics = metrics
-        self._facts = facts
         self._uploading = False
         self._routing_fields = frozenset(routing_fields)
         self._multipart: MultipartReader | None = None
         self._fields = FieldChecks(limits)
         self._form = TranscriptionForm()
-        self._expected_sha256 = expected_sha256
-        self._hasher = hashlib.sha256() if hash_audio or expected_sha256 is not None else None
-        self._audio_sha256: str | None = None
+        self._file = FileAccount(metrics, facts, hash_audio, expected_sha256)
         self._split_whole_bodies = split_whole_bodies
         #: Whether the body was split in one pass (known once it is read).
         self.split_whole: bool | None = None
@@ -242,9 +287,7 @@ class FormReader:
     @property
     def audio_sha256(self) -> str:
         """The file's sha256 in hex, once it has been read whole (with ``hash_audio``)."""
-        if self._audio_sha256 is None:
-            raise RuntimeError("the file has not been read whole and hashed")
-        return self._audio_sha256
+        return self._file.sha256
 
     async def __aenter__(self) -> Self:
         self._uploading = True
@@ -334,8 +377,8 @@ class FormReader:
                 raise InvalidRequestError("only one file may be sent", param="file")
             else:
                 if part.data:
-                    self._took(part.data)
-                self._file_read()
+                    self._file.took(part.data)
+                self._file.read_whole()
                 form.audio = BufferedAudio(
                     part.data,
                     filename=_sendable_filename(part.filename),
@@ -421,33 +464,10 @@ class FormReader:
             async with self._reading():
                 chunk = await part.read_chunk(FILE_CHUNK_BYTES)
             if not chunk:
-                self._file_read()
+                self._file.read_whole()
                 return
-            self._took(chunk)
+            self._file.took(chunk)
             yield chunk
-
-    def _took(self, chunk: bytes) -> None:
-        """Account for a piece of the file: its digest, the metrics, the request's facts."""
-        if self._hasher is not None:
-            self._hasher.update(chunk)
-        self._metrics.audio_bytes_in.inc(len(chunk))
-        if self._facts is not None:
-            if not self._facts.audio_bytes:
-                self._facts.audio_head = chunk[:64]
-            self._facts.audio_bytes += len(chunk)
-
-    def _file_read(self) -> None:
-        """The file is read whole: its digest is known, and checked against the client's."""
-        if self._hasher is None:
-            return
-        digest = self._hasher.digest()
-        if self._expected_sha256 is not None and digest != self._expected_sha256:
-            raise InvalidRequestError(
-                f"the file's sha-256 does not match the {REPR_DIGEST_HEADER} header",
-                code="digest_mismatch",
-                param="file",
-            )
-        self._audio_sha256 = digest.hex()
 
     async def read_rest(self) -> list[FormField]:
         """The text fields after a streamed file, up to the end of the form."""
