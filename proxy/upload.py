@@ -177,13 +177,14 @@ class FieldChecks:
                 param=name,
             )
 
-    def too_large(self, name: str) -> InvalidRequestError:
-        """The error for a field past the size limit."""
-        return InvalidRequestError(
-            f"field {name} is larger than {self._limits.max_field_bytes} bytes",
-            code="field_too_large",
-            param=name,
-        )
+    def size(self, name: str, size: int) -> None:
+        """``size`` bytes of the field have been read: refused past the limit."""
+        if size > self._limits.max_field_bytes:
+            raise InvalidRequestError(
+                f"field {name} is larger than {self._limits.max_field_bytes} bytes",
+                code="field_too_large",
+                param=name,
+            )
 
     def field(
         self, name: str, data: bytes | bytearray, charset: str, content_type: str | None
@@ -331,10 +332,8 @@ class FormReader:
         check_declared_length(self._request, self._limits)
         content = self._request.content
         if self._split_whole_bodies and self._body_received_whole():
-            body = await content.read()
-            self._upload_finished()
-            if content.total_bytes > self._limits.max_body_bytes:
-                raise _too_large(self._limits)
+            async with self._reading():  # its size check, and the upload counted as done
+                body = await content.read()
             boundary = form_boundary(self._request.headers.get(hdrs.CONTENT_TYPE, ""))
             parts = split_whole_form(body, boundary) if boundary is not None else None
             self.split_whole = parts is not None
@@ -388,8 +387,7 @@ class FormReader:
 
     def _whole_field(self, part: WholePart) -> FormField:
         self._fields.count(part.name)
-        if len(part.data) > self._limits.max_field_bytes:
-            raise self._fields.too_large(part.name)
+        self._fields.size(part.name, len(part.data))
         return self._fields.field(part.name, part.data, part.charset("utf-8"), part.content_type)
 
     async def _buffer(self, part: BodyPartReader) -> BufferedAudio:
@@ -452,8 +450,7 @@ class FormReader:
             if not chunk:
                 break
             data += chunk
-            if len(data) > self._limits.max_field_bytes:
-                raise self._fields.too_large(name)
+            self._fields.size(name, len(data))
         return self._fields.field(
             name, data, part.get_charset("utf-8"), part.headers.get(hdrs.CONTENT_TYPE)
         )
