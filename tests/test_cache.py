@@ -16,22 +16,17 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.cache_store import MemoryStore
-from tests.conftest import (
-    URL,
+from tests.helpers.client import URL, ProxyFactory, audio_bytes, base_url, form, json_of, payloads
+from tests.helpers.errors import assert_error
+from tests.helpers.processes import RedisServer, start_proxy_process
+from tests.helpers.upstream import (
     FakeUpstream,
-    ProxyFactory,
     ReceivedRequest,
-    RedisServer,
-    audio_bytes,
-    base_url,
-    form,
-    json_of,
+    openai_events,
     provider_config,
-    start_proxy_process,
+    streaming,
     transcript_json,
 )
-from tests.test_errors import assert_error
-from tests.test_streaming import openai_events, payloads, streaming
 
 CACHED = {"x-bf-cache-key": "voicemail"}
 #: Larger than the bodies the proxy takes whole from its buffer, so a

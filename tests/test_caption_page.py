@@ -21,13 +21,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import (
-    FakeUpstream,
-    ProxyFactory,
-    ReceivedRequest,
-    base_url,
-    provider_config,
-)
+from tests.helpers.client import ProxyFactory, base_url
+from tests.helpers.upstream import FakeUpstream, ReceivedRequest, provider_config
 
 playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from proxy.config import ConfigError, load_config, local_model_installed, parse_config
-from tests.conftest import without_module
+from tests.helpers.processes import without_module
 
 
 def write(tmp_path: Path, document: Any) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 import aiohttp
@@ -13,57 +12,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.upload import BUFFERED_BODY_BYTES
-from tests.conftest import (
-    UPSTREAM_KEY,
-    URL,
-    FakeUpstream,
-    ProxyFactory,
-    ReceivedRequest,
-    audio_bytes,
-    base_url,
-    form,
-    free_port,
-    json_of,
-    post,
-    provider_config,
-)
-
-EVENT_ID = re.compile(r"evt_[0-9a-f]{32}")
-
-
-def assert_error(
-    document: dict[str, Any],
-    *,
-    status: int,
-    code: str,
-    param: str | None = None,
-    error_type: str = "invalid_request_error",
-    bifrost: bool = False,
-    request_type: str = "transcription",
-) -> str:
-    """Check the whole error shape; return the message."""
-    assert set(document) == {
-        "event_id",
-        "type",
-        "is_bifrost_error",
-        "status_code",
-        "error",
-        "extra_fields",
-    }
-    assert EVENT_ID.fullmatch(document["event_id"])
-    assert document["type"] == error_type
-    assert document["is_bifrost_error"] is bifrost
-    assert document["status_code"] == status
-    error = document["error"]
-    assert error["type"] == error_type
-    assert error["code"] == code
-    assert error["param"] == param
-    assert error["event_id"] == document["event_id"]
-    assert document["extra_fields"]["request_type"] == request_type
-    message = error["message"]
-    assert isinstance(message, str)
-    assert message
-    return message
+from tests.helpers.client import URL, ProxyFactory, audio_bytes, base_url, form, json_of, post
+from tests.helpers.errors import assert_error
+from tests.helpers.processes import free_port
+from tests.helpers.upstream import UPSTREAM_KEY, FakeUpstream, ReceivedRequest, provider_config
 
 
 async def test_missing_file(proxy: TestServer, upstream: FakeUpstream) -> None:

@@ -15,57 +15,19 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import (
-    UPSTREAM_KEY,
-    URL,
+from tests.helpers.client import URL, ProxyFactory, base_url, form, json_of, post
+from tests.helpers.errors import assert_error
+from tests.helpers.processes import open_files_under
+from tests.helpers.upstream import (
     FakeUpstream,
-    ProxyFactory,
     ReceivedRequest,
-    Responder,
-    base_url,
-    form,
-    json_of,
-    open_files_under,
-    post,
+    failing,
     transcript_json,
+    two_providers,
 )
-from tests.test_errors import assert_error
 
 MIB = 1024 * 1024
 BOUNDARY = "fallback-test-boundary"
-
-
-def two_providers(
-    primary: FakeUpstream, backup: FakeUpstream, spool_dir: Path | None = None, **network: Any
-) -> dict[str, Any]:
-    fast = {"retry_backoff_initial": 1, "retry_backoff_max": 20, **network}
-    config: dict[str, Any] = {
-        "providers": {
-            "openai": {
-                "keys": [{"value": UPSTREAM_KEY}],
-                "network_config": {"base_url": primary.base_url, **fast},
-            },
-            "backup": {
-                "keys": [{"value": "sk-backup"}],
-                "custom_provider_config": {"base_provider_type": "openai"},
-                "network_config": {"base_url": backup.base_url},
-            },
-        }
-    }
-    if spool_dir is not None:
-        config["proxy"] = {"spool_dir": str(spool_dir)}
-    return config
-
-
-def failing(status: int, headers: dict[str, str] | None = None) -> Responder:
-    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        return web.json_response(
-            {"error": {"message": f"primary says {status}", "type": "server_error"}},
-            status=status,
-            headers=headers,
-        )
-
-    return respond
 
 
 def streamed_body(audio: bytes, *, model_first: bool, fallbacks: str) -> AsyncIterator[bytes]:

@@ -15,20 +15,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import (
-    UPSTREAM_KEY,
-    URL,
-    FakeUpstream,
-    ProxyFactory,
-    ReceivedRequest,
-    RedisServer,
-    base_url,
-    form,
-    post,
-    provider_config,
-    start_proxy_process,
-)
-from tests.test_errors import assert_error
+from tests.helpers.client import URL, ProxyFactory, base_url, form, post
+from tests.helpers.errors import assert_error
+from tests.helpers.processes import RedisServer, start_proxy_process
+from tests.helpers.upstream import UPSTREAM_KEY, FakeUpstream, ReceivedRequest, provider_config
 
 VK = "sk-bf-team-a-0123456789"
 SECRET = "jwt-test-secret-with-enough-length-for-hs256"

@@ -15,9 +15,6 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import URL, ProxyFactory, base_url, form, json_of, post
-from tests.test_errors import assert_error
-
 pytest.importorskip("faster_whisper", reason="the local extra is not installed")
 
 from proxy.config import LocalSettings
@@ -29,6 +26,8 @@ from proxy.providers.local import (
     packaged_model_path,
     verify_model,
 )
+from tests.helpers.client import URL, ProxyFactory, base_url, form, json_of, post
+from tests.helpers.errors import assert_error
 
 SAMPLE = Path(__file__).parent / "data" / "sample.wav"
 KEY_WORDS = ("weather", "sunny", "apples", "friday")

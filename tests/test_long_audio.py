@@ -17,22 +17,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import (
-    URL,
-    FakeUpstream,
-    ProxyFactory,
-    ReceivedRequest,
-    base_url,
-    form,
-    json_of,
-    open_files_under,
-    provider_config,
-    start_proxy_process,
-    without_module,
-)
-from tests.spoken import FORMATS, encode, listening
-from tests.test_errors import assert_error
-from tests.test_streaming import payloads
+from tests.helpers.client import URL, ProxyFactory, base_url, form, json_of, payloads
+from tests.helpers.errors import assert_error
+from tests.helpers.processes import open_files_under, start_proxy_process, without_module
+from tests.helpers.spoken import FORMATS, encode, listening
+from tests.helpers.upstream import FakeUpstream, ReceivedRequest, provider_config
 
 WORDS = 40
 #: Chunks of at most this long: a 40 s recording makes five or six of them.
@@ -112,7 +101,7 @@ async def test_every_second_transcribed_once_in_order(
 
 
 def _samples(request: ReceivedRequest) -> Any:
-    from tests.spoken import decode
+    from tests.helpers.spoken import decode
 
     assert request.file.data is not None
     return decode(request.file.data)
@@ -417,7 +406,7 @@ async def test_carried_prompt_runs_chunks_in_order_with_the_previous_text(
 
 
 def _words_of(request: ReceivedRequest) -> list[str]:
-    from tests.spoken import heard
+    from tests.helpers.spoken import heard
 
     return [f"w{k}" for k, _, _ in heard(_samples(request))]
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import aiohttp
 import pytest
@@ -23,80 +21,12 @@ from multidict import CIMultiDict
 
 from proxy.app import create_app
 from proxy.config import parse_config
-from tests.conftest import URL, FakeUpstream, json_of, provider_config
-from tests.test_part_reader import new_stream
+from tests.helpers.client import URL, json_of
+from tests.helpers.forms import BREAKS, Form, forms, new_stream
+from tests.helpers.upstream import FakeUpstream, provider_config
 
 # aiohttp warns of the part headers the broken forms cut short, then refuses them.
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.BadContentDispositionHeader")
-
-_TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_[]", min_size=1, max_size=12)
-#: Bytes that look like framing: a file may hold any of them.
-_TRICKY = st.sampled_from([b"\r\n", b"--", b"\r\n--", b"\r\n\r\n", b"-", b"\r", b"\n"])
-
-
-@dataclass(frozen=True)
-class Form:
-    boundary: str
-    fields: list[tuple[str, str]]
-    file: bytes
-    file_first: bool
-
-    def body(self) -> bytes:
-        parts = [
-            f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
-            + value.encode()
-            + b"\r\n"
-            for name, value in self.fields
-        ]
-        file_part = (
-            (
-                f"--{self.boundary}\r\n"
-                'Content-Disposition: form-data; name="file"; filename="a.wav"\r\n'
-                "Content-Type: audio/wav\r\n\r\n"
-            ).encode()
-            + self.file
-            + b"\r\n"
-        )
-        ordered = [file_part, *parts] if self.file_first else [*parts, file_part]
-        return b"".join(ordered) + f"--{self.boundary}--\r\n".encode()
-
-
-@st.composite
-def forms(draw: st.DrawFn) -> Form:
-    boundary = draw(
-        st.text(
-            alphabet="abcdefghijklmnopqrstuvwxyz0123456789'()+_,-./:=?", min_size=1, max_size=40
-        )
-    )
-    extra = draw(
-        st.lists(
-            st.tuples(
-                _TOKEN.filter(lambda n: n not in {"model", "file", "stream", "fallbacks"}),
-                st.text(alphabet="abcdefghij ", max_size=20),
-            ),
-            max_size=3,
-            unique_by=lambda f: f[0],
-        )
-    )
-    pieces = draw(st.lists(st.one_of(st.binary(max_size=64), _TRICKY), max_size=40))
-    # Boundary look-alikes that are not the boundary: a prefix, or one char off.
-    near = (f"\r\n--{boundary[:-1]}" + ("x" if boundary[-1] != "x" else "y")).encode()
-    file = b"".join(pieces) + (near if draw(st.booleans()) else b"")
-    fields = [("model", "whisper-1"), *(("x_" + n, v) for n, v in extra)]
-    return Form(boundary, fields, file, draw(st.booleans()))
-
-
-#: Ways to break a valid body's framing.
-BREAKS: dict[str, Callable[[bytes, str], bytes]] = {
-    "no final boundary": lambda body, b: body[: body.rindex(f"--{b}--".encode())],
-    "cut mid-part": lambda body, b: body[: len(body) * 2 // 3],
-    "part header with no colon": lambda body, b: body.replace(
-        b'name="model"\r\n', b'name="model"\r\nthis is no header\r\n', 1
-    ),
-    "boundary never seen": lambda body, b: body.replace(f"--{b}".encode(), b"--other", 1).replace(
-        f"--{b}".encode(), b"--other"
-    ),
-}
 
 
 async def _through_proxy(body: bytes, boundary: str) -> tuple[int, dict[str, object], FakeUpstream]:

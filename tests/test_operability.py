@@ -17,19 +17,10 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.upload import BUFFERED_BODY_BYTES
-from tests.conftest import (
-    UPSTREAM_KEY,
-    URL,
-    FakeUpstream,
-    ProxyFactory,
-    ReceivedRequest,
-    base_url,
-    form,
-    post,
-    provider_config,
-    start_proxy_process,
-)
-from tests.test_errors import assert_error
+from tests.helpers.client import URL, ProxyFactory, base_url, form, post
+from tests.helpers.errors import assert_error
+from tests.helpers.processes import start_proxy_process
+from tests.helpers.upstream import UPSTREAM_KEY, FakeUpstream, ReceivedRequest, provider_config
 
 
 async def scrape(server: TestServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -93,7 +84,7 @@ async def test_metrics_move_as_requests_are_made(proxy: TestServer, upstream: Fa
 async def test_metrics_count_retries_and_fallbacks(
     make_proxy: ProxyFactory, upstream: FakeUpstream, backup: FakeUpstream
 ) -> None:
-    from tests.test_fallbacks import failing, two_providers
+    from tests.helpers.upstream import failing, two_providers
 
     upstream.respond = failing(503)
     server = await make_proxy(two_providers(upstream, backup, max_retries=1))
@@ -110,16 +101,23 @@ async def test_no_credential_in_metrics_or_logs(
     proxy: TestServer, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    await post(
+    status, document, _ = await post(
         proxy,
         form(("model", "sk-bf-looks-like-a-key"), ("file", b"RIFF")),
         {"Authorization": "Bearer sk-client-secret"},
     )
+    assert status == 400
+    assert_error(document, status=400, code="credential_in_model", param="model")
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"{base_url(proxy)}/metrics") as response,
     ):
         text = await response.text()
+    # The request was logged, so what is checked below is what a log reader sees.
+    (access,) = [
+        r for r in caplog.records if r.name == "proxy.access" and r.__dict__["route"] == URL
+    ]
+    assert access.__dict__["status"] == 400
     logged = "\n".join(str(r.__dict__) for r in caplog.records)
     for secret in (UPSTREAM_KEY, "sk-client-secret", "sk-bf-looks-like-a-key"):
         assert secret not in text

@@ -8,13 +8,12 @@ import warnings
 
 import pytest
 from aiohttp import BodyPartReader, MultipartReader
-from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import parse_content_disposition
-from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
 from proxy.part_reader import StreamingMultipartReader, StreamingPartReader, _partial_match_at_end
+from tests.helpers.forms import new_stream
 
 BOUNDARY = "xYz-boundary"
 DELIMITER = f"\r\n--{BOUNDARY}".encode()
@@ -46,19 +45,6 @@ def body_of(parts: list[tuple[str, bytes]]) -> bytes:
         out += b"\r\n" + value + b"\r\n"
     out += f"--{BOUNDARY}--\r\n".encode()
     return bytes(out)
-
-
-class _Connected(BaseProtocol):
-    """A protocol that always has its peer: these streams are fed by hand."""
-
-    @property
-    def connected(self) -> bool:
-        return True
-
-
-def new_stream() -> StreamReader:
-    loop = asyncio.get_running_loop()
-    return StreamReader(_Connected(loop), 2**16, loop=loop)
 
 
 async def parse(

@@ -19,20 +19,15 @@ from proxy.metrics import Metrics
 from proxy.providers import create_provider
 from proxy.providers.key_pool import KeyPool
 from proxy.router import REMEMBERED_ROUTES, Route, Router
-from tests.conftest import (
-    URL,
+from tests.helpers.client import URL, ProxyFactory, base_url, form, json_of, post
+from tests.helpers.errors import assert_error
+from tests.helpers.upstream import (
     FakeUpstream,
-    ProxyFactory,
     ReceivedRequest,
     Responder,
-    base_url,
-    form,
-    json_of,
-    post,
     provider_config,
     transcript_json,
 )
-from tests.test_errors import assert_error
 
 
 def azure_config(upstream: FakeUpstream) -> dict[str, Any]:

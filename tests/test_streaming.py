@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -14,51 +14,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy import sse
-from tests.conftest import (
-    URL,
+from tests.helpers.client import URL, Frames, ProxyFactory, base_url, form, json_of, payloads
+from tests.helpers.errors import assert_error
+from tests.helpers.upstream import (
     FakeUpstream,
-    ProxyFactory,
     ReceivedRequest,
-    base_url,
-    form,
-    json_of,
+    openai_events,
     provider_config,
+    streaming,
 )
-from tests.test_errors import assert_error
-
-Frames = list[bytes]
-
-
-def openai_events(words: list[str], *, usage: bool = True) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = [
-        {"type": "transcript.text.delta", "delta": word, "logprobs": [{"token": word}]}
-        for word in words
-    ]
-    done: dict[str, Any] = {"type": "transcript.text.done", "text": "".join(words)}
-    if usage:
-        done["usage"] = {"type": "tokens", "input_tokens": 7, "output_tokens": 3}
-    return [*events, done]
-
-
-def streaming(
-    events: Sequence[dict[str, Any] | bytes],
-    *,
-    before: Callable[[int], Awaitable[None]] | None = None,
-) -> Callable[[web.Request, ReceivedRequest], Awaitable[web.StreamResponse]]:
-    """An upstream that answers with ``events`` as SSE, calling ``before(i)`` before each."""
-
-    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for index, event in enumerate(events):
-            if before is not None:
-                await before(index)
-            payload = event if isinstance(event, bytes) else orjson.dumps(event)
-            await response.write(b"data: " + payload + b"\n\n")
-        await response.write_eof()
-        return response
-
-    return respond
 
 
 async def raw_stream(
@@ -72,16 +36,6 @@ async def raw_stream(
     frames = body.split(b"\n\n")
     assert frames[-1] == b"", "the stream must end with a complete frame"
     return response, frames[:-1]
-
-
-def payloads(frames: Frames) -> list[dict[str, Any]]:
-    """The JSON of every data frame but [DONE] (keepalive comments skipped)."""
-    out = []
-    for frame in frames:
-        if frame.startswith(b":") or frame == b"data: [DONE]":
-            continue
-        out.append(json_of(frame.removeprefix(b"data: ")))
-    return out
 
 
 async def test_sdk_streams_deltas_then_done(

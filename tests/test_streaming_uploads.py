@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import URL, FakeUpstream, base_url, json_of
+from tests.helpers.client import URL, base_url, json_of
+from tests.helpers.upstream import FakeUpstream
 
 BOUNDARY = "test-boundary-7f3a"
 MODEL_PART = (

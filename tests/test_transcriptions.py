@@ -14,18 +14,8 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import (
-    UPSTREAM_KEY,
-    URL,
-    FakeUpstream,
-    ProxyFactory,
-    audio_bytes,
-    base_url,
-    form,
-    json_of,
-    post,
-    provider_config,
-)
+from tests.helpers.client import URL, ProxyFactory, audio_bytes, base_url, form, json_of, post
+from tests.helpers.upstream import UPSTREAM_KEY, FakeUpstream, provider_config
 
 
 async def test_sdk_json_answer_carries_extra_fields(

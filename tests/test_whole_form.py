@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.upload import FormLimits, FormReader
-from tests.conftest import URL, FakeUpstream, base_url, json_of
-from tests.test_multipart_fuzz import BREAKS, Form, forms
+from tests.helpers.client import URL, base_url, json_of
+from tests.helpers.forms import BREAKS, Form, forms
+from tests.helpers.upstream import FakeUpstream
 
 # aiohttp warns of the malformed part headers, then reads or refuses them.
 pytestmark = [

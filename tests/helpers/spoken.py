@@ -16,7 +16,7 @@ import av
 import numpy as np
 from aiohttp import web
 
-from tests.conftest import ReceivedRequest
+from tests.helpers.upstream import ReceivedRequest
 
 WORD_S = 0.6
 _BASE_HZ = 300.0

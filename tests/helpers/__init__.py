@@ -1,0 +1,1 @@
+"""What tests share: fake upstreams, clients, forms, processes, synthetic speech."""
