@@ -12,6 +12,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from . import handlers, logs
+from .answers.relay import DRAIN_DEADLINE
+from .answers.responses import error_response
 from .app_state import (
     AUTH_KEY,
     CACHE_KEY,
@@ -25,11 +27,9 @@ from .app_state import (
     STATE_KEY,
     ServerState,
 )
-from .auth import Authenticator
-from .cache import TranscriptCache
-from .cache_store import CacheStore, MemoryStore, RedisStore
+from .cache.lookup import TranscriptCache
+from .cache.stores import CacheStore, MemoryStore, RedisStore
 from .config import Config
-from .counters import Counters, MemoryCounters, RedisCounters
 from .errors import (
     ExpectationFailedError,
     MethodNotAllowedError,
@@ -37,15 +37,15 @@ from .errors import (
     ProxyError,
     ServiceUnavailableError,
 )
-from .governance import Governor
+from .form.reader import FormLimits, check_content_type, check_declared_length
+from .governance.counters import Counters, MemoryCounters, RedisCounters
+from .governance.credentials import Authenticator
+from .governance.governor import Governor
 from .metrics import Metrics
 from .models import RequestFacts
 from .providers import create_provider
 from .redis_client import connect_redis
-from .relay import DRAIN_DEADLINE
-from .responses import error_response
 from .router import Router
-from .upload import FormLimits, check_content_type, check_declared_length
 from .web_ui import add_web_ui
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(_tag_response)
     app.on_shutdown.append(_start_draining)
     app.router.add_get("/health", handlers.health)
-    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/metrics", handlers.metrics_page)
     app.router.add_get("/v1/models", handlers.list_models)
     if config.proxy.web_ui:
         add_web_ui(app)

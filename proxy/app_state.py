@@ -8,14 +8,14 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import Authenticator
-from .cache import TranscriptCache
+from .cache.lookup import TranscriptCache
 from .config import Config
-from .governance import Governor
+from .form.reader import FormLimits
+from .governance.credentials import Authenticator
+from .governance.governor import Governor
 from .metrics import Metrics
 from .models import RequestFacts
 from .router import Router
-from .upload import FormLimits
 
 
 @dataclass

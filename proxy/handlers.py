@@ -10,6 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
+from .answers.events import final_answer
+from .answers.relay import STREAM_REQUEST_TYPE, relay
+from .answers.responses import json_response, transcription_response
 from .app_state import (
     AUTH_KEY,
     CACHE_KEY,
@@ -22,13 +25,16 @@ from .app_state import (
     ROUTER_KEY,
     STATE_KEY,
 )
-from .audio import BufferedAudio, SpooledAudio
-from .auth import Caller
-from .cache import CachedAnswer, CacheLookup, cache_scope
+from .audio.sources import BufferedAudio, SpooledAudio
+from .cache.lookup import CachedAnswer, CacheLookup, cache_scope
+from .dispatch import Dispatch, may_retry
 from .errors import BadGatewayError, InvalidRequestError, ProxyError, UploadOverLimitError
-from .fields import fallbacks_of, first_value, forwarded, parse_stream
-from .governance import Admission, Governor
-from .long_audio import (
+from .form.fields import fallbacks_of, first_value, forwarded, parse_stream
+from .form.reader import FILE_CHUNK_BYTES, FormReader, TranscriptionForm, repr_digest_sha256
+from .governance.credentials import Caller
+from .governance.governor import Admission, Governor
+from .governance.metering import audio_seconds, wav_seconds
+from .long_audio.dispatch import (
     LimitedAudio,
     LongAudio,
     long_audio_installed,
@@ -38,11 +44,7 @@ from .long_audio import (
 )
 from .metrics import Metrics, metrics_response
 from .models import AudioSource, FormField, RequestFacts, TranscriptDone, TranscriptEvent
-from .relay import STREAM_REQUEST_TYPE, relay
-from .responses import json_response, transcription_response
-from .router import Dispatch, Route, may_retry
-from .transcripts import audio_seconds, final_answer, wav_seconds
-from .upload import FILE_CHUNK_BYTES, FormReader, TranscriptionForm, repr_digest_sha256
+from .router import Route
 
 #: A cached entry and its answer in the format the request asks for.
 CacheHit = tuple[CachedAnswer, TranscriptDone]
@@ -56,7 +58,7 @@ async def health(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics_page(request: web.Request) -> web.Response:
     """``GET /metrics`` in Prometheus' text format."""
     return metrics_response(request.app[METRICS_KEY])
 

@@ -66,12 +66,12 @@ def profiler_command(args: argparse.Namespace, output: Path) -> tuple[str, ...]:
 #: The handler's stages run inside the middleware; the others outside it.
 HANDLER_STAGES = (
     ("request id", "proxy/logs.py", ("new_request_id",)),
-    ("auth", "proxy/auth.py", ("identify",)),
-    ("form reading", "proxy/upload.py", ("read",)),
+    ("auth", "proxy/governance/credentials.py", ("identify",)),
+    ("form reading", "proxy/form/reader.py", ("read",)),
     ("routing", "proxy/router.py", ("plan",)),
-    ("governance", "proxy/governance.py", ("check_routes", "admit", "settle")),
+    ("governance", "proxy/governance/governor.py", ("check_routes", "admit", "settle")),
     ("upstream call: pool, headers, send, answer read", "proxy/providers/http.py", ("transcribe",)),
-    ("answer JSON", "proxy/responses.py", ("transcription_response",)),
+    ("answer JSON", "proxy/answers/responses.py", ("transcription_response",)),
 )
 HANDLER = ("proxy/app.py", ("observe_middleware",))
 OTHER_STAGES = (

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.cache_store import MemoryStore
+from proxy.cache.stores import MemoryStore
 from tests.helpers.client import URL, ProxyFactory, audio_bytes, base_url, form, json_of, payloads
 from tests.helpers.errors import assert_error
 from tests.helpers.processes import RedisServer, start_proxy_process

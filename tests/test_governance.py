@@ -413,7 +413,7 @@ async def test_audio_is_metered_from_a_wav_header_when_the_answer_says_nothing(
 
 
 def test_wav_seconds() -> None:
-    from proxy.transcripts import wav_seconds
+    from proxy.governance.metering import wav_seconds
 
     sample = (Path(__file__).parent / "data" / "sample.wav").read_bytes()
     assert 9.0 < wav_seconds(sample[:64], len(sample)) < 9.2

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 from proxy.models import FormField, UpstreamCall
-from proxy.multipart import COALESCE_BYTES, MultipartEncoder, UpstreamBody
+from proxy.providers.upstream_form import COALESCE_BYTES, MultipartEncoder, UpstreamBody
 
 
 class Audio:

@@ -12,7 +12,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import parse_content_disposition
 from multidict import CIMultiDict
 
-from proxy.part_reader import StreamingMultipartReader, StreamingPartReader, _partial_match_at_end
+from proxy.form.part_reader import (
+    StreamingMultipartReader,
+    StreamingPartReader,
+    _partial_match_at_end,
+)
 from tests.helpers.forms import new_stream
 
 BOUNDARY = "xYz-boundary"

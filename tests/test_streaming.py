@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy import sse
+from proxy.answers import sse
 from tests.helpers.client import URL, Frames, ProxyFactory, base_url, form, json_of, payloads
 from tests.helpers.errors import assert_error
 from tests.helpers.upstream import (

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.errors import ProxyError
+from proxy.form.reader import FormLimits, FormReader
 from proxy.metrics import Metrics
-from proxy.upload import FormLimits, FormReader
 from tests.helpers.client import URL, base_url, json_of
 from tests.helpers.forms import BREAKS, Form, forms
 from tests.helpers.upstream import FakeUpstream

@@ -16,14 +16,14 @@ from dataclasses import replace
 import aiohttp
 import orjson
 
+from ..answers.sse import read_events
 from ..config import KeyConfig, NetworkConfig, ProviderConfig
 from ..errors import BadGatewayError, GatewayTimeoutError, UpstreamError
 from ..metrics import Metrics
 from ..models import TranscriptDone, TranscriptEvent, UpstreamCall
-from ..multipart import UpstreamBody
-from ..sse import read_events
-from ..transcripts import StreamTranslator
 from .key_pool import KeyPool
+from .stream_events import StreamTranslator
+from .upstream_form import UpstreamBody
 
 #: A transcript is text; an answer larger than this is not one.
 MAX_ANSWER_BYTES = 64 * 1024 * 1024

@@ -21,7 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from ..audio import BufferedAudio, Spool, SpooledAudio
+from ..answers.events import DELTA
+from ..answers.formats import Segment, Word, transcript
+from ..audio.sources import BufferedAudio, SpooledAudio
+from ..audio.spool import Spool
 from ..config import LocalSettings, NetworkConfig
 from ..errors import (
     InvalidAudioError,
@@ -30,11 +33,9 @@ from ..errors import (
     ProxyError,
     ServiceUnavailableError,
 )
-from ..fields import first_value, parse_temperature
-from ..formats import Segment, Word, transcript
+from ..form.fields import first_value, parse_temperature
 from ..metrics import Metrics
 from ..models import TranscriptDelta, TranscriptEvent, UpstreamCall
-from ..transcripts import DELTA
 
 log = logging.getLogger(__name__)
 

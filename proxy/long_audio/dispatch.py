@@ -1,12 +1,12 @@
 """Long audio: an upload past a provider's limit, cut at silence, transcribed in parallel, stitched.
 
 OpenAI and Azure refuse uploads over 25 MB. An upload over the smallest
-limit among a request's routes is decoded as it arrives (:mod:`proxy.chunker`,
+limit among a request's routes is decoded as it arrives (:mod:`.chunker`,
 in a worker thread), cut into chunks of at most ``proxy.chunking.max_chunk_s``
 seconds, and each chunk is sent through the request's routes as an ordinary
 request of its own (its own retries and fallbacks), ``max_parallel`` at once.
 Answers are given out in order as soon as a chunk and every chunk before it
-are done, then stitched into one (:mod:`proxy.stitch`).
+are done, then stitched into one (:mod:`.stitch`).
 
 Memory stays flat: the upload passes through a few pieces at a time, and
 chunks live in unnamed spool files, at most ``max_parallel + 1`` at once.
@@ -25,7 +25,22 @@ from typing import IO, Any, TypeVar
 
 from aiohttp import web
 
-from .audio import BufferedAudio, PassThroughAudio, Spool, SpooledAudio, open_unnamed
+from ..answers.events import DELTA, deltas_of, final_answer
+from ..audio.sources import BufferedAudio, PassThroughAudio, SpooledAudio
+from ..audio.spool import Spool, open_unnamed
+from ..config import ChunkingSettings
+from ..dispatch import Dispatch
+from ..errors import (
+    InvalidAudioError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    ProxyError,
+    UploadOverLimitError,
+)
+from ..form.fields import first_value
+from ..metrics import Metrics
+from ..models import AudioSource, FormField, TranscriptDelta, TranscriptDone, TranscriptEvent
+from ..router import Route
 from .chunker import (
     CHUNK_FORMATS,
     PCM_BYTES_PER_S,
@@ -36,20 +51,7 @@ from .chunker import (
     UndecodableAudioError,
     long_audio_installed,
 )
-from .config import ChunkingSettings
-from .errors import (
-    InvalidAudioError,
-    InvalidRequestError,
-    PayloadTooLargeError,
-    ProxyError,
-    UploadOverLimitError,
-)
-from .fields import first_value
-from .metrics import Metrics
-from .models import AudioSource, FormField, TranscriptDelta, TranscriptDone, TranscriptEvent
-from .router import Dispatch, Route
 from .stitch import ChunkAnswer, chunk_text, stitch
-from .transcripts import DELTA, deltas_of, final_answer
 
 log = logging.getLogger(__name__)
 

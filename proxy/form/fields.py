@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import orjson
 
-from .errors import InvalidRequestError
-from .logs import looks_like_a_credential
-from .models import FormField
+from ..errors import InvalidRequestError
+from ..logs import looks_like_a_credential
+from ..models import FormField
 
 RESPONSE_FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt", "diarized_json"})
 TIMESTAMP_GRANULARITIES = frozenset({"word", "segment"})

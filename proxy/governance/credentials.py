@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Literal
 
-from .config import ClientConfig, ConfigError, GovernanceConfig, JwtConfig, VirtualKeyConfig
-from .errors import AuthenticationError, PermissionDeniedError
+from ..config import ClientConfig, ConfigError, GovernanceConfig, JwtConfig, VirtualKeyConfig
+from ..errors import AuthenticationError, PermissionDeniedError
 
 VIRTUAL_KEY_PREFIX = "sk-bf-"
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .models import TranscriptDone
+from ..models import TranscriptDone
 
 #: The names OpenAI's verbose_json gives the languages a whisper model reports.
 LANGUAGE_NAMES = {

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .errors import ProxyError, error_body
-from .models import RequestFacts, TranscriptDone
+from ..errors import ProxyError, error_body
+from ..models import RequestFacts, TranscriptDone
 
 JSON_TYPE = "application/json"
 

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .formats import Segment, srt, vtt
-from .models import TranscriptDone
+from ..answers.formats import Segment, srt, vtt
+from ..models import TranscriptDone
 
 _CUE_TIMING = re.compile(
     r"^\s*((?:\d+:)?\d{1,2}:\d{2}[.,]\d{1,3})\s*-->\s*((?:\d+:)?\d{1,2}:\d{2}[.,]\d{1,3})"

@@ -29,16 +29,16 @@ from typing import Any
 
 import orjson
 
-from .audio import PassThroughAudio
-from .auth import Caller
-from .cache_store import CacheStore, CacheStoreError
-from .config import CacheSettings, parse_duration
-from .errors import AnsweredFromCacheError, InvalidRequestError
-from .fields import PROXY_ONLY_FIELDS, first_value
-from .formats import format_of, render
-from .metrics import Metrics
-from .models import AudioSource, FormField, RequestFacts, TranscriptDone
-from .router import Route
+from ..answers.formats import format_of, render
+from ..audio.sources import PassThroughAudio
+from ..config import CacheSettings, parse_duration
+from ..errors import AnsweredFromCacheError, InvalidRequestError
+from ..form.fields import PROXY_ONLY_FIELDS, first_value
+from ..governance.credentials import Caller
+from ..metrics import Metrics
+from ..models import AudioSource, FormField, RequestFacts, TranscriptDone
+from ..router import Route
+from .stores import CacheStore, CacheStoreError
 
 log = logging.getLogger(__name__)
 

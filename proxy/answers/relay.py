@@ -10,11 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import BadGatewayError, ProxyError, ServiceUnavailableError, error_body
-from .metrics import Metrics
-from .models import RequestFacts, TranscriptDelta, TranscriptDone, TranscriptEvent
+from ..errors import BadGatewayError, ProxyError, ServiceUnavailableError, error_body
+from ..governance.metering import audio_seconds
+from ..metrics import Metrics
+from ..models import RequestFacts, TranscriptDelta, TranscriptDone, TranscriptEvent
+from .events import DELTA, deltas_of, done_event
 from .sse import EventStream
-from .transcripts import DELTA, audio_seconds, deltas_of, done_event
 
 STREAM_REQUEST_TYPE = "transcription_stream"
 #: The cancellation message that ends a stream at a shutdown's drain deadline.

@@ -9,7 +9,7 @@ upstream body is sent). When ``file`` comes first, the file is copied to a
 A small body that has already arrived whole is the exception: it is in
 memory anyway, so its file becomes a :class:`BufferedAudio`, whatever the
 order of its parts, and when it is plainly written it is split in one pass
-(:mod:`proxy.whole_form`) rather than walked part by part.
+(:mod:`.whole_form`) rather than walked part by part.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 
-from .audio import BufferedAudio, ReplayableAudio, Spool, SpooledAudio
-from .errors import (
+from ..audio.sources import BufferedAudio, ReplayableAudio, SpooledAudio
+from ..audio.spool import Spool
+from ..errors import (
     ClientGoneError,
     InvalidRequestError,
     MalformedBodyError,
@@ -39,9 +40,9 @@ from .errors import (
     RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
+from ..metrics import Metrics
+from ..models import FormField, RequestFacts
 from .fields import SINGULAR_FIELDS, validate_field
-from .metrics import Metrics
-from .models import FormField, RequestFacts
 from .part_reader import StreamingMultipartReader
 from .whole_form import WholePart, form_boundary, split_whole_form
 

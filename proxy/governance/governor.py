@@ -12,17 +12,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .auth import Caller
-from .config import GovernanceConfig, VirtualKeyConfig
-from .counters import Counters, CounterStoreError
-from .errors import (
+from ..config import GovernanceConfig, VirtualKeyConfig
+from ..errors import (
     BudgetExceededError,
     PermissionDeniedError,
     ProxyError,
     RateLimitedError,
     ServiceUnavailableError,
 )
-from .router import Route
+from ..router import Route
+from .counters import Counters, CounterStoreError
+from .credentials import Caller
 
 log = logging.getLogger(__name__)
 

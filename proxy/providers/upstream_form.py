@@ -6,9 +6,9 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from .errors import ProxyError
-from .fields import forwarded
-from .models import FormField, UpstreamCall
+from ..errors import ProxyError
+from ..form.fields import forwarded
+from ..models import FormField, UpstreamCall
 
 CRLF = b"\r\n"
 

@@ -1,0 +1,1 @@
+"""Audio: the upload in its several forms (live, spooled, in memory), and the spool."""

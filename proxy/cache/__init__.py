@@ -1,0 +1,1 @@
+"""The transcript cache: a repeated upload answered without paying the provider again."""

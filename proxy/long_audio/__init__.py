@@ -1,0 +1,1 @@
+"""Long audio: an upload past a provider's limit, cut at silence, sent in parallel, stitched."""
