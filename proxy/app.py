@@ -37,7 +37,7 @@ from .errors import (
     ProxyError,
     ServiceUnavailableError,
 )
-from .form.reader import FormLimits, check_content_type, check_declared_length
+from .form import FormLimits, check_content_type, check_declared_length
 from .governance.counters import Counters, MemoryCounters, RedisCounters
 from .governance.credentials import Authenticator
 from .governance.governor import Governor

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .cache.lookup import TranscriptCache
 from .config import Config
-from .form.reader import FormLimits
+from .form import FormLimits
 from .governance.credentials import Authenticator
 from .governance.governor import Governor
 from .metrics import Metrics

@@ -29,8 +29,8 @@ from .audio.sources import BufferedAudio, SpooledAudio
 from .cache.lookup import CachedAnswer, CacheLookup, cache_scope
 from .dispatch import Dispatch, may_retry
 from .errors import BadGatewayError, InvalidRequestError, ProxyError, UploadOverLimitError
+from .form import PIECE_BYTES, FormReader, TranscriptionForm, repr_digest_sha256
 from .form.fields import fallbacks_of, first_value, forwarded, parse_stream
-from .form.reader import FILE_CHUNK_BYTES, FormReader, TranscriptionForm, repr_digest_sha256
 from .governance.credentials import Caller
 from .governance.governor import Admission, Governor
 from .governance.metering import audio_seconds, wav_seconds
@@ -216,7 +216,7 @@ async def _start(
         if limit is not None and over is None:
             # Too long or not is found out on the way: what was read is kept
             # so the recording can still be cut into chunks.
-            await reader.record(max_bytes=limit + 2 * FILE_CHUNK_BYTES)
+            await reader.record(max_bytes=limit + 2 * PIECE_BYTES)
             audio = LimitedAudio(form.audio, limit)
         elif may_retry(routes):
             await reader.record()

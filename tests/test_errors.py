@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.form.reader import BUFFERED_BODY_BYTES
+from proxy.form import BUFFERED_BODY_BYTES
 from tests.helpers.client import URL, ProxyFactory, audio_bytes, base_url, form, json_of, post
 from tests.helpers.errors import assert_error
 from tests.helpers.processes import free_port

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.form.reader import BUFFERED_BODY_BYTES
+from proxy.form import BUFFERED_BODY_BYTES
 from tests.helpers.client import URL, ProxyFactory, base_url, form, post
 from tests.helpers.errors import assert_error
 from tests.helpers.processes import start_proxy_process

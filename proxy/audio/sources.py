@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import IO
 
 from ..errors import NotReplayableError
@@ -51,6 +51,47 @@ class PassThroughAudio:
     def chunks(self) -> AsyncIterator[bytes]:
         """The inner source's bytes, unchanged."""
         return self._inner.chunks()
+
+
+class LiveAudio:
+    """The file as it arrives from the client: one pass, no copy kept.
+
+    ``pieces`` yields the file's bytes straight off the client socket and
+    then reads the rest of the form; ``trailing_fields`` gives the fields
+    the client sent after the file, once ``pieces`` is done.
+    """
+
+    def __init__(
+        self,
+        pieces: AsyncIterator[bytes],
+        *,
+        filename: str,
+        content_type: str,
+        trailing_fields: Callable[[], Sequence[FormField]],
+    ) -> None:
+        self._pieces = pieces
+        self._trailing_fields = trailing_fields
+        self._started = False
+        self.filename = filename
+        self.content_type = content_type
+        self.size: int | None = None
+
+    @property
+    def trailing_fields(self) -> Sequence[FormField]:
+        """The fields sent after the file; complete once :meth:`chunks` ends."""
+        return self._trailing_fields()
+
+    @property
+    def replayable(self) -> bool:
+        """Never: nothing of it is kept."""
+        return False
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The file's bytes as they arrive (then the rest of the form is read)."""
+        if self._started:
+            raise RuntimeError("a live upload can be read only once")
+        self._started = True
+        return self._pieces
 
 
 class BufferedAudio:

@@ -1,4 +1,4 @@
-"""What the transcription form's text fields may hold (DESIGN.md section 2)."""
+"""What the transcription form's text fields may hold (DESIGN.md section 2), and how many."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import orjson
 from ..errors import InvalidRequestError
 from ..logs import looks_like_a_credential
 from ..models import FormField
+from .limits import FormLimits
 
 RESPONSE_FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt", "diarized_json"})
 TIMESTAMP_GRANULARITIES = frozenset({"word", "segment"})
@@ -118,3 +119,48 @@ def parse_fallbacks(field: FormField) -> list[str]:
 def fallbacks_of(fields: Sequence[FormField]) -> list[str]:
     """Every fallback the client asked for, in order."""
     return [v for f in fields if f.name in PROXY_ONLY_FIELDS for v in parse_fallbacks(f)]
+
+
+class FieldChecks:
+    """The rules a form's text fields keep, however the form is read: how many there
+    are, how large each is, that each is text, that a singular one comes once."""
+
+    def __init__(self, limits: FormLimits) -> None:
+        self._limits = limits
+        self._count = 0
+        self._singular_seen: set[str] = set()
+
+    def count(self, name: str) -> None:
+        """One more field, named ``name``: refused past the limit."""
+        self._count += 1
+        if self._count > self._limits.max_fields:
+            raise InvalidRequestError(
+                f"too many form fields (at most {self._limits.max_fields})",
+                code="too_many_fields",
+                param=name,
+            )
+
+    def size(self, name: str, size: int) -> None:
+        """``size`` bytes of the field have been read: refused past the limit."""
+        if size > self._limits.max_field_bytes:
+            raise InvalidRequestError(
+                f"field {name} is larger than {self._limits.max_field_bytes} bytes",
+                code="field_too_large",
+                param=name,
+            )
+
+    def field(
+        self, name: str, data: bytes | bytearray, charset: str, content_type: str | None
+    ) -> FormField:
+        """A field read whole: its text, checked."""
+        try:
+            value = data.decode(charset)
+        except (UnicodeError, LookupError):  # a charset's name that is not text, too
+            raise InvalidRequestError(f"field {name} is not valid text", param=name) from None
+        if name in SINGULAR_FIELDS:
+            if name in self._singular_seen:
+                raise InvalidRequestError(f"field {name} was sent more than once", param=name)
+            self._singular_seen.add(name)
+        result = FormField(name, value, content_type)
+        validate_field(result)
+        return result
