@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -18,7 +18,7 @@ from .app_state import (
     AUTH_KEY,
     CACHE_KEY,
     CONFIG_KEY,
-    DECODERS_KEY,
+    DISPATCHER_KEY,
     FACTS_KEY,
     GOVERNOR_KEY,
     LIMITS_KEY,
@@ -30,6 +30,7 @@ from .app_state import (
 from .cache.lookup import TranscriptCache
 from .cache.stores import CacheStore, MemoryStore, RedisStore
 from .config import Config
+from .dispatch import Dispatcher
 from .errors import (
     ExpectationFailedError,
     MethodNotAllowedError,
@@ -41,9 +42,10 @@ from .form import FormLimits, check_content_type, check_declared_length
 from .governance.counters import Counters, MemoryCounters, RedisCounters
 from .governance.credentials import Authenticator
 from .governance.governor import Governor
+from .long_audio.dispatch import LongAudio
 from .metrics import Metrics
 from .models import RequestFacts
-from .providers import create_provider
+from .providers import Provider, create_provider
 from .redis_client import connect_redis
 from .router import Router
 from .web_ui import add_web_ui
@@ -74,13 +76,18 @@ SERVER_SETTINGS: dict[str, object] = {
 }
 
 
-def create_app(config: Config) -> web.Application:
-    """The proxy as an aiohttp application."""
+def create_app(config: Config, providers: Mapping[str, Provider] | None = None) -> web.Application:
+    """The proxy as an aiohttp application.
+
+    ``providers`` replaces the ones the config names (as httpx's
+    ``MockTransport`` replaces the network): tests hand in providers of their
+    own, and the app starts and closes them as it would its own.
+    """
     app = web.Application(middlewares=[observe_middleware, error_middleware])
     app[CONFIG_KEY] = config
     app[STATE_KEY] = ServerState()
-    app[METRICS_KEY] = Metrics(
-        providers=config.providers,
+    app[METRICS_KEY] = metrics = Metrics(
+        providers=[*config.providers, *(providers or {})],
         models=[
             name
             for provider in config.providers.values()
@@ -89,24 +96,35 @@ def create_app(config: Config) -> web.Application:
             for name in (model, f"{provider.name}/{model}")
         ],
     )
+    proxy = config.proxy
     app[LIMITS_KEY] = FormLimits(
         max_body_bytes=config.client.max_request_body_bytes,
-        max_fields=config.proxy.max_fields,
-        max_field_bytes=config.proxy.max_field_bytes,
-        spool_dir=config.proxy.spool_dir,
-        max_spool_bytes=config.proxy.max_spool_mb * 1024 * 1024,
-        body_idle_timeout_s=config.proxy.body_idle_timeout_s,
+        max_fields=proxy.max_fields,
+        max_field_bytes=proxy.max_field_bytes,
+        spool_dir=proxy.spool_dir,
+        body_idle_timeout_s=proxy.body_idle_timeout_s,
     )
     app[AUTH_KEY] = Authenticator(config.client, config.governance)
-    app[DECODERS_KEY] = asyncio.Semaphore(config.proxy.chunking.max_decoders)
+    long_audio = LongAudio(
+        proxy.chunking,
+        decoders=asyncio.Semaphore(proxy.chunking.max_decoders),
+        metrics=metrics,
+        spool_dir=proxy.spool_dir,
+    )
+    app[DISPATCHER_KEY] = Dispatcher(
+        cut=long_audio.cut,
+        metrics=metrics,
+        spool_dir=proxy.spool_dir,
+        max_spool_bytes=proxy.max_spool_mb * 1024 * 1024,
+    )
     app.cleanup_ctx.append(_stores)
-    app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_upstreams(providers))
     app.on_response_prepare.append(_tag_response)
     app.on_shutdown.append(_start_draining)
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/metrics", handlers.metrics_page)
     app.router.add_get("/v1/models", handlers.list_models)
-    if config.proxy.web_ui:
+    if proxy.web_ui:
         add_web_ui(app)
     for path in TRANSCRIPTION_PATHS:
         app.router.add_post(path, handlers.create_transcription, expect_handler=expect_continue)
@@ -141,30 +159,41 @@ async def _stores(app: web.Application) -> AsyncIterator[None]:
             await redis.aclose()
 
 
-async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    # One session and one connection pool for every upstream. No pool
-    # limit: requests in flight are bounded where they come in, not here.
-    connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
-    # No cookie jar: one client's upstream cookies (a load balancer's, say)
-    # must never ride along on another client's request.
-    async with aiohttp.ClientSession(
-        connector=connector, cookie_jar=aiohttp.DummyCookieJar()
-    ) as session:
-        config = app[CONFIG_KEY]
-        providers = {
-            name: create_provider(provider, session, config.proxy, app[METRICS_KEY])
-            for name, provider in config.providers.items()
-        }
-        if not providers:
-            log.warning("no provider is configured: transcription requests will be refused")
-        app[ROUTER_KEY] = Router(providers)
-        try:
-            for provider in providers.values():
-                await provider.start()
-            yield
-        finally:
-            for provider in providers.values():
-                await provider.aclose()
+def _upstreams(
+    given: Mapping[str, Provider] | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The providers' lifetime: the config's (over one upstream session), or ``given``."""
+
+    async def upstreams(app: web.Application) -> AsyncIterator[None]:
+        # One session and one connection pool for every upstream. No pool
+        # limit: requests in flight are bounded where they come in, not here.
+        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+        # No cookie jar: one client's upstream cookies (a load balancer's, say)
+        # must never ride along on another client's request.
+        async with aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+        ) as session:
+            config = app[CONFIG_KEY]
+            providers = (
+                dict(given)
+                if given is not None
+                else {
+                    name: create_provider(provider, session, config.proxy, app[METRICS_KEY])
+                    for name, provider in config.providers.items()
+                }
+            )
+            if not providers:
+                log.warning("no provider is configured: transcription requests will be refused")
+            app[ROUTER_KEY] = Router(providers)
+            try:
+                for provider in providers.values():
+                    await provider.start()
+                yield
+            finally:
+                for provider in providers.values():
+                    await provider.aclose()
+
+    return upstreams
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:

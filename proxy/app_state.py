@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .cache.lookup import TranscriptCache
 from .config import Config
+from .dispatch import Dispatcher
 from .form import FormLimits
 from .governance.credentials import Authenticator
 from .governance.governor import Governor
@@ -34,7 +35,7 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 STATE_KEY = web.AppKey("state", ServerState)
 LIMITS_KEY = web.AppKey("limits", FormLimits)
 ROUTER_KEY = web.AppKey("router", Router)
-#: Long uploads being decoded (``proxy.chunking.max_decoders`` at once).
-DECODERS_KEY = web.AppKey("long_audio_decoders", asyncio.Semaphore)
+#: How each upload is sent: whole through its routes, or cut when too long.
+DISPATCHER_KEY = web.AppKey("dispatcher", Dispatcher)
 CACHE_KEY = web.AppKey("transcript_cache", TranscriptCache)
 FACTS_KEY = web.RequestKey("facts", RequestFacts)

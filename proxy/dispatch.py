@@ -1,4 +1,13 @@
-"""One request's way through its routes: the primary and its retries, then each fallback."""
+"""How one upload gets to an answer: the way it is sent, chosen once, behind one interface.
+
+An upload under its routes' upload limit is sent whole through them, with
+retries and fallbacks (:class:`RouteDispatch`); one over it is cut into
+chunks (the ``cut`` given to :class:`Dispatcher`, which is
+:mod:`proxy.long_audio`'s); one whose length is not known until it has all
+arrived is sent whole until it crosses the limit, then cut
+(:class:`UntilOverLimit`). Each is a :class:`Dispatch`: the handler reads
+its events and asks who served it, never which way it went.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +18,20 @@ import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+from .audio.sources import LiveAudio
+from .audio.spool import Spool
 from .config import NetworkConfig
-from .errors import BadGatewayError, GatewayTimeoutError, ProxyError, UpstreamError
+from .errors import (
+    BadGatewayError,
+    GatewayTimeoutError,
+    ProxyError,
+    UploadOverLimitError,
+    UpstreamError,
+)
+from .form import PIECE_BYTES
 from .metrics import Metrics
 from .models import AudioSource, FormField, TranscriptEvent, UpstreamCall
 from .router import Route
@@ -26,9 +44,148 @@ log = logging.getLogger(__name__)
 _UPSTREAM_FAILURES = (UpstreamError, BadGatewayError, GatewayTimeoutError)
 
 
+@dataclass(frozen=True)
+class TranscriptionJob:
+    """One upload to be answered: where it may go, and what it carries."""
+
+    #: The primary route, then one per fallback.
+    routes: Sequence[Route]
+    #: The client's fields sent before the file (the rest follow it upstream).
+    fields: Sequence[FormField]
+    audio: AudioSource
+    #: Passed upstream as ``x-request-id``, so one id follows the request.
+    request_id: str | None = None
+    #: A provider key the client brought (``allow_direct_keys``), used instead of ours.
+    api_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Served:
+    """Who answered, as the answer reports it (``extra_fields``)."""
+
+    route: Route
+    #: Every attempt, when the answer is not the primary's first try.
+    attempts: list[dict[str, Any]] | None = None
+    #: How many chunks a long upload was cut into (None: it was sent whole).
+    audio_chunks: int | None = None
+
+
+class Dispatch(Protocol):
+    """One upload's way to an answer."""
+
+    @property
+    def served(self) -> Served:
+        """Who is answering: the primary until a route answers, the whole story at the end."""
+
+    def events(self) -> AsyncGenerator[TranscriptEvent, None]:
+        """Delta events, then one :class:`~proxy.models.TranscriptDone`.
+
+        Before its first event it raises the request's error (the primary's
+        when every route failed upstream); after it, nothing is tried again.
+        """
+
+
+#: How an upload past ``limit`` bytes is cut and sent: ``cut(job, limit)``.
+Cut = Callable[["TranscriptionJob", int], Dispatch]
+
+
+def upload_limit(routes: Sequence[Route]) -> int | None:
+    """The smallest upload limit among ``routes`` (any of them may end up serving it)."""
+    limits = [r.provider.upload_limit for r in routes if r.provider.upload_limit is not None]
+    return min(limits) if limits else None
+
+
 def may_retry(routes: Sequence[Route]) -> bool:
     """Whether the request may need its upload more than once."""
     return len(routes) > 1 or routes[0].provider.network.max_retries > 0
+
+
+class Dispatcher:
+    """Chooses each upload's way, once, from its size and its routes' upload limit."""
+
+    def __init__(
+        self,
+        *,
+        cut: Cut,
+        metrics: Metrics,
+        spool_dir: str | None = None,
+        max_spool_bytes: int = 1024 * 1024 * 1024,
+    ) -> None:
+        self._cut = cut
+        self._metrics = metrics
+        self._spool_dir = spool_dir
+        self._max_spool_bytes = max_spool_bytes
+
+    async def dispatch(self, job: TranscriptionJob, declared_length: int | None) -> Dispatch:
+        """The way for ``job``; ``declared_length`` is its body's Content-Length, if any.
+
+        A live upload that may be needed again (a retry, a fallback, a cut
+        once it proves too long) is recorded as it streams; any other
+        touches no disk at all.
+        """
+        audio = job.audio
+        limit = upload_limit(job.routes)
+        # The body's length is the file's and a few hundred bytes of fields.
+        size = audio.size if audio.size is not None else declared_length
+        if limit is not None and size is not None and size > limit:
+            return self._cut(job, limit)
+        whole = RouteDispatch(job, metrics=self._metrics)
+        if not isinstance(audio, LiveAudio):
+            return whole
+        if limit is not None and size is None:
+            # Too long or not is found out on the way: what was read is kept
+            # so that the recording can still be cut.
+            await self._record(audio, limit + 2 * PIECE_BYTES)
+            return UntilOverLimit(job, audio, limit, whole=whole, cut=self._cut)
+        if may_retry(job.routes):
+            await self._record(audio, self._max_spool_bytes)
+        return whole
+
+    async def _record(self, audio: LiveAudio, max_bytes: int) -> None:
+        spool = await Spool.create(self._spool_dir, written=self._metrics.spool_bytes)
+        audio.record(spool, max_bytes)
+
+
+class UntilOverLimit:
+    """An upload of unknown length: sent whole until it crosses the limit, then cut.
+
+    The whole request is abandoned upstream before its body is complete, and
+    the recording (kept since the first byte) is cut from its start.
+    """
+
+    def __init__(
+        self, job: TranscriptionJob, audio: LiveAudio, limit: int, *, whole: Dispatch, cut: Cut
+    ) -> None:
+        self._job = job
+        self._audio = audio
+        self._limit = limit
+        self._cut = cut
+        self._current = whole
+
+    @property
+    def served(self) -> Served:
+        """Who the way taken says served it."""
+        return self._current.served
+
+    async def events(self) -> AsyncGenerator[TranscriptEvent, None]:
+        """The whole upload's events, or, past the limit, the cut one's."""
+        self._audio.limit(self._limit)
+        async with aclosing(self._current.events()) as events:
+            try:
+                first = await anext(events, None)
+            except UploadOverLimitError:
+                pass  # what was sent is abandoned
+            else:
+                if first is not None:
+                    yield first
+                async for event in events:
+                    yield event
+                return
+        self._audio.limit(None)
+        self._current = self._cut(self._job, self._limit)
+        async with aclosing(self._current.events()) as events:
+            async for event in events:
+                yield event
 
 
 @dataclass(frozen=True)
@@ -52,8 +209,8 @@ class Attempt:
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class Dispatch:
-    """One request's way through its routes: the primary and its retries, then each fallback.
+class RouteDispatch:
+    """An upload sent whole through its routes: the primary and its retries, then each fallback.
 
     Nothing is retried once a route has produced its first event: by then
     the client may have part of the answer.
@@ -61,26 +218,19 @@ class Dispatch:
 
     def __init__(
         self,
-        routes: Sequence[Route],
-        fields: Sequence[FormField],
-        audio: AudioSource,
+        job: TranscriptionJob,
         *,
         metrics: Metrics | None = None,
-        request_id: str | None = None,
-        api_key: str | None = None,
         sleep: Sleep = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self._routes = routes
-        self._fields = fields
-        self._audio = audio
+        self._job = job
+        self._audio = job.audio
         self._metrics = metrics
-        self._request_id = request_id
-        self._api_key = api_key
         self._sleep = sleep
         self._jitter = jitter
         #: The route that is answering, once one is.
-        self.route = routes[0]
+        self.route = job.routes[0]
         self.attempts: list[Attempt] = []
 
     @property
@@ -89,14 +239,15 @@ class Dispatch:
         return len(self.attempts) > 1
 
     @property
-    def attempt_facts(self) -> list[dict[str, Any]]:
-        """The attempts as ``extra_fields.attempts`` lists them."""
-        return [attempt.as_dict() for attempt in self.attempts]
+    def served(self) -> Served:
+        """The route that answered and, when it was not the primary's first try, the attempts."""
+        return Served(self.route, [a.as_dict() for a in self.attempts] if self.fell_back else None)
 
     async def events(self) -> AsyncGenerator[TranscriptEvent, None]:
         """The answering route's events; raises the primary's error if every route fails."""
         primary_error: ProxyError | None = None
-        for position, route in enumerate(self._routes):
+        routes = self._job.routes
+        for position, route in enumerate(routes):
             answered = False
             try:
                 # Closed here, not left to the garbage collector, when the
@@ -110,7 +261,7 @@ class Dispatch:
                 if answered:
                     raise  # part of this answer is out: it cannot be replaced
                 primary_error = primary_error or exc
-                last = position == len(self._routes) - 1
+                last = position == len(routes) - 1
                 if not last and self._worth_another(exc, note_if_not_replayable=True):
                     log.info(
                         "provider %s failed (%s); falling back", route.provider.name, exc.message
@@ -120,19 +271,22 @@ class Dispatch:
                             provider=self._metrics.provider(route.provider.name)
                         ).inc()
                     continue
-                raise self._with_attempts(primary_error if last else exc) from None
+                # Every route failed upstream: the primary's failure is the answer.
+                every_route_failed = last and isinstance(exc, _UPSTREAM_FAILURES)
+                raise self._with_attempts(primary_error if every_route_failed else exc) from None
 
     async def _try_route(self, route: Route) -> AsyncGenerator[TranscriptEvent, None]:
         network = route.provider.network
         retry = 0
         while True:
+            job = self._job
             events = route.provider.transcribe(
                 UpstreamCall(
                     model=route.model,
-                    fields=self._fields,
-                    audio=self._audio,
-                    request_id=self._request_id,
-                    api_key=self._api_key,
+                    fields=job.fields,
+                    audio=job.audio,
+                    request_id=job.request_id,
+                    api_key=job.api_key,
                 )
             )
             async with aclosing(events):

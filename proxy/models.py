@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class FormField:
 
 
 class AudioSource(Protocol):
-    """The uploaded file: its name, its type and its bytes, read once, in order."""
+    """The uploaded file: its name, its type and its bytes, read in order, piece by piece."""
 
     @property
     def filename(self) -> str: ...
@@ -34,14 +34,18 @@ class AudioSource(Protocol):
 
     @property
     def trailing_fields(self) -> Sequence[FormField]:
-        """Text fields the client sent after the file; complete once ``chunks`` ends."""
+        """Text fields the client sent after the file; complete once ``pieces`` ends."""
 
     @property
     def replayable(self) -> bool:
-        """Whether ``chunks`` can be read again from the first byte."""
+        """Whether ``pieces`` can be read again from the first byte."""
 
-    def chunks(self) -> AsyncIterator[bytes]:
+    def pieces(self) -> AsyncIterator[bytes]:
         """The file's bytes as they become available."""
+
+    def whole_file(self) -> IO[bytes] | None:
+        """A file object over the whole file when it is all at hand (in memory or
+        spooled), for a library that wants one; None while it is still arriving."""
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,8 @@ async def proxy_reads(request):
     reader = FormReader(request, LIMITS, metrics=METRICS)
     async with reader:
         form = await reader.read()
-        async for _ in form.audio.chunks():
+        audio = form.audio
+        async for _ in (audio.pieces() if hasattr(audio, "pieces") else audio.chunks()):
             pass
 
 def aiohttp_input(pieces, eof_now):

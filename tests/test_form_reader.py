@@ -52,12 +52,12 @@ async def _describe(request: web.Request) -> web.Response:
             form = await reader.read()
             audio = form.audio
             if audio is not None:
-                data = b"".join([chunk async for chunk in audio.chunks()])
+                data = b"".join([piece async for piece in audio.pieces()])
                 outcome["audio"] = [
                     audio.filename,
                     audio.content_type,
                     data.hex(),
-                    reader.audio_sha256,
+                    form.audio_sha256,
                 ]
                 outcome["way"] = type(audio).__name__
             outcome["fields"] = [[f.name, f.value, f.content_type] for f in form.all_fields()]

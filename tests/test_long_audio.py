@@ -656,7 +656,7 @@ async def test_decoders_at_once_are_capped(
     async def count_decoders() -> None:
         nonlocal most
         while not done:
-            alive = [t for t in threading.enumerate() if t.name == "long-audio"]
+            alive = [t for t in threading.enumerate() if t.name == "audio-decoder"]
             most = max(most, len(alive))
             await asyncio.sleep(0.002)
 

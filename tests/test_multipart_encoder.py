@@ -9,6 +9,8 @@ from proxy.providers.upstream_form import COALESCE_BYTES, MultipartEncoder, Upst
 
 
 class Audio:
+    """An upload arriving in the pieces given."""
+
     def __init__(self, pieces: list[bytes], trailing: Sequence[FormField] = ()) -> None:
         self._pieces = pieces
         self.filename = 'clip "1".wav'
@@ -17,9 +19,12 @@ class Audio:
         self.trailing_fields = trailing
         self.replayable = True
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def pieces(self) -> AsyncIterator[bytes]:
         for piece in self._pieces:
             yield piece
+
+    def whole_file(self) -> None:
+        return None
 
 
 def test_field_framing() -> None:

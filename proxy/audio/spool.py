@@ -71,7 +71,7 @@ class Spool:
         """Up to ``size`` bytes from ``offset``."""
         return await self._run(os.pread, self._fd, size, offset)
 
-    async def chunks(self, end: int | None = None) -> AsyncIterator[bytes]:
+    async def pieces(self, end: int | None = None) -> AsyncIterator[bytes]:
         """The spooled bytes from the start up to ``end`` (all of them if None)."""
         end = self.size if end is None else end
         offset = 0

@@ -5,39 +5,42 @@ Bifrost's conventions: caching engages for a request that carries
 set); ``x-bf-cache-ttl`` sets the entry's lifetime, ``x-bf-cache-no-store:
 true`` reads without writing.
 
-An entry is keyed on what was said, not on the file's name: the sha256 of
-the audio bytes (hashed as they stream through), the route, every field
-that changes the answer, and the cache key, all scoped to the caller, so
-one tenant never reads another's transcript. ``response_format`` is not in
-the key: a stored answer serves every format it can be rendered as.
+The audio's digest is known only once the whole file is read, while a
+streamed upload's upstream request is already in flight. One request's use
+of the cache is a :class:`CacheLookup`, asked in order by the handler:
 
-The audio's digest is known only once the whole file is read, while the
-upstream request is already in flight. :meth:`CacheLookup.hold` keeps back
-the end of that request's body until the cache has been asked; on a hit the
-upstream request is abandoned before it is complete, so the upstream never
-has a whole request to transcribe.
+1. :meth:`CacheLookup.before_sending`: a hit found before anything goes
+   upstream, when the digest is known up front (a spooled or buffered file,
+   hashed as it was read; a ``Repr-Digest`` header);
+2. :meth:`CacheLookup.hold`: otherwise the end of the upload waits for the
+   lookup; on a hit the upstream request is abandoned before it is complete
+   (the upstream never has a whole request to bill) with
+   :class:`~proxy.errors.AnsweredFromCacheError`, and :attr:`CacheLookup.hit`
+   is the answer;
+3. :meth:`CacheLookup.answering`: the upstream's answer has begun, and is
+   the one given;
+4. :meth:`CacheLookup.debug` for ``extra_fields.cache_debug``, and
+   :meth:`CacheLookup.save` to store a complete answer.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from ..answers.formats import format_of, render
-from ..audio.sources import PassThroughAudio
+from ..answers.formats import format_of
+from ..audio.sources import LiveAudio
 from ..config import CacheSettings, parse_duration
 from ..errors import AnsweredFromCacheError, InvalidRequestError
-from ..form.fields import PROXY_ONLY_FIELDS, first_value
+from ..form import TranscriptionForm
+from ..form.fields import first_value
 from ..governance.credentials import Caller
 from ..metrics import Metrics
-from ..models import AudioSource, FormField, RequestFacts, TranscriptDone
+from ..models import FormField, RequestFacts, TranscriptDone
 from ..router import Route
+from .entries import CachedAnswer, cache_key, cache_scope
 from .stores import CacheStore, CacheStoreError
 
 log = logging.getLogger(__name__)
@@ -46,11 +49,8 @@ CACHE_KEY_HEADER = "x-bf-cache-key"
 CACHE_TTL_HEADER = "x-bf-cache-ttl"
 CACHE_NO_STORE_HEADER = "x-bf-cache-no-store"
 
-#: Fields that do not change what was said: how the answer is framed, where
-#: it may come from. Everything else the client sends is part of the key.
-_NOT_IN_KEY = frozenset({"model", "response_format", "stream", *PROXY_ONLY_FIELDS})
-#: Bumped whenever what a key covers changes, so old entries are not misread.
-_KEY_VERSION = "transcript-v1"
+#: A cached entry and its answer in the format the request asks for.
+CacheHit = tuple[CachedAnswer, TranscriptDone]
 
 
 @dataclass(frozen=True)
@@ -60,47 +60,6 @@ class CacheRequest:
     key: str
     ttl_s: float
     no_store: bool
-
-
-@dataclass(frozen=True)
-class CachedAnswer:
-    """A complete successful answer as stored, and who first gave it."""
-
-    format: str
-    done: TranscriptDone
-    provider: str
-    model: str
-
-    def encode(self) -> bytes:
-        """The entry as stored."""
-        return orjson.dumps(
-            {
-                "format": self.format,
-                "document": self.done.document,
-                "text": self.done.text,
-                "provider": self.provider,
-                "model": self.model,
-            }
-        )
-
-    @classmethod
-    def decode(cls, raw: bytes) -> CachedAnswer | None:
-        """The entry ``raw`` holds, or None when it is not one (then it counts as a miss)."""
-        try:
-            entry = orjson.loads(raw)
-            document, text = entry["document"], entry["text"]
-            if not (isinstance(document, dict) or isinstance(text, str)):
-                return None
-            done = TranscriptDone(
-                raw=b"", document=document if isinstance(document, dict) else None, text=text
-            )
-            return cls(str(entry["format"]), done, str(entry["provider"]), str(entry["model"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            return None
-
-    def as_format(self, wanted: str) -> TranscriptDone | None:
-        """The answer in format ``wanted``, or None when this entry cannot give it."""
-        return render(self.done, self.format, wanted)
 
 
 class TranscriptCache:
@@ -131,7 +90,19 @@ class TranscriptCache:
         no_store = headers.get(CACHE_NO_STORE_HEADER, "").strip().lower() == "true"
         return CacheRequest(key=key, ttl_s=ttl_s, no_store=no_store)
 
-    async def get(self, key: str, wanted_format: str) -> tuple[CachedAnswer, TranscriptDone] | None:
+    def lookup(
+        self,
+        request: CacheRequest,
+        caller: Caller,
+        route: Route,
+        declared_sha256: bytes | None = None,
+    ) -> CacheLookup:
+        """One request's use of the cache, for the primary ``route``."""
+        return CacheLookup(
+            self, request, scope=cache_scope(caller), route=route, declared_sha256=declared_sha256
+        )
+
+    async def get(self, key: str, wanted_format: str) -> CacheHit | None:
         """The entry under ``key`` and its answer in ``wanted_format``, or None on a miss."""
         try:
             raw = await self._store.get(key)
@@ -158,60 +129,35 @@ class TranscriptCache:
         self._metrics.cache_stores.inc()
         self._metrics.cache_evictions.inc(evicted)
 
-
-def cache_scope(caller: Caller) -> str:
-    """Whose entries a caller may read: its virtual key's, never another tenant's."""
-    if caller.virtual_key is not None:
-        return f"vk:{caller.virtual_key.id}"
-    if caller.direct_key is not None:
-        # The caller's own provider key is its identity; only a digest is kept.
-        return "direct:" + hashlib.sha256(caller.direct_key.encode()).hexdigest()
-    return caller.kind
-
-
-def cache_key(
-    *, scope: str, request_key: str, route: Route, fields: Sequence[FormField], audio_sha256: str
-) -> str:
-    """The entry's key: everything that decides what the answer says."""
-    relevant = sorted(
-        (field.name.removesuffix("[]"), field.value)
-        for field in fields
-        if field.name not in _NOT_IN_KEY
-    )
-    # A diarized answer is another kind of document: it gets entries of its own.
-    family = "diarized" if first_value(fields, "response_format") == "diarized_json" else "text"
-    material = orjson.dumps(
-        [
-            _KEY_VERSION,
-            scope,
-            request_key,
-            route.provider.name,
-            route.model,
-            family,
-            audio_sha256,
-            relevant,
-        ]
-    )
-    return hashlib.sha256(material).hexdigest()
+    def upstream_cancelled(self) -> None:
+        """Count an upstream request abandoned because the cache had the answer."""
+        self._metrics.cache_upstream_cancelled.inc()
 
 
 class CacheLookup:
-    """One request's use of the cache: its lookups, its hit and what it stores."""
+    """One request's use of the cache: its lookups, its hit and what it stores (see the
+    module's docstring for the order they are asked in)."""
 
     def __init__(
-        self, cache: TranscriptCache, request: CacheRequest, *, scope: str, route: Route
+        self,
+        cache: TranscriptCache,
+        request: CacheRequest,
+        *,
+        scope: str,
+        route: Route,
+        declared_sha256: bytes | None = None,
     ) -> None:
         self._cache = cache
         self._request = request
         self._scope = scope
         self._route = route
+        self._declared_sha256 = declared_sha256
+        self._missed: set[str] = set()
+        self._answering = False
         #: The key last looked up (``cache_debug.cache_id``).
         self.cache_id: str | None = None
-        self._missed: set[str] = set()
-        #: Set once the whole form is read and the cache asked: the hit, or None.
-        self.hit: asyncio.Future[tuple[CachedAnswer, TranscriptDone] | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        #: The answer found while the upstream request was in flight.
+        self.hit: CacheHit | None = None
 
     def key(self, fields: Sequence[FormField], audio_sha256: str) -> str:
         """The entry key for this audio and these fields."""
@@ -223,9 +169,7 @@ class CacheLookup:
             audio_sha256=audio_sha256,
         )
 
-    async def find(
-        self, fields: Sequence[FormField], audio_sha256: str
-    ) -> tuple[CachedAnswer, TranscriptDone] | None:
+    async def find(self, fields: Sequence[FormField], audio_sha256: str) -> CacheHit | None:
         """The cached answer for this audio and these fields, in the format they ask for."""
         self.cache_id = self.key(fields, audio_sha256)
         if self.cache_id in self._missed:
@@ -237,34 +181,71 @@ class CacheLookup:
             self._missed.add(self.cache_id)
         return found
 
-    def hold(
-        self,
-        audio: AudioSource,
-        all_fields: Callable[[], Sequence[FormField]],
-        audio_sha256: Callable[[], str],
-    ) -> AudioSource:
-        """``audio`` whose end waits for the cache: on a hit the upstream request is abandoned.
+    async def before_sending(self, form: TranscriptionForm) -> CacheHit | None:
+        """A hit found before anything goes upstream, when the audio's digest is known up front.
 
-        ``all_fields`` and ``audio_sha256`` are called once the file has been
-        read, when both are known.
+        A spooled or buffered file was hashed as it was read. A streaming file
+        is known up front only by its ``Repr-Digest``: on a hit, the rest of
+        the body is read (and checked against the digest) without going
+        upstream.
         """
-        return _HeldAudio(audio, self, all_fields, audio_sha256)
+        if form.audio_sha256 is not None:
+            return await self.find(form.all_fields(), form.audio_sha256)
+        if self._declared_sha256 is None or form.audio is None:
+            return None
+        found = await self.find(form.fields, self._declared_sha256.hex())
+        if found is None:
+            return None  # streamed upstream; the cache is asked again at the end of the file
+        async for _ in form.audio.pieces():
+            pass  # read and hashed; a digest that does not match is a 400
+        every_field = form.all_fields()
+        if len(every_field) != len(form.fields):
+            # Fields after the file may change the key; the audio is read and gone.
+            assert form.audio_sha256 is not None
+            found = await self.find(every_field, form.audio_sha256)
+            if found is None:
+                raise InvalidRequestError(
+                    "with Repr-Digest, send every field before the file: fields after it "
+                    "changed the request, and the file was read without forwarding it",
+                    code="fields_after_file",
+                )
+        return found
 
-    async def settle_in_flight(self, fields: Sequence[FormField], audio_sha256: str) -> None:
-        """Ask the cache once the form is whole; raise to abandon the upstream request on a hit."""
-        if not self.hit.done():
-            found = await self.find(fields, audio_sha256)
-            if not self.hit.done():
-                self.hit.set_result(found)
-        if self.hit.result() is not None:
-            raise AnsweredFromCacheError("answered from the transcript cache")
+    def hold(self, form: TranscriptionForm) -> None:
+        """Make the end of a streaming upload wait for the cache (see the module's docstring)."""
+        audio = form.audio
+        if not isinstance(audio, LiveAudio):
+            return  # whole already, and looked up before sending
+
+        async def ask() -> None:
+            assert form.audio_sha256 is not None
+            fields = form.all_fields()
+            if self._answering:  # the upstream's answer has begun; it is the one given
+                self.cache_id = self.key(fields, form.audio_sha256)
+                return
+            found = await self.find(fields, form.audio_sha256)
+            if found is not None and not self._answering:
+                self.hit = found
+                self._cache.upstream_cancelled()
+                raise AnsweredFromCacheError("answered from the transcript cache")
+
+        audio.hold_end(ask)
+
+    def answering(self) -> None:
+        """The upstream's answer has begun: no hit may replace it any more."""
+        self._answering = True
 
     async def save(
-        self, done: TranscriptDone, fields: Sequence[FormField], facts: RequestFacts
+        self,
+        done: TranscriptDone,
+        form: TranscriptionForm,
+        facts: RequestFacts,
     ) -> None:
         """Store a complete successful answer, unless the request said not to."""
-        if self._request.no_store or self.cache_id is None:
+        if self._request.no_store or form.audio_sha256 is None:
             return
+        fields = form.all_fields()
+        self.cache_id = self.key(fields, form.audio_sha256)
         requested = first_value(fields, "response_format") or "json"
         entry = CachedAnswer(
             format=format_of(done, requested),
@@ -285,25 +266,3 @@ class CacheLookup:
             facts["provider_used"] = entry.provider
             facts["model_used"] = entry.model
         return facts
-
-
-class _HeldAudio(PassThroughAudio):
-    """An audio source whose last step is asking the cache (see :meth:`CacheLookup.hold`)."""
-
-    def __init__(
-        self,
-        inner: AudioSource,
-        lookup: CacheLookup,
-        all_fields: Callable[[], Sequence[FormField]],
-        audio_sha256: Callable[[], str],
-    ) -> None:
-        super().__init__(inner)
-        self._lookup = lookup
-        self._all_fields = all_fields
-        self._audio_sha256 = audio_sha256
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The audio; then, before the body can end, the cache is asked."""
-        async for chunk in self._inner.chunks():
-            yield chunk
-        await self._lookup.settle_in_flight(self._all_fields(), self._audio_sha256())

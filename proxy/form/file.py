@@ -72,29 +72,21 @@ class FileAccount:
         self._facts = facts
         self._expected_sha256 = expected_sha256
         self._hasher = hashlib.sha256() if hash_audio or expected_sha256 is not None else None
-        self._sha256: str | None = None
 
-    @property
-    def sha256(self) -> str:
-        """The file's sha256 in hex, once it has been read whole and hashed."""
-        if self._sha256 is None:
-            raise RuntimeError("the file has not been read whole and hashed")
-        return self._sha256
-
-    def took(self, chunk: bytes) -> None:
+    def took(self, piece: bytes) -> None:
         """A piece of the file has been read."""
         if self._hasher is not None:
-            self._hasher.update(chunk)
-        self._metrics.audio_bytes_in.inc(len(chunk))
+            self._hasher.update(piece)
+        self._metrics.audio_bytes_in.inc(len(piece))
         if self._facts is not None:
             if not self._facts.audio_bytes:
-                self._facts.audio_head = chunk[:64]
-            self._facts.audio_bytes += len(chunk)
+                self._facts.audio_head = piece[:64]
+            self._facts.audio_bytes += len(piece)
 
-    def read_whole(self) -> None:
-        """The file is read whole: its digest is known, and checked against the client's."""
+    def read_whole(self) -> str | None:
+        """The file is read whole: its sha256 in hex (when hashed), checked against the client's."""
         if self._hasher is None:
-            return
+            return None
         digest = self._hasher.digest()
         if self._expected_sha256 is not None and digest != self._expected_sha256:
             raise InvalidRequestError(
@@ -102,4 +94,4 @@ class FileAccount:
                 code="digest_mismatch",
                 param="file",
             )
-        self._sha256 = digest.hex()
+        return digest.hex()

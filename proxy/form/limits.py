@@ -27,8 +27,6 @@ class FormLimits:
     max_fields: int = 64
     max_field_bytes: int = 64 * 1024
     spool_dir: str | None = None
-    #: Past this many bytes a recorded upload can no longer be replayed.
-    max_spool_bytes: int = 1024 * 1024 * 1024
     #: Longest wait for the next bytes of the body.
     body_idle_timeout_s: float = 30.0
 

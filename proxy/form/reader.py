@@ -14,14 +14,14 @@ is in memory anyway: it is parsed in one pass and its file is a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
 from aiohttp import hdrs, web
 
-from ..audio.sources import BufferedAudio, LiveAudio, ReplayableAudio, SpooledAudio
+from ..audio.sources import BufferedAudio, LiveAudio, SpooledAudio
 from ..audio.spool import Spool
 from ..errors import ClientGoneError, InvalidRequestError, MalformedBodyError, ProxyError
 from ..metrics import Metrics
@@ -44,7 +44,9 @@ class TranscriptionForm:
     """
 
     fields: list[FormField] = field(default_factory=list)
-    audio: LiveAudio | SpooledAudio | BufferedAudio | ReplayableAudio | None = None
+    audio: LiveAudio | SpooledAudio | BufferedAudio | None = None
+    #: The file's sha256 in hex, once it has been read whole (when the reader hashes it).
+    audio_sha256: str | None = None
 
     def all_fields(self) -> list[FormField]:
         """Every text field the client sent, before and after the file."""
@@ -86,11 +88,6 @@ class FormReader:
         self._trailing: list[FormField] = []
         self._uploading = False
 
-    @property
-    def audio_sha256(self) -> str:
-        """The file's sha256 in hex, once it has been read whole (with ``hash_audio``)."""
-        return self._file.sha256
-
     async def __aenter__(self) -> Self:
         self._uploading = True
         self._metrics.active_uploads.inc()
@@ -102,30 +99,14 @@ class FormReader:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        audio = self._form.audio
-        if isinstance(audio, ReplayableAudio):
-            await audio.aclose()
-        elif isinstance(audio, SpooledAudio):
-            audio.close()
+        if self._form.audio is not None:
+            await self._form.audio.aclose()
         self._upload_finished()
 
     def _upload_finished(self) -> None:
         if self._uploading:
             self._uploading = False
             self._metrics.active_uploads.dec()
-
-    async def record(self, max_bytes: int | None = None) -> None:
-        """Record a streaming upload as it is sent, so that it can be sent again.
-
-        Only for a request that may be retried or fall back, or be cut into
-        chunks: any other touches no disk at all. Past ``max_bytes`` (the
-        spool limit by default) the recording stops.
-        """
-        live = self._form.audio
-        if isinstance(live, LiveAudio):
-            spool = await Spool.create(self._limits.spool_dir, written=self._metrics.spool_bytes)
-            cap = self._limits.max_spool_bytes if max_bytes is None else max_bytes
-            self._form.audio = ReplayableAudio(live, spool, cap)
 
     async def read(self) -> TranscriptionForm:
         """Read up to a streamable file part, or the whole form."""
@@ -241,7 +222,7 @@ class FormReader:
 
     # --- the file, to wherever it goes ----------------------------------------------------------
 
-    async def _file_data(self, *, then_the_rest: bool = False) -> AsyncIterator[bytes]:
+    async def _file_data(self, *, then_the_rest: bool = False) -> AsyncGenerator[bytes, None]:
         """The file part's bytes as they come, counted and hashed; with ``then_the_rest``
         (a file streamed straight off the socket), the fields after it are read next."""
         account = self._file
@@ -253,7 +234,7 @@ class FormReader:
                 assert isinstance(event, bytes)
                 account.took(event)
                 yield event
-            account.read_whole()
+            self._form.audio_sha256 = account.read_whole()
             if then_the_rest:
                 self._trailing = await self._rest_of_form()
         except MalformedBodyError as exc:

@@ -7,9 +7,10 @@ more than what is in flight.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from ..config import GovernanceConfig, VirtualKeyConfig
@@ -20,9 +21,11 @@ from ..errors import (
     RateLimitedError,
     ServiceUnavailableError,
 )
+from ..models import RequestFacts
 from ..router import Route
 from .counters import Counters, CounterStoreError
 from .credentials import Caller
+from .metering import seconds_used
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,18 @@ class Governor:
                 rate = amount / reserve_s if reserve_s else 0.0
                 admission.by_audio.append((name, amount, window, rate))
         return admission
+
+    @contextlib.asynccontextmanager
+    async def metered(
+        self, caller: Caller, route: Route, facts: RequestFacts
+    ) -> AsyncIterator[Admission]:
+        """The request admitted, and its reservations settled with the audio it used
+        (:func:`~.metering.seconds_used`) however it ends."""
+        admission = await self.admit(caller, route)
+        try:
+            yield admission
+        finally:
+            await self.settle(admission, seconds_used(facts))
 
     async def settle(self, admission: Admission, audio_seconds: float) -> None:
         """Replace the reservations with what the request really used."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..models import TranscriptDone
+from ..models import RequestFacts, TranscriptDone
 
 
 def wav_seconds(head: bytes, size: int) -> float:
@@ -22,3 +22,11 @@ def audio_seconds(done: TranscriptDone | None) -> float:
         return float(usage["seconds"])
     duration = done.document.get("duration")
     return float(duration) if isinstance(duration, int | float) else 0.0
+
+
+def seconds_used(facts: RequestFacts) -> float:
+    """The audio a request used, as its limits and budgets settle on it: the answer's own
+    figure, else the length of a WAV upload; an answer from the cache used none."""
+    if facts.cache_hit:
+        return 0.0
+    return facts.audio_seconds or wav_seconds(facts.audio_head, facts.audio_bytes)

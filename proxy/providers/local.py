@@ -23,7 +23,6 @@ from typing import IO, Any
 
 from ..answers.events import DELTA
 from ..answers.formats import Segment, Word, transcript
-from ..audio.sources import BufferedAudio, SpooledAudio
 from ..audio.spool import Spool
 from ..config import LocalSettings, NetworkConfig
 from ..errors import (
@@ -201,21 +200,21 @@ class LocalProvider:
             )
         audio = call.audio
         spool: Spool | None = None
+        # Already whole, on disk or in memory: decoded where it is.
+        source = audio.whole_file()
         try:
-            whole: SpooledAudio | BufferedAudio | Spool
-            if isinstance(audio, SpooledAudio | BufferedAudio):
-                whole = audio  # already whole, on disk or in memory: decoded where it is
-            else:
-                whole = spool = await Spool.create(
-                    self._spool_dir, written=self._metrics.spool_bytes
-                )
-                async for chunk in audio.chunks():
-                    await spool.append(chunk)
-            self._metrics.audio_bytes_out.labels(provider=self.name).inc(whole.size or 0)
+            size = audio.size or 0
+            if source is None:
+                spool = await Spool.create(self._spool_dir, written=self._metrics.spool_bytes)
+                async for piece in audio.pieces():
+                    await spool.append(piece)
+                source, size = spool.open_reader(), spool.size
+            self._metrics.audio_bytes_out.labels(provider=self.name).inc(size)
             started = time.monotonic()
             whisper = await self._model.get()
             await self._slots.acquire()
-            decoding = _Decoding(whisper, whole.open_reader(), options, self._executor)
+            decoding = _Decoding(whisper, source, options, self._executor)
+            source = None  # the decoding thread closes it
             decoding.done.add_done_callback(lambda _: self._slots.release())
             segments: list[Segment] = []
             try:
@@ -236,6 +235,8 @@ class LocalProvider:
                 with_words=bool(options.get("word_timestamps")),
             )
         finally:
+            if source is not None:
+                source.close()
             if spool is not None:
                 spool.close()
 

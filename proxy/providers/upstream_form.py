@@ -138,20 +138,20 @@ class UpstreamBody:
         self.audio_bytes = 0
         try:
             pacer.waiting_for_client()
-            async for chunk in audio.chunks():
-                self.audio_bytes += len(chunk)
-                if size + len(chunk) < COALESCE_BYTES:
-                    gathered.append(chunk)
-                    size += len(chunk)
+            async for piece in audio.pieces():
+                self.audio_bytes += len(piece)
+                if size + len(piece) < COALESCE_BYTES:
+                    gathered.append(piece)
+                    size += len(piece)
                     continue
                 pacer.waiting_for_upstream()
                 if gathered:
                     yield b"".join(gathered)
-                if len(chunk) >= COALESCE_BYTES:
-                    yield chunk
+                if len(piece) >= COALESCE_BYTES:
+                    yield piece
                     gathered, size = [], 0
                 else:
-                    gathered, size = [chunk], len(chunk)
+                    gathered, size = [piece], len(piece)
                 pacer.waiting_for_client()
         except ProxyError as exc:
             self.failure = exc
