@@ -1,4 +1,11 @@
-"""OpenAI's response formats: made from a model's segments, or from one another.
+"""OpenAI's response formats, each declared once (:data:`FORMATS`), and how they are made.
+
+A format says how its answer is sent (a JSON document, or the transcript as
+text of a media type), whether it is captions (timed cues, read back and
+made anew when long audio is stitched), what an answer stored in it can be
+rendered as (the transcript cache), and whether it names speakers (only a
+diarizing model makes it). The form's field check, the answer writer, the
+cache, the stitcher and the embedded model all ask :data:`FORMATS`.
 
 The embedded model builds every format from its segments; the transcript
 cache answers a request in another format than the one it stored when the
@@ -9,7 +16,8 @@ segments that srt and vtt are made of).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,15 +72,14 @@ def transcript(
     duration: float,
     with_words: bool = False,
 ) -> TranscriptDone:
-    """The answer in ``response_format`` (json, verbose_json, text, srt or vtt)."""
+    """The answer in ``response_format`` (any format but one that names speakers)."""
     text = "".join(s.text for s in segments).strip()
     usage = {"type": "duration", "seconds": math.ceil(duration)}
-    if response_format == "text":
+    captions = FORMATS[response_format].captions
+    if captions is not None:
+        body = captions(segments)
+    elif response_format == "text":
         body = text + "\n"
-    elif response_format == "srt":
-        body = srt(segments)
-    elif response_format == "vtt":
-        body = vtt(segments)
     elif response_format == "verbose_json":
         document: dict[str, Any] = {
             "task": "transcribe",
@@ -109,31 +116,20 @@ def vtt(segments: Sequence[Segment]) -> str:
     )
 
 
-#: What an answer stored in one format can also be rendered as.
-RENDERABLE: dict[str, frozenset[str]] = {
-    "verbose_json": frozenset({"verbose_json", "json", "text", "srt", "vtt"}),
-    "json": frozenset({"json", "text"}),
-    "text": frozenset({"text"}),
-    "srt": frozenset({"srt"}),
-    "vtt": frozenset({"vtt"}),
-    "diarized_json": frozenset({"diarized_json"}),
-}
-
-
 def format_of(done: TranscriptDone, requested: str) -> str:
     """The format ``done`` is really in, judged by its content where that says more.
 
     A JSON answer with segments is verbose_json whatever was asked (some
     upstreams answer richer than asked); one without is plain json.
     """
-    if done.document is None or requested == "diarized_json":
+    if done.document is None or FORMATS[requested].diarized:
         return requested
     return "verbose_json" if _segments_of(done.document) is not None else "json"
 
 
 def render(done: TranscriptDone, stored: str, wanted: str) -> TranscriptDone | None:
     """``done`` (in format ``stored``) as format ``wanted``, or None when it cannot be."""
-    if wanted not in RENDERABLE.get(stored, frozenset()):
+    if stored not in FORMATS or wanted not in FORMATS[stored].renders:
         return None
     if wanted == stored:
         return done
@@ -147,8 +143,9 @@ def render(done: TranscriptDone, stored: str, wanted: str) -> TranscriptDone | N
         if "usage" in document:
             plain["usage"] = document["usage"]
         return TranscriptDone(raw=b"", document=plain)
-    segments = _segments_of(document) or []
-    body = srt(segments) if wanted == "srt" else vtt(segments)
+    captions = FORMATS[wanted].captions
+    assert captions is not None  # what verbose_json renders as, besides the above
+    body = captions(_segments_of(document) or [])
     return TranscriptDone(raw=body.encode(), text=body)
 
 
@@ -190,3 +187,85 @@ def _clock(seconds: float, separator: str) -> str:
     minutes, rest = divmod(rest, 60_000)
     whole, millis = divmod(rest, 1000)
     return f"{hours:02d}:{minutes:02d}:{whole:02d}{separator}{millis:03d}"
+
+
+_CUE_TIMING = re.compile(
+    r"^\s*((?:\d+:)?\d{1,2}:\d{2}[.,]\d{1,3})\s*-->\s*((?:\d+:)?\d{1,2}:\d{2}[.,]\d{1,3})"
+)
+
+
+@dataclass(frozen=True)
+class Cue:
+    """One caption of an srt or vtt transcript."""
+
+    start: float
+    end: float
+    text: str
+
+
+def parse_cues(text: str) -> list[Cue]:
+    """The cues of an srt or WebVTT document (numbers, ids and settings dropped)."""
+    cues: list[Cue] = []
+    for block in re.split(r"\r?\n\s*\r?\n", text):
+        lines = block.strip("\r\n").splitlines()
+        for position, line in enumerate(lines):
+            timing = _CUE_TIMING.match(line)
+            if timing:
+                cues.append(
+                    Cue(
+                        _seconds(timing.group(1)),
+                        _seconds(timing.group(2)),
+                        "\n".join(lines[position + 1 :]).strip(),
+                    )
+                )
+                break
+    return cues
+
+
+def _seconds(clock: str) -> float:
+    parts = clock.replace(",", ".").split(":")
+    seconds = float(parts[-1])
+    for unit, value in zip((60, 3600), reversed(parts[:-1]), strict=False):
+        seconds += unit * int(value)
+    return seconds
+
+
+JSON_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """One of OpenAI's ``response_format`` values, and what it means here."""
+
+    name: str
+    #: How its answer is sent: ``application/json`` (a document with
+    #: ``extra_fields``), or the transcript itself as text of this type.
+    media_type: str
+    #: What an answer stored in this format can also be given as (the cache).
+    renders: frozenset[str]
+    #: Captions (srt, vtt): made from timed segments by this, and read back
+    #: with :func:`parse_cues`.
+    captions: Callable[[Sequence[Segment]], str] | None = None
+    #: Whether it names who spoke: only a diarizing model makes it, and its
+    #: cached answers are entries of their own.
+    diarized: bool = False
+
+    @property
+    def is_document(self) -> bool:
+        """Whether the answer is a JSON document."""
+        return self.media_type == JSON_TYPE
+
+
+FORMATS: Mapping[str, ResponseFormat] = {
+    f.name: f
+    for f in (
+        ResponseFormat("json", JSON_TYPE, frozenset({"json", "text"})),
+        ResponseFormat("text", "text/plain", frozenset({"text"})),
+        ResponseFormat("srt", "text/plain", frozenset({"srt"}), captions=srt),
+        ResponseFormat("vtt", "text/vtt", frozenset({"vtt"}), captions=vtt),
+        ResponseFormat(
+            "verbose_json", JSON_TYPE, frozenset({"verbose_json", "json", "text", "srt", "vtt"})
+        ),
+        ResponseFormat("diarized_json", JSON_TYPE, frozenset({"diarized_json"}), diarized=True),
+    )
+}

@@ -10,8 +10,7 @@ from aiohttp import web
 
 from ..errors import ProxyError, error_body
 from ..models import RequestFacts, TranscriptDone
-
-JSON_TYPE = "application/json"
+from .formats import FORMATS, JSON_TYPE
 
 
 def json_response(
@@ -46,7 +45,11 @@ def transcription_response(
     latency = facts.latency_ms()
     if done.document is None:
         text = done.text or ""
-        content_type = "text/vtt" if response_format == "vtt" else "text/plain"
+        declared = FORMATS.get(response_format)
+        # As the upstream sent it: a format's own type, else plain text.
+        content_type = (
+            "text/plain" if declared is None or declared.is_document else declared.media_type
+        )
         return web.Response(
             text=text,
             content_type=content_type,

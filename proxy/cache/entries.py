@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from ..answers.formats import render
+from ..answers.formats import FORMATS, render
 from ..form.fields import PROXY_ONLY_FIELDS, first_value
 from ..governance.credentials import Caller
 from ..models import FormField, TranscriptDone
@@ -91,7 +91,8 @@ def cache_key(
         if field.name not in _NOT_IN_KEY
     )
     # A diarized answer is another kind of document: it gets entries of its own.
-    family = "diarized" if first_value(fields, "response_format") == "diarized_json" else "text"
+    response_format = FORMATS.get(first_value(fields, "response_format") or "json")
+    family = "diarized" if response_format is not None and response_format.diarized else "text"
     material = orjson.dumps(
         [
             _KEY_VERSION,

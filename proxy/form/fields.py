@@ -8,12 +8,12 @@ from collections.abc import Sequence
 
 import orjson
 
+from ..answers.formats import FORMATS
 from ..errors import InvalidRequestError
 from ..logs import looks_like_a_credential
 from ..models import FormField
 from .limits import FormLimits
 
-RESPONSE_FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt", "diarized_json"})
 TIMESTAMP_GRANULARITIES = frozenset({"word", "segment"})
 
 #: Fields that may appear once; a second copy is ambiguous and refused.
@@ -43,8 +43,8 @@ def validate_field(field: FormField) -> None:
                 param=name,
             )
     elif name == "response_format":
-        if value not in RESPONSE_FORMATS:
-            choices = ", ".join(sorted(RESPONSE_FORMATS))
+        if value not in FORMATS:
+            choices = ", ".join(sorted(FORMATS))
             raise InvalidRequestError(
                 f"response_format must be one of {choices}; got {value!r}", param=name
             )

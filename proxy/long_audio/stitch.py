@@ -7,17 +7,12 @@ the whole recording at once.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..answers.formats import Segment, srt, vtt
+from ..answers.formats import FORMATS, Segment, parse_cues
 from ..models import TranscriptDone
-
-_CUE_TIMING = re.compile(
-    r"^\s*((?:\d+:)?\d{1,2}:\d{2}[.,]\d{1,3})\s*-->\s*((?:\d+:)?\d{1,2}:\d{2}[.,]\d{1,3})"
-)
 
 
 @dataclass(frozen=True)
@@ -44,7 +39,8 @@ def stitch(
     answers: Sequence[ChunkAnswer], *, response_format: str, duration_s: float
 ) -> TranscriptDone:
     """The chunks' answers as one answer in ``response_format``."""
-    if response_format in ("srt", "vtt"):
+    captions = FORMATS[response_format].captions
+    if captions is not None:
         cues = [
             Segment(
                 id=0, seek=0, start=cue.start + a.start_s, end=cue.end + a.start_s, text=cue.text
@@ -52,7 +48,7 @@ def stitch(
             for a in answers
             for cue in parse_cues(a.done.text or "")
         ]
-        body = srt(cues) if response_format == "srt" else vtt(cues)
+        body = captions(cues)
         return TranscriptDone(raw=body.encode(), text=body)
     if all(a.done.document is None for a in answers):  # text
         body = _joined(chunk_text(a.done) for a in answers) + "\n"
@@ -133,39 +129,3 @@ def _summed_usage(usages: list[Any]) -> dict[str, Any] | None:
                 if isinstance(previous, int | float) and not isinstance(previous, bool):
                     total[key] = previous + value
     return total
-
-
-@dataclass(frozen=True)
-class Cue:
-    """One caption of an srt or vtt transcript."""
-
-    start: float
-    end: float
-    text: str
-
-
-def parse_cues(text: str) -> list[Cue]:
-    """The cues of an srt or WebVTT document (numbers, ids and settings dropped)."""
-    cues: list[Cue] = []
-    for block in re.split(r"\r?\n\s*\r?\n", text):
-        lines = block.strip("\r\n").splitlines()
-        for position, line in enumerate(lines):
-            timing = _CUE_TIMING.match(line)
-            if timing:
-                cues.append(
-                    Cue(
-                        _seconds(timing.group(1)),
-                        _seconds(timing.group(2)),
-                        "\n".join(lines[position + 1 :]).strip(),
-                    )
-                )
-                break
-    return cues
-
-
-def _seconds(clock: str) -> float:
-    parts = clock.replace(",", ".").split(":")
-    seconds = float(parts[-1])
-    for unit, value in zip((60, 3600), reversed(parts[:-1]), strict=False):
-        seconds += unit * int(value)
-    return seconds

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..answers.events import DELTA
-from ..answers.formats import Segment, Word, transcript
+from ..answers.formats import FORMATS, Segment, Word, transcript
 from ..audio.spool import Spool
 from ..config import LocalSettings, NetworkConfig
 from ..errors import (
@@ -193,9 +193,9 @@ class LocalProvider:
         fields = [*call.fields]
         options = _decode_options(fields, self._settings)
         response_format = first_value(fields, "response_format") or "json"
-        if response_format == "diarized_json":
+        if FORMATS[response_format].diarized:
             raise InvalidRequestError(
-                "the local model cannot tell speakers apart (diarized_json)",
+                f"the local model cannot tell speakers apart ({response_format})",
                 param="response_format",
             )
         audio = call.audio
