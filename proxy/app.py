@@ -320,7 +320,8 @@ def _access_log(
             "bytes_in": facts.audio_bytes,
             "bytes_out": _bytes_out(response),
             "latency_ms": int(seconds * 1000),
-            "chunks": facts.chunks,
+            # Bifrost's word for the events of a stream (their chunk_index).
+            "chunks": facts.events_sent,
             "cache": ("hit" if facts.cache_hit else "miss") if facts.cache_debug else None,
         },
     )

@@ -102,7 +102,7 @@ class RequestFacts:
     attempts: list[dict[str, Any]] | None = None
     #: Audio bytes read from the client, and events streamed back to it.
     audio_bytes: int = 0
-    chunks: int = 0
+    events_sent: int = 0
     #: The audio length the answer reported, for limits and budgets.
     audio_seconds: float = 0.0
     #: The file's first bytes, for reading its length from a WAV header.

@@ -65,7 +65,7 @@ def live_form(*fields: tuple[str, str], trailing: Sequence[FormField] = ()) -> T
         the_form.audio_sha256 = SHA  # as the form reader says once the file is whole
 
     the_form.audio = LiveAudio(
-        client(), filename="a.wav", content_type="audio/wav", trailing_fields=lambda: trailing
+        client(), filename="a.wav", content_type="audio/wav", trailing_fields=trailing
     )
     return the_form
 

@@ -42,9 +42,7 @@ def live(*pieces: bytes, trailing: Sequence[FormField] = ()) -> LiveAudio:
         for piece in pieces:
             yield piece
 
-    return LiveAudio(
-        client(), filename="a.wav", content_type="audio/wav", trailing_fields=lambda: trailing
-    )
+    return LiveAudio(client(), filename="a.wav", content_type="audio/wav", trailing_fields=trailing)
 
 
 def buffered(data: bytes) -> BufferedAudio:

@@ -22,8 +22,8 @@ STREAM_REQUEST_TYPE = "transcription_stream"
 DRAIN_DEADLINE = "drain deadline"
 
 
-class _Chunks:
-    """Tags each event with ``extra_fields``, numbering them as they are sent."""
+class _TaggedEvents:
+    """Sends each event tagged with ``extra_fields``, numbered as Bifrost's ``chunk_index``."""
 
     def __init__(self, stream: EventStream, facts: RequestFacts, metrics: Metrics) -> None:
         self._stream = stream
@@ -34,7 +34,7 @@ class _Chunks:
 
     async def send(self, event: Mapping[str, Any], *, final: bool = False) -> None:
         now = time.monotonic()
-        # ms since the previous chunk; the done chunk says how long it all took.
+        # ms since the previous event; the done event says how long it all took.
         since = self.facts.started if final else self.last_sent
         facts = self.facts
         extra_fields: dict[str, Any] = {
@@ -53,7 +53,7 @@ class _Chunks:
             extra_fields["cache_debug"] = facts.cache_debug
         await self._stream.send({**event, "extra_fields": extra_fields})
         self._metrics.sse_events.inc()
-        facts.chunks += 1
+        facts.events_sent += 1
         self._index += 1
         self.last_sent = time.monotonic()
 
@@ -78,7 +78,7 @@ async def relay(
     facts.request_type = STREAM_REQUEST_TYPE
     stream = EventStream(request)
     await stream.open()
-    chunks = _Chunks(stream, facts, metrics)
+    tagged = _TaggedEvents(stream, facts, metrics)
     keepalive = asyncio.create_task(_keep_alive(stream, keepalive_s))
     metrics.open_streams.inc()
     task = asyncio.current_task()
@@ -87,7 +87,7 @@ async def relay(
     try:
         complete = False
         try:
-            await _send_all(chunks, first, rest)
+            await _send_all(tagged, first, rest)
             complete = True
         except ProxyError as exc:
             await stream.send(_error_event(exc, facts))
@@ -129,7 +129,7 @@ def _error_event(error: ProxyError, facts: RequestFacts) -> dict[str, Any]:
 
 
 async def _send_all(
-    chunks: _Chunks, first: TranscriptEvent, rest: AsyncIterator[TranscriptEvent]
+    tagged: _TaggedEvents, first: TranscriptEvent, rest: AsyncIterator[TranscriptEvent]
 ) -> None:
     event: TranscriptEvent | None = first
     sent_delta = False
@@ -139,19 +139,19 @@ async def _send_all(
                 # The upstream answered whole (it ignores stream=true): its
                 # answer becomes deltas, so the stream is never empty.
                 for delta in deltas_of(event):
-                    await chunks.send(_bifrost_delta(delta.event))
-            chunks.facts.audio_seconds = audio_seconds(event)
-            await chunks.send(done_event(event), final=True)
+                    await tagged.send(_bifrost_delta(delta.event))
+            tagged.facts.audio_seconds = audio_seconds(event)
+            await tagged.send(done_event(event), final=True)
             return
         assert isinstance(event, TranscriptDelta)
-        await chunks.send(_bifrost_delta(event.event))
+        await tagged.send(_bifrost_delta(event.event))
         sent_delta = True
         event = await anext(rest, None)
     raise BadGatewayError("the upstream stream ended before the transcript was done")
 
 
 def _bifrost_delta(event: dict[str, Any]) -> dict[str, Any]:
-    """Bifrost's delta chunks carry ``text`` (empty until the done chunk); OpenAI's omit it."""
+    """Bifrost's delta events carry ``text`` (empty until the done event); OpenAI's omit it."""
     if event.get("type") != DELTA or "text" in event:
         return event
     shaped = {"type": event["type"], "delta": event.get("delta", ""), "text": ""}

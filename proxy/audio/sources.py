@@ -95,8 +95,9 @@ class LiveAudio:
     """The file as it arrives from the client, passed on as it is read.
 
     ``pieces`` yields the file's bytes straight off the client socket (and
-    then reads the rest of the form); ``trailing_fields`` gives the fields
-    the client sent after the file, once ``pieces`` is done. Read once,
+    then reads the rest of the form); ``trailing_fields`` is where the form
+    reader puts the fields the client sent after the file, once ``pieces``
+    is done. Read once,
     nothing of it is kept. For a request that may need it again (a retry, a
     fallback, an upload cut into chunks once it proves too long) it is
     :meth:`record`-ed; :meth:`limit` makes a pass fail past a size, and
@@ -110,7 +111,7 @@ class LiveAudio:
         *,
         filename: str,
         content_type: str,
-        trailing_fields: Callable[[], Sequence[FormField]],
+        trailing_fields: Sequence[FormField],
     ) -> None:
         self._client = pieces
         self._trailing_fields = trailing_fields
@@ -129,7 +130,7 @@ class LiveAudio:
     @property
     def trailing_fields(self) -> Sequence[FormField]:
         """The fields sent after the file; complete once a pass has read it whole."""
-        return self._trailing_fields()
+        return self._trailing_fields
 
     @property
     def replayable(self) -> bool:
@@ -191,3 +192,4 @@ class LiveAudio:
         # read by a send that is being cancelled ends with that send.
         with contextlib.suppress(RuntimeError):
             await self._client.aclose()
+        self._before_end = None  # a check holds the request's form: no cycle through it

@@ -111,7 +111,9 @@ class FormParser:
         self._eof = False
         #: What the parser is reading: the preamble, a part's headers, its body,
         #: the rest of a boundary's line, or nothing more (after the closing one).
-        self._step: Callable[[], Event | None] = self._preamble_event
+        #: The class's function, not a bound method: one would tie the parser
+        #: (and the body it holds) into a cycle only the garbage collector frees.
+        self._step: Callable[[FormParser], Event | None] = FormParser._preamble_event
         self._header_lines: list[bytes] = []
         #: Whether the current part's body has begun (its first bytes are special).
         self._body_started = False
@@ -125,7 +127,7 @@ class FormParser:
         """Add the next bytes of the body."""
         if self._eof:
             raise RuntimeError("fed after the end of the body")
-        if self._step == self._done or not data:
+        if self._step is FormParser._done or not data:
             return  # the epilogue is nobody's concern
         if self._at >= len(self._buffer):
             self._buffer, self._at = data, 0
@@ -136,10 +138,15 @@ class FormParser:
         """The body has ended."""
         self._eof = True
 
+    def close(self) -> None:
+        """Drop what is buffered: the parser is done with (it says the form ended from now on)."""
+        self._buffer, self._at = b"", 0
+        self._step = FormParser._done
+
     def next_event(self) -> Event:
         """The next event, or :data:`Signal.NEED_DATA`; raises :class:`MalformedBodyError`."""
         while True:
-            event = self._step()
+            event = self._step(self)
             if event is None:
                 continue  # it moved on; look again
             if self._charset_part is not None and event is not Signal.NEED_DATA:
@@ -160,9 +167,9 @@ class FormParser:
             raise MalformedBodyError("the body does not begin with its multipart boundary")
         stripped = line.rstrip()
         if stripped == self._dash_boundary:
-            self._step = self._headers_event
+            self._step = FormParser._headers_event
         elif stripped == self._dash_boundary + b"--":
-            self._step = self._done
+            self._step = FormParser._done
             return Signal.FORM_END
         return None
 
@@ -184,7 +191,7 @@ class FormParser:
         return self._part_begins(head)
 
     def _part_begins(self, head: PartHead) -> PartHead | None:
-        self._step = self._body_event
+        self._step = FormParser._body_event
         self._body_started = False
         if head.name == "_charset_" and not head.is_multipart:
             self._charset_part = bytearray()
@@ -203,7 +210,7 @@ class FormParser:
             dash_boundary = self._dash_boundary
             if buffer.startswith(dash_boundary, at):
                 self._at = at + len(dash_boundary)
-                self._step = self._boundary_line_event
+                self._step = FormParser._boundary_line_event
                 return Signal.PART_END
             if (
                 len(buffer) - at < len(dash_boundary)
@@ -232,9 +239,9 @@ class FormParser:
     def _part_ended(self) -> None:
         if self._buffer.startswith(b"\r\n", self._at):  # as nearly every client sends it
             self._at += 2
-            self._step = self._headers_event
+            self._step = FormParser._headers_event
         else:
-            self._step = self._boundary_line_event
+            self._step = FormParser._boundary_line_event
 
     def _boundary_line_event(self) -> Event | None:
         line = self._line(_MAX_OTHER_LINE)
@@ -242,10 +249,10 @@ class FormParser:
             return Signal.NEED_DATA
         rest = line.rstrip()
         if rest == b"":
-            self._step = self._headers_event
+            self._step = FormParser._headers_event
             return None
         if rest == b"--":
-            self._step = self._done
+            self._step = FormParser._done
             return Signal.FORM_END
         raise MalformedBodyError("a boundary is followed by something other than a line end")
 

@@ -77,7 +77,8 @@ class FormReader:
         self._limits = limits
         self._metrics = metrics
         self._routing_fields = frozenset(routing_fields)
-        self._body = ClientBody(request, limits, on_end=self._upload_finished)
+        self._upload = _UploadGauge(metrics)
+        self._body = ClientBody(request, limits, on_end=self._upload.ends)
         self._parser: FormParser  # made by read(), once the body's headers are checked
         #: Whether the parser has been fed the end of the body.
         self._fed_all = False
@@ -86,11 +87,9 @@ class FormReader:
         self._file_seen = False
         self._form = TranscriptionForm()
         self._trailing: list[FormField] = []
-        self._uploading = False
 
     async def __aenter__(self) -> Self:
-        self._uploading = True
-        self._metrics.active_uploads.inc()
+        self._upload.begins()
         return self
 
     async def __aexit__(
@@ -101,12 +100,9 @@ class FormReader:
     ) -> None:
         if self._form.audio is not None:
             await self._form.audio.aclose()
-        self._upload_finished()
-
-    def _upload_finished(self) -> None:
-        if self._uploading:
-            self._uploading = False
-            self._metrics.active_uploads.dec()
+        if (parser := getattr(self, "_parser", None)) is not None:
+            parser.close()  # the bytes it holds go now, not when a cycle is collected
+        self._upload.ends()
 
     async def read(self) -> TranscriptionForm:
         """Read up to a streamable file part, or the whole form."""
@@ -133,7 +129,7 @@ class FormReader:
                     self._file_data(then_the_rest=True),
                     filename=sendable_filename(head.filename),
                     content_type=_file_type(head),
-                    trailing_fields=lambda: self._trailing,
+                    trailing_fields=self._trailing,
                 )
                 return form
         return form
@@ -236,7 +232,7 @@ class FormReader:
                 yield event
             self._form.audio_sha256 = account.read_whole()
             if then_the_rest:
-                self._trailing = await self._rest_of_form()
+                self._trailing.extend(await self._rest_of_form())
         except MalformedBodyError as exc:
             raise self._said_of(exc) from None
 
@@ -267,3 +263,21 @@ class FormReader:
 def _file_type(head: PartHead) -> str:
     """The file's Content-Type as the client gave it (even empty), else the default."""
     return head.content_type if head.content_type is not None else DEFAULT_FILE_TYPE
+
+
+class _UploadGauge:
+    """One upload on the active-uploads gauge: counted when its reading begins, until the
+    end of its body or of its reader, whichever comes first."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._gauge = metrics.active_uploads
+        self._counted = False
+
+    def begins(self) -> None:
+        self._counted = True
+        self._gauge.inc()
+
+    def ends(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._gauge.dec()
