@@ -64,6 +64,8 @@ AZURE_TRANSCRIPTION_PATHS = (
     "/openai/deployments/{deployment_id}/audio/transcriptions",
 )
 
+_COUNTED_ROUTES = frozenset((*TRANSCRIPTION_PATHS, *AZURE_TRANSCRIPTION_PATHS))
+
 #: Keyword arguments for aiohttp's server. A handler is cancelled the moment
 #: its client goes away, so the upstream request it holds is aborted at once.
 #: The read buffer is 4x aiohttp's default: larger pieces cut the proxy's CPU
@@ -296,14 +298,8 @@ def _access_log(
     route_name = route.canonical if route is not None else "unmatched"
     metrics = request.app[METRICS_KEY]
     seconds = time.monotonic() - facts.started
-    if route_name in (*TRANSCRIPTION_PATHS, *AZURE_TRANSCRIPTION_PATHS):
-        metrics.requests.labels(
-            route=route_name,
-            provider=metrics.provider(facts.provider),
-            model=metrics.model(facts.model_requested),
-            status=str(status),
-        ).inc()
-        metrics.request_duration.labels(route=route_name).observe(seconds)
+    if route_name in _COUNTED_ROUTES:
+        metrics.answered(route_name, facts.provider, facts.model_requested, status, seconds)
     if not logs.ACCESS.isEnabledFor(logging.INFO):
         return  # the line's fields are not worth gathering for nothing
     logs.ACCESS.info(

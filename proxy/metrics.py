@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -118,10 +119,28 @@ class Metrics:
             "Transcript cache operations that failed (each counted as a miss or a skipped store).",
             registry=registry,
         )
+        #: The series of each (route, provider, model, status) answered, looked up once.
+        self._answered: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self.tasks = Gauge(
             "proxy_asyncio_tasks", "Tasks alive on the event loop.", registry=registry
         )
         self.tasks.set_function(_task_count)
+
+    def answered(
+        self, route: str, provider: str | None, model: str | None, status: int, seconds: float
+    ) -> None:
+        """Count one answered request, and how long it took."""
+        labels = (route, self.provider(provider), self.model(model), str(status))
+        series = self._answered.get(labels)
+        if series is None:
+            # Label values are bounded (see the module's docstring), and so is this.
+            series = self._answered[labels] = (
+                self.requests.labels(*labels),
+                self.request_duration.labels(route),
+            )
+        counted, timed = series
+        counted.inc()
+        timed.observe(seconds)
 
     def provider(self, name: str | None) -> str:
         """``name`` if the config knows it, else ``other``."""

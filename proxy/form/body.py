@@ -60,9 +60,14 @@ class ClientBody:
             if data or not end_of_http_chunk:
                 return data
 
-    async def read_rest(self) -> bytes:
-        """Everything left (only for a body that has arrived whole)."""
-        return await self._reading(self._content.read())
+    def read_rest(self) -> bytes:
+        """Everything left, for a body that has arrived whole: at hand, so never waited for."""
+        try:
+            data = self._content.read_nowait()
+        except (ValueError, HttpProcessingError) as exc:
+            raise self._malformed(exc) from exc
+        self._after_read()
+        return data
 
     async def _reading(self, read: Awaitable[bytes]) -> bytes:
         try:
@@ -75,14 +80,20 @@ class ClientBody:
         except ConnectionError as exc:
             raise ClientGoneError("the client closed the connection") from exc
         except (ValueError, HttpProcessingError) as exc:
-            if self.client_gone():
-                raise ClientGoneError("the client closed the connection") from exc
-            # aiohttp's message may quote body bytes: enough to locate the
-            # fault, not a dump of the upload.
-            raise MalformedBodyError(f"malformed request body: {str(exc)[:200]}") from exc
+            raise self._malformed(exc) from exc
+        self._after_read()
+        return data
+
+    def _malformed(self, exc: Exception) -> ClientGoneError | MalformedBodyError:
+        if self.client_gone():
+            return ClientGoneError("the client closed the connection")
+        # aiohttp's message may quote body bytes: enough to locate the fault,
+        # not a dump of the upload.
+        return MalformedBodyError(f"malformed request body: {str(exc)[:200]}")
+
+    def _after_read(self) -> None:
         if self._content.total_bytes > self._limits.max_body_bytes:
             raise too_large(self._limits)
         if self._on_end is not None and self._content.is_eof():
             self._on_end()
             self._on_end = None
-        return data

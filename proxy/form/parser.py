@@ -46,6 +46,19 @@ MAX_HEADER_LINE = 8190
 MAX_HEADERS = 128
 #: A preamble or boundary line longer than this is no form a client sends.
 _MAX_OTHER_LINE = 64 * 1024
+# The part headers nearly every client writes, to the letter: a plain name,
+# perhaps a plain filename (valid UTF-8, checked when decoded), perhaps a
+# Content-Type of printable ASCII. What matches reads exactly as the plain
+# parse below and aiohttp's header parser read it.
+_PLAIN_VALUE = rb'"([^"\\/;\x00-\x1f\x7f][^"\\;\x00-\x1f\x7f]*)"'
+_COMMON_HEAD = re.compile(
+    rb"Content-Disposition: form-data; name="
+    + _PLAIN_VALUE
+    + rb"(?:; filename="
+    + _PLAIN_VALUE
+    + rb")?"
+    + rb"(?:\r\nContent-Type: ([!-~](?:[ -~]*[!-~])?)[ \t]*)?\r\n\r\n"
+)
 #: Headers longer than this in all go to the full header parser.
 _MAX_PLAIN_HEADERS = 4096
 _PLAIN_HEADER_NAMES = frozenset({b"content-disposition", b"content-type"})
@@ -174,7 +187,7 @@ class FormParser:
         return None
 
     def _headers_event(self) -> Event | None:
-        head = None if self._header_lines else self._plain_head()
+        head = None if self._header_lines else (self._common_head() or self._plain_head())
         if head is not None:
             return self._part_begins(head)
         line = self._line(MAX_HEADER_LINE)
@@ -270,6 +283,24 @@ class FormParser:
             end = len(buffer) - 1  # the last line, without its LF
         self._at = end + 1
         return buffer[at : end + 1]
+
+    def _common_head(self) -> PartHead | None:
+        """A part's headers when they are written exactly as the SDKs, curl and browsers write
+        them (one regular expression over the buffer, no copy), else None."""
+        found = _COMMON_HEAD.match(self._buffer, self._at)
+        if found is None or found.end() - self._at > _MAX_PLAIN_HEADERS:
+            return None
+        name, filename, content_type = found.groups()
+        try:
+            head = self._part_head(
+                name.decode(),
+                filename.decode() if filename is not None else None,
+                content_type.decode() if content_type is not None else None,
+            )
+        except UnicodeDecodeError:
+            return None
+        self._at = found.end()
+        return head
 
     def _plain_head(self) -> PartHead | None:
         """A part's headers when they are written as every client writes them, else None.

@@ -115,12 +115,12 @@ class FormReader:
             raise self._said_of(exc) from None
 
     async def _read_to_the_file(self) -> TranscriptionForm:
-        await self._take_whole_body()
+        self._take_whole_body()
         form = self._form
         while (head := await self._next_part()) is not None:
             if head.name != "file":
                 form.fields.append(await self._field(head))
-            elif await self._take_whole_body():
+            elif self._take_whole_body():
                 form.audio = await self._buffer(head)
             elif not self._routing_fields <= {f.name for f in form.fields}:
                 form.audio = await self._spool(head)
@@ -136,10 +136,10 @@ class FormReader:
 
     # --- events from the parser, fed from the client --------------------------------------------
 
-    async def _take_whole_body(self) -> bool:
+    def _take_whole_body(self) -> bool:
         """Feed the parser the rest of a small body that has arrived whole, in one piece."""
         if not self._fed_all and self._body.arrived_whole():
-            self._parser.feed(await self._body.read_rest())
+            self._parser.feed(self._body.read_rest())
             self._parser.feed_eof()
             self._fed_all = True
         return self._fed_all
