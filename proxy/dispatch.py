@@ -128,7 +128,7 @@ class Dispatcher:
         # The body's length is the file's and a few hundred bytes of fields.
         size = audio.size if audio.size is not None else declared_length
         if limit is not None and size is not None and size > limit:
-            return self._cut(job, limit)
+            return self._cut(_unheld(job), limit)
         whole = RouteDispatch(job, metrics=self._metrics)
         if not isinstance(audio, LiveAudio):
             return whole
@@ -144,6 +144,14 @@ class Dispatcher:
     async def _record(self, audio: LiveAudio, max_bytes: int) -> None:
         spool = await Spool.create(self._spool_dir, written=self._metrics.spool_bytes)
         audio.record(spool, max_bytes)
+
+
+def _unheld(job: TranscriptionJob) -> TranscriptionJob:
+    """``job`` with its upload's end held back by nothing: a cut upload's chunks are sent
+    as it arrives, so the cache's check at its end could only come after answers began."""
+    if isinstance(job.audio, LiveAudio):
+        job.audio.hold_end(None)
+    return job
 
 
 class UntilOverLimit:
@@ -182,7 +190,7 @@ class UntilOverLimit:
                     yield event
                 return
         self._audio.limit(None)
-        self._current = self._cut(self._job, self._limit)
+        self._current = self._cut(_unheld(self._job), self._limit)
         async with aclosing(self._current.events()) as events:
             async for event in events:
                 yield event

@@ -6,6 +6,7 @@ the proxy's own audio sources, live ones recorded to a real spool file.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from proxy.errors import (
     ProxyError,
     UpstreamError,
 )
+from proxy.form import PIECE_BYTES
 from proxy.metrics import Metrics
 from proxy.models import AudioSource, FormField, TranscriptDone, TranscriptEvent
 from proxy.router import Route
@@ -212,27 +214,34 @@ def test_upload_limit_is_the_smallest_of_the_routes() -> None:
 
 
 class Cuts:
-    """Stands in for long audio: records what it was asked to cut, answers with one chunk."""
+    """Stands in for long audio: records what it was asked to cut, answers with one chunk.
 
-    def __init__(self) -> None:
+    ``delay``: how long it takes to begin reading (the whole request's failure takes a
+    moment to come back through the HTTP client, while the client goes on sending).
+    """
+
+    def __init__(self, delay: float = 0.0) -> None:
         self.asked: list[tuple[TranscriptionJob, int]] = []
         self.heard: list[bytes] = []
+        self._delay = delay
 
     def __call__(self, job: TranscriptionJob, limit: int) -> Dispatch:
         self.asked.append((job, limit))
-        return _Cut(job, self.heard)
+        return _Cut(job, self.heard, self._delay)
 
 
 class _Cut:
-    def __init__(self, job: TranscriptionJob, heard: list[bytes]) -> None:
+    def __init__(self, job: TranscriptionJob, heard: list[bytes], delay: float) -> None:
         self._job = job
         self._heard = heard
+        self._delay = delay
 
     @property
     def served(self) -> Served:
         return Served(self._job.routes[0], None, 1)
 
     async def events(self) -> AsyncGenerator[TranscriptEvent, None]:
+        await asyncio.sleep(self._delay)
         self._heard.append(b"".join([piece async for piece in self._job.audio.pieces()]))
         yield answer("cut")
 
@@ -297,6 +306,22 @@ async def test_a_live_upload_of_unknown_length_under_the_limit_goes_whole(
     assert isinstance(done, TranscriptDone)
     assert done.document == {"text": "heard 4 bytes"}
     assert cuts.asked == []
+    await audio.aclose()
+
+
+async def test_a_cut_after_the_limit_hears_the_whole_upload_however_late_it_starts(
+    tmp_path: Path,
+) -> None:
+    """The recording runs ahead of the abandoned request while the cut gets going: it stops
+    at its cap, but what it did not record has not been handed out, so the cut still hears
+    every byte from the first."""
+    cuts = Cuts(delay=0.05)
+    limited = ScriptedProvider("openai", upload_limit=3 * PIECE_BYTES)
+    pieces = [bytes([n]) * PIECE_BYTES for n in range(12)]
+    audio = live(*pieces)
+    way = await dispatcher(cuts, tmp_path).dispatch(job(audio, limited), None)
+    await events_of(way)
+    assert cuts.heard == [b"".join(pieces)]
     await audio.aclose()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,11 @@ MIB = 1024 * 1024
 BOUNDARY = "fallback-test-boundary"
 
 
-def streamed_body(audio: bytes, *, model_first: bool, fallbacks: str) -> AsyncIterator[bytes]:
-    """The form, dribbled out in pieces, so that the proxy streams it through."""
+def streamed_body(
+    audio: bytes, *, model_first: bool, fallbacks: str, after_file: Sequence[tuple[str, str]] = ()
+) -> AsyncIterator[bytes]:
+    """The form, dribbled out in pieces, so that the proxy streams it through; with
+    ``after_file``, fields that follow the file."""
 
     def part(name: str, value: str) -> bytes:
         return (
@@ -49,7 +52,8 @@ def streamed_body(audio: bytes, *, model_first: bool, fallbacks: str) -> AsyncIt
         for start in range(0, len(audio), 256 * 1024):
             yield audio[start : start + 256 * 1024]
             await asyncio.sleep(0)
-        yield b"\r\n" + (b"" if model_first else head) + f"--{BOUNDARY}--\r\n".encode()
+        rest = b"".join(part(name, value) for name, value in after_file)
+        yield b"\r\n" + (b"" if model_first else head) + rest + f"--{BOUNDARY}--\r\n".encode()
 
     return generate()
 
@@ -102,6 +106,27 @@ async def test_fallback_serves_a_byte_exact_copy(
     assert [a["provider"] for a in extra["attempts"]] == ["openai", "backup"]
     assert extra["attempts"][-1]["status"] == 200
     assert no_leaks() == []
+
+
+async def test_fields_after_a_streamed_file_reach_the_fallback_in_a_whole_body(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, backup: FakeUpstream
+) -> None:
+    """curl's order with a field after the file: the replay to the fallback declares a
+    Content-Length, which must count that field as well as the file."""
+    upstream.respond = failing(500)
+    server = await make_proxy(two_providers(upstream, backup))
+    audio = hashlib.sha256(b"y").digest() * (2 * MIB // 32)
+    body = streamed_body(
+        audio, model_first=True, fallbacks="backup/whisper-1", after_file=[("language", "de")]
+    )
+    status, document = await send(server, body)
+    assert status == 200, document
+    received = backup.last
+    assert received.complete
+    assert received.names == ["model", "file", "language"]
+    assert received.field("language") == "de"
+    assert received.file.sha256 == hashlib.sha256(audio).hexdigest()
+    assert int(received.headers["Content-Length"]) > len(audio)
 
 
 async def test_retries_are_counted_at_the_upstream(

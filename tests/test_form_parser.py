@@ -269,6 +269,13 @@ def test_a_charset_part_sets_the_default_charset(names: list[str], prompt_charse
     assert prompt.charset == prompt_charset
 
 
+@pytest.mark.parametrize("value", [b"", b"  "])
+def test_an_empty_charset_part_names_no_charset(value: bytes) -> None:
+    body = body_of([("_charset_", value), ("prompt", b"x")])
+    (head,) = [e for e in events_of(body) if isinstance(e, PartHead)]
+    assert head.charset == "utf-8"
+
+
 def test_a_part_s_own_charset_wins() -> None:
     body = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="_charset_"\r\n\r\nlatin-1\r\n'

@@ -671,3 +671,21 @@ async def test_decoders_at_once_are_capped(
         assert status == 200
         assert_every_word_once(json_of(body)["segments"])
     assert most == 1
+
+
+async def test_a_long_stream_sent_again_is_answered_again_whole(
+    make_proxy: ProxyFactory, listener: FakeUpstream
+) -> None:
+    """A cut upload's chunks go upstream as it arrives: the cache's check at its end must
+    not end a stream whose answers have begun (it is asked, and the answer stored, as ever)."""
+    data = encode(WORDS, "wav")
+    server = await make_proxy(long_config(listener, len(data) // 3))
+    cached = {"x-bf-cache-key": "meeting"}
+    fields = ("stream", "true")
+    for _ in range(2):
+        status, body, _ = await send(server, parts_for(data, "wav", fields), headers=cached)
+        assert status == 200
+        events = payloads(body.split(b"\n\n")[:-1])
+        assert all("error" not in event for event in events), events
+        assert events[-1]["type"] == "transcript.text.done"
+        assert events[-1]["extra_fields"]["cache_debug"]["cache_hit"] is False

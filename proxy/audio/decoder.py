@@ -20,7 +20,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import IO, Any, TypeVar
 
 from prometheus_client import Counter
@@ -62,7 +62,7 @@ class DecodingStopped(Exception):
     """The request ended; the thread stops where it is."""
 
 
-def decode_pcm(source: Any) -> Iterator[bytes]:
+def decode_pcm(source: Any) -> Generator[bytes, None, None]:
     """The recording in ``source`` (a file object) as PCM pieces (thread side).
 
     A damaged tail ends the recording rather than failing it, as FFmpeg-based
@@ -94,6 +94,12 @@ def decode_pcm(source: Any) -> Iterator[bytes]:
             yield _pcm_of(out)
     finally:
         container.close()
+
+
+def _consumed(consume: Callable[[Iterator[bytes]], _T], source: Any) -> _T:
+    """``consume`` over ``source``'s PCM; the demuxer and decoder closed however it ends."""
+    with contextlib.closing(decode_pcm(source)) as pcm:
+        return consume(pcm)
 
 
 def _pcm_of(frame: Any) -> bytes:
@@ -212,7 +218,7 @@ class StreamingDecoder:
                     feeder = asyncio.ensure_future(self._feed(self._pipe, first, pieces))
             await self._slots.acquire()  # released once the thread is done
             opened = source
-            decoded = self._in_thread(lambda: consume(decode_pcm(opened)))
+            decoded = self._in_thread(lambda: _consumed(consume, opened))
             if feeder is not None:
                 await asyncio.wait((feeder, decoded), return_when=asyncio.FIRST_COMPLETED)
                 if decoded.done() and not feeder.done():

@@ -5,14 +5,14 @@ sending it. One task, the pump, reads the client: it appends each piece to
 the spool, then hands it to the pass that is sending, through a one-piece
 mailbox (so memory stays flat). A pass that fails, even mid-piece, loses
 nothing: the next one replays the spool, then takes up the mailbox where the
-replay ends. Past ``max_bytes`` the recording stops; the upload goes on
-streaming but can no longer be replayed.
+replay ends. Past ``max_bytes`` the recording stops and the upload goes on
+streaming: a pass can still start over until a piece that was not recorded
+has been handed out (the mailbox holds the first of them).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -30,10 +30,14 @@ class Recording:
     def __init__(self, pieces: AsyncIterator[bytes], spool: Spool, max_bytes: int) -> None:
         self._spool = spool
         self._max_bytes = max_bytes
-        #: Whether the recording stopped at ``max_bytes`` (no pass after it can replay).
+        #: Whether the recording stopped at ``max_bytes``.
         self.overflowed = False
         #: The upload's size, once a pass has reached its end.
         self.size: int | None = None
+        #: Where the pieces handed out so far end (the furthest any pass got),
+        #: and where the recorded ones end (their writes done or on their way).
+        self._handed_out = 0
+        self._recorded = 0
         self._passes = 0
         self._slot: tuple[int, bytes] | object | None = None
         self._failure: BaseException | None = None
@@ -52,9 +56,10 @@ class Recording:
                 if not self.overflowed:
                     if self._spool.size + len(piece) > self._max_bytes:
                         self.overflowed = True
-                        log.info("upload past the spool cap: it can no longer be replayed")
+                        log.info("upload past the spool cap: no longer recorded")
                     else:
                         self._writing = asyncio.ensure_future(self._spool.append(piece))
+                        self._recorded += len(piece)
                 await self._put((offset, piece))
                 offset += len(piece)
             await self._write_finished()
@@ -75,19 +80,23 @@ class Recording:
             self._slot = item
             self._changed.notify_all()
 
+    @property
+    def replayable(self) -> bool:
+        """Whether a pass can start over: all that was handed out is recorded."""
+        return not self.overflowed or self._handed_out <= self._recorded
+
     async def pieces(self) -> AsyncIterator[bytes]:
         """The upload from its first byte: replayed from the spool, then live."""
         first_pass = self._passes == 0
         self._passes += 1
         position = 0
         if not first_pass:
-            if self.overflowed:
+            await self._write_finished()
+            if not self.replayable:
                 raise NotReplayableError(
                     f"the upload is larger than the spool limit of {self._max_bytes} "
                     "bytes, so it could not be sent again for a retry or fallback"
                 )
-            # A piece the failed pass took may still be on its way to disk.
-            await self._write_finished()
             async for piece in self._spool.pieces(self._spool.size):
                 position += len(piece)
                 yield piece
@@ -110,15 +119,20 @@ class Recording:
             offset, piece = item
             if offset + len(piece) <= position:
                 continue  # replayed from the spool already
-            yield piece[position - offset :] if offset < position else piece
+            start = position - offset if offset < position else 0
             position = offset + len(piece)
+            # Counted before it is given: a pass that fails with it in hand has used it.
+            self._handed_out = max(self._handed_out, position)
+            yield piece[start:] if start else piece
 
     async def aclose(self) -> None:
         """Stop reading the client and release the spool."""
         self._pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._pump
-        if self._writing is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._writing
-        self._spool.close()
+        try:
+            # Waited for, not awaited: a cancellation of our own caller still
+            # reaches it, rather than being taken for the pump's.
+            await asyncio.wait([self._pump])
+            if self._writing is not None:
+                await asyncio.wait([self._writing])
+        finally:
+            self._spool.close()

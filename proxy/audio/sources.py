@@ -135,7 +135,7 @@ class LiveAudio:
     @property
     def replayable(self) -> bool:
         """Whether what was read so far is all recorded, so a pass can start over."""
-        return self._recording is not None and not self._recording.overflowed
+        return self._recording is not None and self._recording.replayable
 
     def record(self, spool: Spool, max_bytes: int) -> None:
         """Record the upload to ``spool`` as it is read, up to ``max_bytes``."""

@@ -21,9 +21,12 @@ What it accepts and refuses is what aiohttp's ``MultipartReader`` accepts and
 refuses, leniencies included (a preamble and an epilogue; any whitespace after
 a boundary; LF or CRLF line ends in part headers; an empty part directly
 followed by its boundary), with aiohttp's own header parser for part
-headers. One difference: a ``_charset_`` part sets the default charset of
-the text parts, as RFC 7578 section 4.6 says it does, where aiohttp 3.14
-refuses the body.
+headers and its limits on them (8190 bytes a line, 128 lines). It differs
+where that is better for a client or for memory: a ``_charset_`` part sets
+the default charset of the text parts, as RFC 7578 section 4.6 says it
+does, where aiohttp 3.14 refuses the body; a line of the preamble or after a
+boundary may be 64 KiB (aiohttp's limit is twice its read buffer, 512 KiB
+here), and the epilogue is dropped unread, whatever its lines' length.
 """
 
 from __future__ import annotations
@@ -378,7 +381,8 @@ class FormParser:
         assert event is Signal.PART_END  # nothing else comes inside a part
         self._charset_part = None
         try:
-            self._default_charset = bytes(value).strip().decode("ascii")
+            # An empty one names none: the default stays (as aiohttp's get_charset has it).
+            self._default_charset = bytes(value).strip().decode("ascii") or "utf-8"
         except UnicodeDecodeError:
             raise MalformedBodyError("the _charset_ part is not the name of a charset") from None
 

@@ -119,11 +119,18 @@ class UpstreamBody:
 
     @property
     def length(self) -> int | None:
-        """The byte count when the audio's size is known, for a Content-Length header."""
-        size = self._call.audio.size
-        if size is None:
+        """The byte count when the audio's size is known, for a Content-Length header.
+
+        A live upload's size is known once a pass has read it whole (a retry
+        or a fallback sends it again), and so are the fields that follow it.
+        """
+        audio = self._call.audio
+        if audio.size is None:
             return None
-        return len(self._head) + size + len(CRLF) + len(self._encoder.closing())
+        trailing = self._encoder.fields(forwarded(audio.trailing_fields))
+        return (
+            len(self._head) + audio.size + len(CRLF) + len(trailing) + len(self._encoder.closing())
+        )
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The body's bytes, reading the audio as it goes.
