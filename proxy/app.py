@@ -109,8 +109,8 @@ def create_app(config: Config, providers: Mapping[str, Provider] | None = None) 
     app[AUTH_KEY] = Authenticator(config.client, config.governance)
     long_audio = LongAudio(
         proxy.chunking,
-        decoders=asyncio.Semaphore(proxy.chunking.max_decoders),
-        metrics=metrics,
+        asyncio.Semaphore(proxy.chunking.max_decoders),
+        metrics,
         spool_dir=proxy.spool_dir,
     )
     app[DISPATCHER_KEY] = Dispatcher(

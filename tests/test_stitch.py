@@ -151,7 +151,7 @@ def long_audio(**settings: Any) -> LongAudio:
     chunking = ChunkingSettings(
         **{"max_chunk_s": 1.6, "cut_search_s": 0.8, "format": "wav", "max_parallel": 2, **settings}
     )
-    return LongAudio(chunking, decoders=asyncio.Semaphore(1), metrics=Metrics())
+    return LongAudio(chunking, asyncio.Semaphore(1), Metrics())
 
 
 def long_job(

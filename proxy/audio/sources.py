@@ -20,14 +20,8 @@ from .recording import Recording
 from .spool import Spool
 
 
-class BufferedAudio:
-    """A small file that arrived whole with its request, kept as the bytes it is."""
-
-    def __init__(self, data: bytes, *, filename: str, content_type: str) -> None:
-        self._data = data
-        self.filename = filename
-        self.content_type = content_type
-        self.size: int | None = len(data)
+class _WholeFile:
+    """A file all at hand: sent after every field, and readable again from its start."""
 
     @property
     def trailing_fields(self) -> Sequence[FormField]:
@@ -36,8 +30,18 @@ class BufferedAudio:
 
     @property
     def replayable(self) -> bool:
-        """Always: the bytes are at hand."""
+        """Always: the whole file is kept."""
         return True
+
+
+class BufferedAudio(_WholeFile):
+    """A small file that arrived whole with its request, kept as the bytes it is."""
+
+    def __init__(self, data: bytes, *, filename: str, content_type: str) -> None:
+        self._data = data
+        self.filename = filename
+        self.content_type = content_type
+        self.size: int | None = len(data)
 
     async def pieces(self) -> AsyncIterator[bytes]:
         """The file's bytes in one piece."""
@@ -51,7 +55,7 @@ class BufferedAudio:
         """Nothing to release."""
 
 
-class SpooledAudio:
+class SpooledAudio(_WholeFile):
     """A whole file copied to a :class:`Spool`, replayable from the start."""
 
     def __init__(self, spool: Spool, *, filename: str, content_type: str) -> None:
@@ -63,16 +67,6 @@ class SpooledAudio:
     def size(self) -> int | None:
         """The file's size: known once it is spooled."""
         return self._spool.size
-
-    @property
-    def trailing_fields(self) -> Sequence[FormField]:
-        """Always empty: a spooled file is sent last, after every field."""
-        return ()
-
-    @property
-    def replayable(self) -> bool:
-        """Always: the whole file is on the spool."""
-        return True
 
     async def write(self, piece: bytes) -> None:
         """Append ``piece`` to the spooled file."""

@@ -54,24 +54,17 @@ _PROMPT_TAIL_CHARS = 400
 _T = TypeVar("_T")
 
 
+@dataclass(frozen=True)
 class LongAudio:
     """Cuts uploads past their routes' limit: the ``cut`` of :class:`~proxy.dispatch.Dispatcher`.
 
     ``decoders`` bounds the long uploads decoded at once in this process.
     """
 
-    def __init__(
-        self,
-        settings: ChunkingSettings,
-        *,
-        decoders: asyncio.Semaphore,
-        metrics: Metrics,
-        spool_dir: str | None = None,
-    ) -> None:
-        self._settings = settings
-        self._decoders = decoders
-        self._metrics = metrics
-        self._spool_dir = spool_dir
+    settings: ChunkingSettings
+    decoders: asyncio.Semaphore
+    metrics: Metrics
+    spool_dir: str | None = None
 
     def cut(self, job: TranscriptionJob, limit: int) -> Dispatch:
         """The way of ``job``, whose upload is over ``limit`` bytes (413 without PyAV)."""
@@ -83,14 +76,7 @@ class LongAudio:
                 code="upload_over_provider_limit",
                 param="file",
             )
-        return LongAudioDispatch(
-            job,
-            limit,
-            settings=self._settings,
-            decoders=self._decoders,
-            metrics=self._metrics,
-            spool_dir=self._spool_dir,
-        )
+        return LongAudioDispatch(job, limit, self)
 
 
 @dataclass(frozen=True)
@@ -103,26 +89,18 @@ class _Decoded:
 class LongAudioDispatch:
     """One long upload's way through the routes, chunk by chunk (a :class:`Dispatch`)."""
 
-    def __init__(
-        self,
-        job: TranscriptionJob,
-        limit: int,
-        *,
-        settings: ChunkingSettings,
-        decoders: asyncio.Semaphore,
-        metrics: Metrics,
-        spool_dir: str | None = None,
-    ) -> None:
+    def __init__(self, job: TranscriptionJob, limit: int, long_audio: LongAudio) -> None:
+        settings = long_audio.settings
         self._job = job
         self._settings = settings
-        self._metrics = metrics
-        self._spool_dir = spool_dir
+        self._metrics = metrics = long_audio.metrics
+        self._spool_dir = spool_dir = long_audio.spool_dir
         self._max_chunk_s = min(settings.max_chunk_s, limit * _LIMIT_MARGIN / PCM_BYTES_PER_S)
         self._parallel = 1 if settings.carry_prompt else settings.max_parallel
         self._format = CHUNK_FORMATS[settings.format]
         self._decoder = StreamingDecoder(
             job.audio,
-            slots=decoders,
+            slots=long_audio.decoders,
             spool_dir=spool_dir,
             spooled=metrics.spool_bytes,
             upload_read=self._no_trailing_fields,
