@@ -8,7 +8,6 @@ import hashlib
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -23,7 +22,7 @@ from proxy.governance.credentials import ANONYMOUS, Caller
 from proxy.metrics import Metrics
 from proxy.models import FormField, RequestFacts, TranscriptDone
 from proxy.router import Route
-from tests.helpers.client import URL, base_url, form, json_of
+from tests.helpers.client import form, post
 from tests.helpers.providers import ScriptedProvider
 
 AUDIO = b"RIFF" + b"a" * 100
@@ -200,13 +199,11 @@ async def test_with_a_repr_digest_fields_after_the_file_that_change_the_key_are_
 # --- through the app, with providers handed in ------------------------------------------------
 
 
-async def post_raw(server: TestServer, parts: Any, headers: dict[str, str]) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{base_url(server)}{URL}", data=parts, headers=headers) as response,
-    ):
-        assert response.status == 200
-        return json_of(await response.read())
+async def answered(server: TestServer, body: Any, headers: dict[str, str]) -> dict[str, Any]:
+    """The proxy's answer to ``body``, which must be a 200."""
+    status, document, _ = await post(server, body, headers)
+    assert status == 200, document
+    return document
 
 
 async def test_through_the_app_a_repeat_is_answered_from_the_cache(
@@ -217,8 +214,8 @@ async def test_through_the_app_a_repeat_is_answered_from_the_cache(
     server: TestServer = await aiohttp_server(app)
     assert provider.started
     headers = {"x-bf-cache-key": "meeting"}
-    first = await post_raw(server, form(("model", "whisper-1"), ("file", AUDIO)), headers)
-    second = await post_raw(server, form(("model", "whisper-1"), ("file", AUDIO)), headers)
+    first = await answered(server, form(("model", "whisper-1"), ("file", AUDIO)), headers)
+    second = await answered(server, form(("model", "whisper-1"), ("file", AUDIO)), headers)
     assert first["extra_fields"]["cache_debug"]["cache_hit"] is False
     assert second["extra_fields"]["cache_debug"]["cache_hit"] is True
     assert second["text"] == first["text"] == f"heard {len(AUDIO)} bytes"
@@ -248,8 +245,8 @@ async def test_through_the_app_a_streamed_repeat_is_abandoned_at_its_end(
         "x-bf-cache-key": "meeting",
         "Content-Type": f"multipart/form-data; boundary={boundary}",
     }
-    first = await post_raw(server, trickled(), headers)
-    second = await post_raw(server, trickled(), headers)
+    first = await answered(server, trickled(), headers)
+    second = await answered(server, trickled(), headers)
     assert first["extra_fields"]["cache_debug"]["cache_hit"] is False
     assert second["extra_fields"]["cache_debug"]["cache_hit"] is True
     # The second reached the provider, which read all of it, and never answered.

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
 
-from proxy.audio.sources import BufferedAudio, LiveAudio
+from proxy.audio.sources import BufferedAudio
 from proxy.audio.spool import Spool
 from proxy.dispatch import (
     Dispatch,
@@ -35,16 +35,7 @@ from proxy.metrics import Metrics
 from proxy.models import AudioSource, FormField, TranscriptDone, TranscriptEvent
 from proxy.router import Route
 from tests.helpers.providers import ScriptedProvider, answer, deltas
-
-
-def live(*pieces: bytes, trailing: Sequence[FormField] = ()) -> LiveAudio:
-    """An upload arriving in ``pieces``, as the form reader hands one out."""
-
-    async def client() -> AsyncGenerator[bytes, None]:
-        for piece in pieces:
-            yield piece
-
-    return LiveAudio(client(), filename="a.wav", content_type="audio/wav", trailing_fields=trailing)
+from tests.helpers.sources import live_audio
 
 
 def buffered(data: bytes) -> BufferedAudio:
@@ -169,7 +160,7 @@ async def test_nothing_is_tried_again_once_an_answer_has_begun() -> None:
 async def test_an_unrecorded_live_upload_cannot_be_sent_again_and_says_why() -> None:
     primary = ScriptedProvider("openai", [UpstreamError(503, "busy")], max_retries=2)
     backup = ScriptedProvider("backup")
-    dispatch = RouteDispatch(job(live(b"RI", b"FF"), primary, backup))
+    dispatch = RouteDispatch(job(live_audio(b"RI", b"FF"), primary, backup))
     with pytest.raises(UpstreamError) as raised:
         await events_of(dispatch)
     assert "not retried" in raised.value.message
@@ -177,7 +168,7 @@ async def test_an_unrecorded_live_upload_cannot_be_sent_again_and_says_why() -> 
 
 
 async def test_a_recorded_live_upload_is_replayed_whole_to_the_fallback(tmp_path: Path) -> None:
-    audio = live(b"RI", b"FF", b"1234")
+    audio = live_audio(b"RI", b"FF", b"1234")
     audio.record(await Spool.create(str(tmp_path)), max_bytes=1 << 20)
     primary = ScriptedProvider("openai", [UpstreamError(500, "broke")])
     backup = ScriptedProvider("backup")
@@ -189,7 +180,7 @@ async def test_a_recorded_live_upload_is_replayed_whole_to_the_fallback(tmp_path
 
 
 async def test_past_the_spool_cap_a_live_upload_is_not_replayed(tmp_path: Path) -> None:
-    audio = live(b"R" * 10, b"I" * 10)
+    audio = live_audio(b"R" * 10, b"I" * 10)
     audio.record(await Spool.create(str(tmp_path)), max_bytes=15)
     primary = ScriptedProvider("openai", [UpstreamError(500, "broke")])
     backup = ScriptedProvider("backup")
@@ -267,7 +258,7 @@ async def test_an_upload_known_to_be_over_the_limit_is_cut(tmp_path: Path, known
         audio: AudioSource = buffered(b"R" * 11)
         declared = None
     else:
-        audio, declared = live(b"R" * 11), 500
+        audio, declared = live_audio(b"R" * 11), 500
     way = await dispatcher(cuts, tmp_path).dispatch(job(audio, limited), declared)
     (done,) = await events_of(way)
     assert isinstance(done, TranscriptDone)
@@ -282,7 +273,7 @@ async def test_a_live_upload_of_unknown_length_is_cut_once_it_crosses_the_limit(
 ) -> None:
     cuts = Cuts()
     limited = ScriptedProvider("openai", upload_limit=10)
-    audio = live(b"R" * 6, b"I" * 6, b"FF")
+    audio = live_audio(b"R" * 6, b"I" * 6, b"FF")
     way = await dispatcher(cuts, tmp_path).dispatch(job(audio, limited), None)
     assert isinstance(way, UntilOverLimit)
     (done,) = await events_of(way)
@@ -300,7 +291,7 @@ async def test_a_live_upload_of_unknown_length_under_the_limit_goes_whole(
 ) -> None:
     cuts = Cuts()
     limited = ScriptedProvider("openai", upload_limit=10)
-    audio = live(b"RIFF")
+    audio = live_audio(b"RIFF")
     way = await dispatcher(cuts, tmp_path).dispatch(job(audio, limited), None)
     (done,) = await events_of(way)
     assert isinstance(done, TranscriptDone)
@@ -318,7 +309,7 @@ async def test_a_cut_after_the_limit_hears_the_whole_upload_however_late_it_star
     cuts = Cuts(delay=0.05)
     limited = ScriptedProvider("openai", upload_limit=3 * PIECE_BYTES)
     pieces = [bytes([n]) * PIECE_BYTES for n in range(12)]
-    audio = live(*pieces)
+    audio = live_audio(*pieces)
     way = await dispatcher(cuts, tmp_path).dispatch(job(audio, limited), None)
     await events_of(way)
     assert cuts.heard == [b"".join(pieces)]
@@ -330,7 +321,7 @@ async def test_only_a_live_upload_that_may_be_sent_again_is_recorded(
     tmp_path: Path, retries: int
 ) -> None:
     primary = ScriptedProvider("openai", max_retries=retries)
-    audio = live(b"RIFF")
+    audio = live_audio(b"RIFF")
     await dispatcher(Cuts(), tmp_path).dispatch(job(audio, primary), None)
     assert audio.replayable is bool(retries)
     await audio.aclose()

@@ -4,10 +4,6 @@ stitched by LongAudioDispatch over providers in this process."""
 from __future__ import annotations
 
 import asyncio
-import io
-import math
-import wave
-from array import array
 from typing import Any
 
 import pytest
@@ -23,6 +19,7 @@ from proxy.metrics import Metrics
 from proxy.models import FormField, TranscriptDelta, TranscriptDone
 from proxy.router import Route
 from tests.helpers.providers import ScriptedProvider, answer
+from tests.helpers.spoken import encode
 
 
 def document(**values: Any) -> TranscriptDone:
@@ -128,25 +125,6 @@ def test_chunk_text_is_the_words_whatever_the_format(done: TranscriptDone, words
 # --- a recording cut, sent and stitched -------------------------------------------------------
 
 
-def tones_wav(tones: int, tone_s: float = 1.0, gap_s: float = 0.5) -> bytes:
-    """``tones`` beeps, each followed by silence: a recording with places to cut it."""
-    rate = 16_000
-    samples = array("h")
-    for k in range(tones):
-        hz = 300 + 100 * k
-        samples.extend(
-            int(8000 * math.sin(2 * math.pi * hz * n / rate)) for n in range(int(tone_s * rate))
-        )
-        samples.extend([0] * int(gap_s * rate))
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(samples.tobytes())
-    return out.getvalue()
-
-
 def long_audio(**settings: Any) -> LongAudio:
     chunking = ChunkingSettings(
         **{"max_chunk_s": 1.6, "cut_search_s": 0.8, "format": "wav", "max_parallel": 2, **settings}
@@ -165,11 +143,11 @@ def long_job(
 async def test_a_recording_is_cut_at_its_silences_sent_chunk_by_chunk_and_stitched() -> None:
     pytest.importorskip("av")
     provider = ScriptedProvider("openai")
-    dispatch = long_audio().cut(long_job(tones_wav(3), provider), limit=1 << 30)
+    dispatch = long_audio().cut(long_job(encode(3, "wav"), provider), limit=1 << 30)
     events = [event async for event in dispatch.events()]
     *delta_events, done = events
     assert isinstance(done, TranscriptDone)
-    # Three beeps of 1 s and their pauses, in chunks of at most 1.6 s cut in the pauses.
+    # Three words of 1 s (a tone, then a pause), in chunks of at most 1.6 s cut in the pauses.
     assert [c.filename for c in provider.calls] == [f"chunk-000{n}.wav" for n in range(3)]
     assert [c.request_id for c in provider.calls] == ["req.0", "req.1", "req.2"]
     assert all(isinstance(e, TranscriptDelta) for e in delta_events)
@@ -185,7 +163,7 @@ async def test_a_chunk_that_falls_back_is_reported_with_its_time_range() -> None
     pytest.importorskip("av")
     primary = ScriptedProvider("openai", [UpstreamError(503, "busy")])
     backup = ScriptedProvider("backup")
-    dispatch = long_audio(max_parallel=1).cut(long_job(tones_wav(2), primary, backup), 1 << 30)
+    dispatch = long_audio(max_parallel=1).cut(long_job(encode(2, "wav"), primary, backup), 1 << 30)
     events = [event async for event in dispatch.events()]
     assert isinstance(events[-1], TranscriptDone)
     attempts = dispatch.served.attempts or []
@@ -199,7 +177,7 @@ async def test_a_chunk_that_falls_back_is_reported_with_its_time_range() -> None
 async def test_a_chunk_that_fails_names_the_audio_it_holds() -> None:
     pytest.importorskip("av")
     primary = ScriptedProvider("openai", [[answer("one")], UpstreamError(500, "broke")])
-    dispatch = long_audio(max_parallel=1).cut(long_job(tones_wav(2), primary), 1 << 30)
+    dispatch = long_audio(max_parallel=1).cut(long_job(encode(2, "wav"), primary), 1 << 30)
     with pytest.raises(UpstreamError) as raised:
         async for _ in dispatch.events():
             pass

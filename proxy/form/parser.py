@@ -51,8 +51,9 @@ MAX_HEADERS = 128
 _MAX_OTHER_LINE = 64 * 1024
 # The part headers nearly every client writes, to the letter: a plain name,
 # perhaps a plain filename (valid UTF-8, checked when decoded), perhaps a
-# Content-Type of printable ASCII. What matches reads exactly as the plain
-# parse below and aiohttp's header parser read it.
+# Content-Type of printable ASCII. What matches reads exactly as aiohttp's
+# header parser and Content-Disposition parser read it; anything else is
+# read by them, line by line.
 _PLAIN_VALUE = rb'"([^"\\/;\x00-\x1f\x7f][^"\\;\x00-\x1f\x7f]*)"'
 _COMMON_HEAD = re.compile(
     rb"Content-Disposition: form-data; name="
@@ -62,11 +63,8 @@ _COMMON_HEAD = re.compile(
     + rb")?"
     + rb"(?:\r\nContent-Type: ([!-~](?:[ -~]*[!-~])?)[ \t]*)?\r\n\r\n"
 )
-#: Headers longer than this in all go to the full header parser.
+#: Headers longer than this in all go to aiohttp's header parser.
 _MAX_PLAIN_HEADERS = 4096
-_PLAIN_HEADER_NAMES = frozenset({b"content-disposition", b"content-type"})
-# What aiohttp's header parser refuses in a value.
-_FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 #: The longest encoding name the WHATWG lists is 19 characters.
 _MAX_CHARSET = 31
 
@@ -190,7 +188,7 @@ class FormParser:
         return None
 
     def _headers_event(self) -> Event | None:
-        head = None if self._header_lines else (self._common_head() or self._plain_head())
+        head = None if self._header_lines else self._common_head()
         if head is not None:
             return self._part_begins(head)
         line = self._line(MAX_HEADER_LINE)
@@ -304,40 +302,6 @@ class FormParser:
             return None
         self._at = found.end()
         return head
-
-    def _plain_head(self) -> PartHead | None:
-        """A part's headers when they are written as every client writes them, else None.
-
-        CRLF line ends, only Content-Disposition and Content-Type, each once,
-        valid UTF-8 without control characters, all in the buffer: read here
-        as aiohttp's header parser reads them, at a fraction of its cost.
-        Anything else is left to :meth:`_head`, line by line.
-        """
-        buffer, at = self._buffer, self._at
-        end = buffer.find(b"\r\n\r\n", at, at + _MAX_PLAIN_HEADERS)
-        if end <= at:
-            return None
-        found: dict[bytes, str] = {}
-        for line in buffer[at:end].split(b"\r\n"):
-            name, colon, raw = line.partition(b":")
-            name = name.lower()
-            if not colon or name not in _PLAIN_HEADER_NAMES or name in found or b"\r" in raw:
-                return None
-            try:
-                value = raw.strip(b" \t").decode()
-            except UnicodeDecodeError:
-                return None
-            if _FORBIDDEN_IN_VALUE.search(value):
-                return None
-            found[name] = value
-        disposition = found.get(b"content-disposition")
-        params = plain_disposition_params(disposition) if disposition is not None else {}
-        if params is None:
-            return None
-        self._at = end + 4
-        return self._part_head(
-            params.get("name"), params.get("filename"), found.get(b"content-type")
-        )
 
     def _head(self, lines: list[bytes]) -> PartHead:
         """A part's headers read by aiohttp's own header parser (its errors are ours)."""
