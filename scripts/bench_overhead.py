@@ -18,9 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,7 @@ from benchlib import (
     percentile,
     proxy_with,
     running,
+    system_binary,
 )
 
 MIB = 1024 * 1024
@@ -122,20 +121,6 @@ ANSWER = """
       default_type application/json;
       return 200 '{"text":"ok","usage":{"type":"duration","seconds":1}}';
 """
-
-
-def system_binary(name: str, package: str) -> str:
-    """A Debian package's program, installed with apt-get the first time (as scripts/test
-    installs redis-server)."""
-    found = shutil.which(name) or next(
-        (path for path in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(path).exists()), None
-    )
-    if found is None:
-        print(f"bench: installing {package}", file=sys.stderr)
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True)
-        found = shutil.which(name) or f"/usr/sbin/{name}"
-    return found
 
 
 def nginx_in_front_of(upstream_port: int) -> AbstractAsyncContextManager[tuple[int, int]]:

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -18,6 +20,20 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def system_binary(name: str, package: str) -> str:
+    """A Debian package's program, installed with apt-get the first time (as scripts/test
+    installs redis-server)."""
+    found = shutil.which(name) or next(
+        (path for path in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(path).exists()), None
+    )
+    if found is None:
+        print(f"bench: installing {package}", file=sys.stderr)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True)
+        found = shutil.which(name) or f"/usr/sbin/{name}"
+    return found
 
 
 def free_port() -> int:
@@ -49,17 +65,18 @@ def disk_write_bytes(pid: int) -> int:
 
 
 class PeakRss:
-    """Samples a process's RSS every few milliseconds while in use."""
+    """Samples a process's RSS every ``interval`` seconds (a few milliseconds) while in use."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, interval: float = 0.002) -> None:
         self.pid = pid
         self.peak_kib = 0
+        self._interval = interval
         self._task: asyncio.Task[None] | None = None
 
     async def _sample(self) -> None:
         while True:
             self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(self._interval)
 
     async def __aenter__(self) -> PeakRss:
         self.peak_kib = rss_kib(self.pid)

@@ -69,6 +69,17 @@ def test_the_cutter_cuts_in_the_silences_however_the_pcm_is_fed(step: int) -> No
     assert all(0.6 <= end <= 1.0 for end in ends), ends
 
 
+@pytest.mark.parametrize("step", [320, 100_000])
+def test_a_shorter_first_piece_then_full_ones(step: int) -> None:
+    pcm = pcm_of(9)
+    pieces = pieces_of(SilenceCutter(max_s=3.0, search_s=1.0, first_max_s=1.5), pcm, step)
+    assert b"".join(pieces) == pcm
+    assert len(pieces[0]) <= 1.5 * PCM_BYTES_PER_S
+    # The later pieces are as long as allowed, each still ending in a pause.
+    assert all(2.0 * PCM_BYTES_PER_S < len(p) <= 3.0 * PCM_BYTES_PER_S for p in pieces[1:-1])
+    assert len(pieces) >= 4
+
+
 def test_the_cutter_holds_back_only_the_stretch_a_cut_may_fall_in() -> None:
     cutter = SilenceCutter(max_s=600.0, search_s=30.0)
     pcm = pcm_of(60)

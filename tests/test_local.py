@@ -20,12 +20,8 @@ pytest.importorskip("faster_whisper", reason="the local extra is not installed")
 from proxy.config import LocalSettings
 from proxy.errors import ModelIntegrityError
 from proxy.models import FormField
-from proxy.providers.local import (
-    PACKAGED_MODEL_SHA256,
-    _decode_options,
-    packaged_model_path,
-    verify_model,
-)
+from proxy.providers.local import PACKAGED_MODEL_SHA256, packaged_model_path, verify_model
+from proxy.providers.local.passes import DecodeOptions
 from tests.helpers.client import URL, ProxyFactory, base_url, form, json_of, post
 from tests.helpers.errors import assert_error
 
@@ -211,14 +207,15 @@ def test_form_fields_become_decoder_options() -> None:
         FormField("temperature", "0.4"),
         FormField("timestamp_granularities[]", "word"),
     ]
-    options: dict[str, Any] = _decode_options(fields, LocalSettings(beam_size=3))
-    assert options == {
-        "beam_size": 3,
-        "language": "en",
-        "initial_prompt": "Names: Anouk.",
-        "temperature": 0.4,
-        "word_timestamps": True,
-    }
+    options = DecodeOptions.of(fields, LocalSettings(beam_size=3, vad_filter=True))
+    assert options == DecodeOptions(
+        beam_size=3,
+        language="en",
+        prompt="Names: Anouk.",
+        temperature=0.4,
+        word_timestamps=True,
+        vad_filter=True,
+    )
 
 
 async def test_models_lists_the_embedded_model(local: TestServer) -> None:

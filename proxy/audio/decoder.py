@@ -188,6 +188,8 @@ class StreamingDecoder:
         self._upload_read = upload_read or (lambda: None)
         self._pipe: Pipe | None = None
         self._thread_done = asyncio.Event()
+        #: Bytes of the upload taken in so far (all of it, once :meth:`run` returns).
+        self.bytes_in = 0
 
     async def run(self, consume: Callable[[Iterator[bytes]], _T]) -> _T:
         """``consume(pcm)`` in the decoding thread, over the upload's PCM; its result.
@@ -201,7 +203,9 @@ class StreamingDecoder:
         decoded: asyncio.Future[_T] | None = None
         try:
             source = self._audio.whole_file()
-            if source is None:
+            if source is not None:
+                self.bytes_in = self._audio.size or 0
+            else:
                 pieces = aiter(self._audio.pieces())
                 first = await anext(pieces, b"")
                 if first[4:8] in _SEEK_ONLY_BRANDS:
@@ -211,6 +215,7 @@ class StreamingDecoder:
                     await spool.append(first)
                     async for piece in pieces:
                         await spool.append(piece)
+                    self.bytes_in = spool.size
                     self._upload_read()
                     source = spool.open_reader()
                 else:
@@ -254,8 +259,10 @@ class StreamingDecoder:
     async def _feed(self, pipe: Pipe, first: bytes, rest: AsyncIterator[bytes]) -> None:
         """Pass the client's bytes to the decoding thread as they arrive."""
         if first:
+            self.bytes_in += len(first)
             await pipe.put(first)
         async for piece in rest:
+            self.bytes_in += len(piece)
             await pipe.put(piece)
         self._upload_read()
         pipe.end()

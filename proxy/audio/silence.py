@@ -35,17 +35,18 @@ CUT = Cut.CUT
 
 class SilenceCutter:
     """PCM in, pieces out: each at most ``max_s`` long, ending at the quietest 100 ms of its
-    last ``search_s`` seconds (so a cut falls between words whenever there is silence)."""
+    last ``search_s`` seconds (so a cut falls between words whenever there is silence).
 
-    def __init__(self, max_s: float, search_s: float) -> None:
-        max_samples = int(max_s * SAMPLE_RATE)
-        search_samples = max(
-            2 * int(QUIET_WINDOW_S * SAMPLE_RATE),
-            min(int(search_s * SAMPLE_RATE), max_samples // 2),
-        )
+    ``first_max_s`` makes the first piece shorter (a first caption sooner).
+    """
+
+    def __init__(self, max_s: float, search_s: float, *, first_max_s: float | None = None) -> None:
         # In bytes, always a whole number of samples.
-        self._max = max_samples * SAMPLE_BYTES
-        self._search = search_samples * SAMPLE_BYTES
+        self._max, self._search = _limits(max_s, search_s)
+        self._later: tuple[int, int] | None = None
+        if first_max_s is not None and first_max_s < max_s:
+            self._later = (self._max, self._search)
+            self._max, self._search = _limits(first_max_s, search_s)
         #: Bytes of the current piece already given out.
         self._given = 0
         # Not given out yet: at most the stretch a cut may fall in, kept as
@@ -91,11 +92,24 @@ class SilenceCutter:
         self._tail_bytes = len(rest)
         out.append(CUT)
         self._given = 0
+        if self._later is not None:
+            self._max, self._search = self._later
+            self._later = None
 
     def _give(self, pcm: bytes, out: list[bytes | Cut]) -> None:
         if pcm:
             out.append(pcm)
             self._given += len(pcm)
+
+
+def _limits(max_s: float, search_s: float) -> tuple[int, int]:
+    """A piece's longest length and the stretch its cut may fall in, in bytes."""
+    max_samples = int(max_s * SAMPLE_RATE)
+    search_samples = max(
+        2 * int(QUIET_WINDOW_S * SAMPLE_RATE),
+        min(int(search_s * SAMPLE_RATE), max_samples // 2),
+    )
+    return max_samples * SAMPLE_BYTES, search_samples * SAMPLE_BYTES
 
 
 def quietest(pcm: bytes) -> int:

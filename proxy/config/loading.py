@@ -239,7 +239,16 @@ def _local(section: Section) -> LocalSettings:
         max_queue=section.integer("max_queue", 8),
         preload=section.boolean("preload", False),
         beam_size=section.integer("beam_size", 5, minimum=1),
+        batch_size=section.integer("batch_size", 1, minimum=1),
+        vad_filter=section.boolean("vad_filter", False),
+        first_window_s=section.number("first_window_s", 10.0, positive=True),
+        return_memory=section.boolean("return_memory", True),
     )
+    if not 1 <= settings.first_window_s <= 30:
+        raise ConfigError(
+            "proxy.local.first_window_s: must be from 1 to 30 (Whisper hears 30 s at a time), "
+            f"got {settings.first_window_s:g}"
+        )
     section.warn_unused()
     return settings
 

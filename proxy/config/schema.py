@@ -122,6 +122,17 @@ class LocalSettings:
     #: Load the model at start rather than on the first request.
     preload: bool = False
     beam_size: int = 5
+    #: Windows decoded at once by faster-whisper's batched pipeline when they
+    #: are already there; 1 decodes one window at a time, each conditioned on
+    #: the text before it.
+    batch_size: int = 1
+    #: Cut each window's silences out before decoding (Silero VAD).
+    vad_filter: bool = False
+    #: The first window's length when the answer streams: the first caption sooner.
+    first_window_s: float = 10.0
+    #: Give freed memory back to the system once no decode is running (glibc:
+    #: at most two malloc arenas, and ``malloc_trim``).
+    return_memory: bool = True
 
 
 @dataclass(frozen=True)

@@ -51,19 +51,26 @@ def speech(words: int, rate: int = 16_000) -> Any:
 
 def encode(words: int, fmt: str) -> bytes:
     """``words`` seconds of synthetic speech as a file in ``fmt`` (a key of FORMATS)."""
-    container_format, codec, rate, _ = FORMATS[fmt]
-    samples = speech(words, rate)
+    return encode_samples(speech(words, FORMATS[fmt][2]), FORMATS[fmt][2], fmt)
+
+
+def encode_samples(samples: Any, rate: int, fmt: str) -> bytes:
+    """Mono int16 ``samples`` at ``rate`` as a file in ``fmt`` (resampled to its rate)."""
+    container_format, codec, codec_rate, _ = FORMATS[fmt]
     out = io.BytesIO()
     with av.open(out, mode="w", format=container_format) as container:
-        stream: Any = container.add_stream(codec, rate=rate, layout="mono")
-        step = rate  # one second per frame
-        for start in range(0, len(samples), step):
+        stream: Any = container.add_stream(codec, rate=codec_rate, layout="mono")
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=codec_rate)
+        for start in range(0, len(samples), rate):  # one second per frame
             frame = av.AudioFrame.from_ndarray(
-                samples[start : start + step].reshape(1, -1), format="s16", layout="mono"
+                samples[start : start + rate].reshape(1, -1), format="s16", layout="mono"
             )
             frame.sample_rate = rate
-            frame.pts = start
-            for packet in stream.encode(frame):
+            for resampled in resampler.resample(frame):
+                for packet in stream.encode(resampled):
+                    container.mux(packet)
+        for resampled in resampler.resample(None):
+            for packet in stream.encode(resampled):
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)

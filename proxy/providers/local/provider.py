@@ -1,0 +1,308 @@
+"""``local``: the embedded model, transcribing an upload window by window as it arrives.
+
+The upload goes through the shared streaming decoder (16 kHz mono PCM, in
+a thread of its own) into a :class:`~.windows.PcmFeed`; the model's thread
+takes it out a window at a time and decodes it (:mod:`.passes`), and each
+window's segments reach the client as soon as they are decoded, while the
+rest of the upload is still arriving. Memory holds the model, a few
+windows of PCM and the decoder's pipe, whatever the recording's length; a
+client faster than the model is held back by its socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import replace
+from typing import Any
+
+from ...answers.events import DELTA
+from ...answers.formats import FORMATS, Segment, transcript
+from ...audio.decoder import (
+    PCM_BYTES_PER_S,
+    DecodingStopped,
+    StreamingDecoder,
+    UndecodableAudioError,
+)
+from ...config import LocalSettings, NetworkConfig
+from ...errors import (
+    InvalidAudioError,
+    InvalidRequestError,
+    ProxyError,
+    ServiceUnavailableError,
+)
+from ...form.fields import first_value
+from ...metrics import Metrics
+from ...models import AudioSource, TranscriptDelta, TranscriptEvent, UpstreamCall
+from .heap import cap_arenas, trim_heap
+from .model import Model
+from .passes import DecodeOptions, Transcription
+from .windows import WINDOW_S, PcmFeed, SeekWindows, SilenceWindows
+
+log = logging.getLogger(__name__)
+
+
+class _DecodeSlots:
+    """At most ``size`` decodes at once, ``queue`` more waiting; past that, refuse."""
+
+    def __init__(self, size: int, queue: int) -> None:
+        self._free = asyncio.Semaphore(size)
+        self._queue = queue
+        self._waiting = 0
+        self._running = 0
+
+    async def acquire(self) -> None:
+        if self._free.locked() and self._waiting >= self._queue:
+            raise ServiceUnavailableError(
+                "the local model is busy; try again shortly",
+                code="local_model_busy",
+                headers={"Retry-After": "1"},
+                retryable=True,
+            )
+        self._waiting += 1
+        try:
+            await self._free.acquire()
+        finally:
+            self._waiting -= 1
+        self._running += 1
+
+    def release(self) -> None:
+        self._running -= 1
+        self._free.release()
+
+    @property
+    def idle(self) -> bool:
+        """Whether no decode is running or waiting."""
+        return not self._running and not self._waiting
+
+
+class LocalProvider:
+    """``local``: transcription by the embedded model."""
+
+    def __init__(self, settings: LocalSettings, *, spool_dir: str | None, metrics: Metrics) -> None:
+        self._settings = settings
+        self._spool_dir = spool_dir
+        self._metrics = metrics
+        if settings.return_memory:
+            cap_arenas()  # before the model's threads are made
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.max_concurrent + 1, thread_name_prefix="local-model"
+        )
+        self._model = Model(settings, self._executor)
+        self._slots = _DecodeSlots(settings.max_concurrent, settings.max_queue)
+        # A request holds a decode slot before its upload is decoded, so its
+        # decoder never waits for this one.
+        self._decoders = asyncio.Semaphore(settings.max_concurrent)
+
+    @property
+    def name(self) -> str:
+        return "local"
+
+    @property
+    def network(self) -> NetworkConfig:
+        return NetworkConfig(base_url="")
+
+    @property
+    def upload_limit(self) -> int | None:
+        return None  # it reads any length where it is
+
+    @property
+    def sends_back_raw_response(self) -> bool:
+        return False
+
+    def lists(self, model: str) -> bool:
+        return model == self._model.name
+
+    def serves(self, model: str) -> bool:
+        return True  # whatever the client names, the embedded model answers
+
+    def deployment_of(self, model: str) -> str:
+        return self._model.name
+
+    def listed_models(self) -> list[str]:
+        return [self._model.name]
+
+    async def start(self) -> None:
+        """Load the model now when ``preload`` says so, rather than on the first request."""
+        if self._settings.preload:
+            await self._model.get()
+
+    async def aclose(self) -> None:
+        """Stop the decoding threads once their work is done."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _done(self) -> None:
+        """A decode is over: its slot is free, and once none is left, so is its memory."""
+        self._slots.release()
+        if self._slots.idle and self._settings.return_memory:
+            asyncio.get_running_loop().run_in_executor(self._executor, trim_heap)
+
+    async def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptEvent, None]:
+        fields = [*call.fields]
+        response_format = first_value(fields, "response_format") or "json"
+        if FORMATS[response_format].diarized:
+            raise InvalidRequestError(
+                f"the local model cannot tell speakers apart ({response_format})",
+                param="response_format",
+            )
+        options = DecodeOptions.of(fields, self._settings)
+        streaming = (first_value(fields, "stream") or "").lower() == "true"
+        whisper = await self._model.get()
+        await self._slots.acquire()
+        started = time.monotonic()
+        decode = _WindowedDecode(
+            call.audio,
+            Transcription(whisper, options),
+            settings=self._settings,
+            first_window_s=self._settings.first_window_s if streaming else WINDOW_S,
+            executor=self._executor,
+            decoder=StreamingDecoder(
+                call.audio,
+                slots=self._decoders,
+                spool_dir=self._spool_dir,
+                spooled=self._metrics.spool_bytes,
+            ),
+        )
+        segments: list[Segment] = []
+        try:
+            async with contextlib.aclosing(decode.batches()) as batches:
+                async for batch in batches:
+                    if not segments and batch:
+                        self._metrics.upstream_ttfb.labels(provider=self.name).observe(
+                            time.monotonic() - started
+                        )
+                    for segment in batch:
+                        segments.append(replace(segment, id=len(segments)))
+                        yield TranscriptDelta({"type": DELTA, "delta": segment.text})
+        finally:
+            self._metrics.audio_bytes_out.labels(provider=self.name).inc(decode.bytes_in)
+            decode.when_done(self._done)
+        yield transcript(
+            segments,
+            response_format=response_format,
+            language=decode.language,
+            duration=decode.seconds,
+            with_words=options.word_timestamps,
+        )
+
+
+class _WindowedDecode:
+    """One upload's decode: the streaming decoder filling a feed, the model's thread
+    emptying it a window (or a batch of windows) at a time (loop side)."""
+
+    def __init__(
+        self,
+        audio: AudioSource,
+        transcription: Transcription,
+        *,
+        settings: LocalSettings,
+        first_window_s: float,
+        executor: concurrent.futures.Executor,
+        decoder: StreamingDecoder,
+    ) -> None:
+        self._transcription = transcription
+        self._executor = executor
+        self._decoder = decoder
+        self._batch_size = settings.batch_size
+        window_bytes = int(WINDOW_S * PCM_BYTES_PER_S)
+        self._feed = PcmFeed(max_bytes=max(1, self._batch_size) * window_bytes)
+        self._windows: SeekWindows | SilenceWindows
+        if self._batch_size > 1:
+            self._windows = SilenceWindows(self._feed, first_s=first_window_s)
+        else:
+            self._windows = SeekWindows(self._feed, first_s=first_window_s)
+        #: The model thread's job now running, if any.
+        self._job: concurrent.futures.Future[list[Segment] | None] | None = None
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes of the upload read so far."""
+        return self._decoder.bytes_in
+
+    @property
+    def seconds(self) -> float:
+        """The length of the recording decoded so far."""
+        return self._feed.total_bytes / PCM_BYTES_PER_S
+
+    @property
+    def language(self) -> str:
+        """The language the recording was decoded in."""
+        return self._transcription.language or "en"
+
+    async def batches(self) -> AsyncGenerator[list[Segment], None]:
+        """Each window's (or batch's) segments, in order, as they are decoded."""
+        decoding = asyncio.ensure_future(self._decoder.run(self._feed.fill))
+        decoding.add_done_callback(self._decoded)
+        try:
+            while True:
+                self._job = self._executor.submit(self._next)
+                try:
+                    batch = await asyncio.wrap_future(self._job)
+                except DecodingStopped:
+                    await _decoder_failure(decoding)
+                    raise
+                except Exception as exc:
+                    raise _model_error(exc) from exc
+                if batch is None:
+                    break
+                yield batch
+            await _decoder_failure(decoding)
+            if not self._feed.total_bytes:
+                raise InvalidAudioError("the file holds no audio")
+        finally:
+            self._feed.stop()
+            self._decoder.stop()
+            decoding.cancel()
+            with contextlib.suppress(BaseException):
+                await decoding
+
+    def when_done(self, release: Callable[[], None]) -> None:
+        """Call ``release`` (on the loop) once the model's thread is done with this decode."""
+        job = self._job
+        if job is None or job.done():
+            release()
+            return
+        loop = asyncio.get_running_loop()
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
+
+    def _decoded(self, decoding: asyncio.Future[Any]) -> None:
+        """The decoder is done: the feed ends, or stops on a failure."""
+        if decoding.cancelled() or decoding.exception() is not None:
+            self._feed.stop()
+        else:
+            self._feed.end()
+
+    def _next(self) -> list[Segment] | None:
+        """The next window's (or batch's) segments; None at the end (the model's thread)."""
+        windows, transcription = self._windows, self._transcription
+        if isinstance(windows, SilenceWindows):
+            batch = windows.next_batch(self._batch_size)
+            return transcription.batch(batch) if batch else None
+        pcm = windows.next()
+        if pcm is None:
+            return None
+        segments, consumed = transcription.window(pcm, windows.start_byte)
+        windows.advance(consumed)
+        return segments
+
+
+async def _decoder_failure(decoding: asyncio.Future[Any]) -> None:
+    """Raise what ended the decoder, if anything did (as the client should hear it)."""
+    try:
+        await asyncio.shield(decoding)
+    except UndecodableAudioError as exc:
+        log.info("local model could not decode an upload: %s", exc)
+        raise InvalidAudioError() from exc
+    except DecodingStopped:
+        pass
+
+
+def _model_error(exc: BaseException) -> ProxyError:
+    if isinstance(exc, ProxyError):
+        return exc
+    log.error("local model failed", exc_info=exc)
+    return ServiceUnavailableError("the local model failed to transcribe the audio")
