@@ -46,6 +46,7 @@ from .long_audio.dispatch import LongAudio
 from .metrics import Metrics
 from .models import RequestFacts
 from .providers import Provider, create_provider
+from .realtime.endpoint import REALTIME_PATHS, realtime_session
 from .redis_client import connect_redis
 from .router import Router
 from .web_ui import add_web_ui
@@ -134,6 +135,8 @@ def create_app(config: Config, providers: Mapping[str, Provider] | None = None) 
         app.router.add_post(
             path, handlers.create_azure_transcription, expect_handler=expect_continue
         )
+    for path in REALTIME_PATHS:
+        app.router.add_get(path, realtime_session)
     return app
 
 
@@ -233,13 +236,19 @@ async def _start_draining(app: web.Application) -> None:
     """
     timeout = app[CONFIG_KEY].proxy.drain_timeout_s
     log.info("shutting down: serving what is in flight for up to %s s", timeout)
-    streams = app[STATE_KEY].streams
+    state = app[STATE_KEY]
+    streams = state.streams
 
     def cut_streams() -> None:
         for task in list(streams):
             task.cancel(DRAIN_DEADLINE)
 
     asyncio.get_running_loop().call_later(timeout, cut_streams)
+    # Realtime sessions are told to reconnect now, and closed at the deadline.
+    for session in list(state.sessions):
+        task = asyncio.ensure_future(session.drain(timeout))
+        state.drains.add(task)
+        task.add_done_callback(state.drains.discard)
 
 
 #: aiohttp's shutdown deadline lies this far past ours, so ours ends streams first.

@@ -26,6 +26,10 @@ class ServerState:
     in_flight: int = 0
     #: The tasks relaying streams, so a shutdown can end them properly.
     streams: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: Realtime sessions open, so a shutdown can drain them.
+    sessions: set[Any] = field(default_factory=set)
+    #: The tasks draining them.
+    drains: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 CONFIG_KEY = web.AppKey("config", Config)

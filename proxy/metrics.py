@@ -119,6 +119,30 @@ class Metrics:
             "Transcript cache operations that failed (each counted as a miss or a skipped store).",
             registry=registry,
         )
+        self.realtime_sessions = Gauge(
+            "proxy_realtime_sessions",
+            "Realtime sessions open, synthesized by the proxy or relayed to a realtime upstream.",
+            ["kind"],
+            registry=registry,
+        )
+        self.realtime_audio_seconds = Counter(
+            "proxy_realtime_audio_seconds",
+            "Seconds of audio appended to realtime sessions.",
+            registry=registry,
+        )
+        self.realtime_turns = Counter(
+            "proxy_realtime_turns",
+            "Realtime turns transcribed, by outcome (completed, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.realtime_turn_seconds = Histogram(
+            "proxy_realtime_turn_seconds",
+            "Time from a realtime turn's commit (its speech end, with server_vad) to its "
+            "completed event.",
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
         #: The series of each (route, provider, model, status) answered, looked up once.
         self._answered: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self.tasks = Gauge(

@@ -27,6 +27,7 @@ from .schema import (
     ProviderKind,
     ProxySettings,
     RateLimitConfig,
+    RealtimeSettings,
     VirtualKeyConfig,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "ProviderKind",
     "ProxySettings",
     "RateLimitConfig",
+    "RealtimeSettings",
     "VirtualKeyConfig",
     "load_config",
     "local_model_installed",

@@ -36,6 +36,7 @@ from .schema import (
     ProviderKind,
     ProxySettings,
     RateLimitConfig,
+    RealtimeSettings,
     VirtualKeyConfig,
 )
 
@@ -188,6 +189,7 @@ def _proxy(section: Section) -> ProxySettings:
         local=_local(section.section("local")),
         cache=_cache(section.section("cache")),
         chunking=_chunking(section.section("chunking")),
+        realtime=_realtime(section.section("realtime")),
         web_ui=section.boolean("web_ui", True),
     )
     section.warn_unused()
@@ -212,6 +214,22 @@ def _chunking(section: Section) -> ChunkingSettings:
     )
     if settings.format not in ("webm", "mp3", "flac", "wav"):
         raise ConfigError(f"{section.path}.format: webm, mp3, flac or wav, got {settings.format!r}")
+    section.warn_unused()
+    return settings
+
+
+def _realtime(section: Section) -> RealtimeSettings:
+    vad = section.string("vad", "auto") or "auto"
+    if vad not in ("auto", "silero", "loudness"):
+        raise ConfigError(f"{section.path}.vad: auto, silero or loudness, got {vad!r}")
+    settings = RealtimeSettings(
+        partial_interval_ms=section.integer("partial_interval_ms", 1000),
+        max_pending_turns=section.integer("max_pending_turns", 4, minimum=1),
+        beam_size=section.integer("beam_size", 5, minimum=1),
+        vad="silero" if vad == "silero" else "loudness" if vad == "loudness" else "auto",
+        reserve_step_s=section.number("reserve_step_s", 30.0, positive=True),
+        drain_pending_s=section.number("drain_pending_s", 1.5),
+    )
     section.warn_unused()
     return settings
 

@@ -156,6 +156,30 @@ class ChunkingSettings:
     max_decoders: int = field(default_factory=lambda: os.cpu_count() or 2)
 
 
+RealtimeVad = Literal["auto", "silero", "loudness"]
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    """Realtime sessions synthesized by the proxy (``proxy.realtime``)."""
+
+    #: While a turn is spoken, the embedded model transcribes it again this
+    #: often for partial captions (0: none).
+    partial_interval_ms: int = 1000
+    #: Committed turns waiting for their transcripts before appends are refused.
+    max_pending_turns: int = 4
+    #: How speech is told from silence for ``server_vad``: Silero (with the
+    #: ``local`` extra; ``auto`` uses it when installed) or loudness.
+    vad: RealtimeVad = "auto"
+    #: The embedded model's beam width for realtime turns (its passes must keep
+    #: up with speech; 1 is greedy).
+    beam_size: int = 5
+    #: Audio seconds reserved against limits and budgets at a time, as a session goes.
+    reserve_step_s: float = 30.0
+    #: On shutdown, how long the turns committed at the deadline may take.
+    drain_pending_s: float = 1.5
+
+
 CacheStoreKind = Literal["memory", "redis"]
 
 
@@ -210,6 +234,7 @@ class ProxySettings:
     local: LocalSettings = field(default_factory=LocalSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     #: Serve the caption page at ``GET /``.
     web_ui: bool = True
 

@@ -31,13 +31,34 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class AudioReservation:
+    """A counter that audio seconds are taken from: an audio-second limit or a budget."""
+
+    name: str
+    #: In the counter's units (seconds, or money).
+    reserved: float
+    maximum: float
+    window: float
+    #: Counter units per audio second.
+    rate: float
+    #: What the caller is told when the counter is spent.
+    refusal: type[ProxyError]
+    message: str
+
+
+@dataclass
 class Admission:
     """What a request reserved, to be settled when it ends."""
 
     key: VirtualKeyConfig | None = None
-    #: (counter key, amount reserved, window) still to be settled by audio seconds.
-    by_audio: list[tuple[str, float, float, float]] = field(default_factory=list)
+    #: The counters still to be settled by audio seconds.
+    by_audio: list[AudioReservation] = field(default_factory=list)
     settled: bool = False
+
+    @property
+    def reserved_seconds(self) -> float:
+        """Audio seconds the reservations cover (the least of them)."""
+        return min((r.reserved / r.rate for r in self.by_audio if r.rate), default=math.inf)
 
 
 class Governor:
@@ -124,16 +145,47 @@ class Governor:
             if self._fail_open:
                 log.warning("limits not enforced: %s", exc)
                 return admission
-            raise ServiceUnavailableError(
-                "the store that keeps rate limits and budgets is unreachable",
-                code="governance_unavailable",
-                headers={"Retry-After": "1"},
-            ) from exc
-        for name, amount, window in taken:
+            raise _store_down() from exc
+        for name, amount, maximum, window, refusal in wanted:
             if not name.endswith(":requests"):
-                rate = amount / reserve_s if reserve_s else 0.0
-                admission.by_audio.append((name, amount, window, rate))
+                admission.by_audio.append(
+                    AudioReservation(
+                        name,
+                        amount,
+                        maximum,
+                        window,
+                        rate=amount / reserve_s if reserve_s else 0.0,
+                        refusal=type(refusal),
+                        message=refusal.message,
+                    )
+                )
         return admission
+
+    async def extend(self, admission: Admission, seconds: float) -> None:
+        """Reserve ``seconds`` more audio on each of the admission's counters (a session
+        that goes on), or raise what the caller is told when one is spent."""
+        taken: list[tuple[AudioReservation, float]] = []
+        try:
+            for reservation in admission.by_audio:
+                amount = seconds * reservation.rate
+                retry_after = await self._counters.reserve(
+                    reservation.name, amount, reservation.maximum, reservation.window
+                )
+                if retry_after is not None:
+                    for done, done_amount in taken:
+                        await self._counters.adjust(done.name, -done_amount, done.window)
+                        done.reserved -= done_amount
+                    raise reservation.refusal(
+                        reservation.message,
+                        headers={"Retry-After": str(math.ceil(retry_after))},
+                    )
+                reservation.reserved += amount
+                taken.append((reservation, amount))
+        except CounterStoreError as exc:
+            if self._fail_open:
+                log.warning("limits not enforced: %s", exc)
+                return
+            raise _store_down() from exc
 
     @contextlib.asynccontextmanager
     async def metered(
@@ -152,8 +204,20 @@ class Governor:
         if admission.settled:
             return
         admission.settled = True
-        for name, reserved, window, rate in admission.by_audio:
+        for reservation in admission.by_audio:
             try:
-                await self._counters.adjust(name, audio_seconds * rate - reserved, window)
+                await self._counters.adjust(
+                    reservation.name,
+                    audio_seconds * reservation.rate - reservation.reserved,
+                    reservation.window,
+                )
             except CounterStoreError as exc:
-                log.warning("could not settle %s: %s", name, exc)
+                log.warning("could not settle %s: %s", reservation.name, exc)
+
+
+def _store_down() -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        "the store that keeps rate limits and budgets is unreachable",
+        code="governance_unavailable",
+        headers={"Retry-After": "1"},
+    )

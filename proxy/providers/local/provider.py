@@ -43,6 +43,11 @@ from .model import Model
 from .passes import DecodeOptions, Transcription
 from .windows import WINDOW_S, PcmFeed, SeekWindows, SilenceWindows
 
+#: Freed memory goes back to the system once the model has been idle this long.
+TRIM_AFTER_IDLE_S = 3.0
+#: One window of PCM, in bytes.
+WINDOW_BYTES = int(WINDOW_S * PCM_BYTES_PER_S)
+
 log = logging.getLogger(__name__)
 
 
@@ -79,6 +84,11 @@ class _DecodeSlots:
         """Whether no decode is running or waiting."""
         return not self._running and not self._waiting
 
+    @property
+    def full(self) -> bool:
+        """Whether every slot is taken (another decode would wait)."""
+        return self._free.locked()
+
 
 class LocalProvider:
     """``local``: transcription by the embedded model."""
@@ -94,6 +104,7 @@ class LocalProvider:
         )
         self._model = Model(settings, self._executor)
         self._slots = _DecodeSlots(settings.max_concurrent, settings.max_queue)
+        self._trim: asyncio.TimerHandle | None = None
         # A request holds a decode slot before its upload is decoded, so its
         # decoder never waits for this one.
         self._decoders = asyncio.Semaphore(settings.max_concurrent)
@@ -126,6 +137,11 @@ class LocalProvider:
     def listed_models(self) -> list[str]:
         return [self._model.name]
 
+    @property
+    def busy(self) -> bool:
+        """Whether a decode started now would wait for another to finish."""
+        return self._slots.full
+
     async def start(self) -> None:
         """Load the model now when ``preload`` says so, rather than on the first request."""
         if self._settings.preload:
@@ -133,12 +149,50 @@ class LocalProvider:
 
     async def aclose(self) -> None:
         """Stop the decoding threads once their work is done."""
+        if self._trim is not None:
+            self._trim.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def transcribe_pcm(
+        self, pcm: bytes, options: DecodeOptions, *, partial: bool = False
+    ) -> str | None:
+        """16 kHz mono PCM already at hand (a realtime turn), transcribed; its text.
+
+        A ``partial`` pass (a caption of a turn still being spoken) is one
+        pass, and None rather than a wait when the model is busy.
+        """
+        if partial and self.busy:
+            return None
+        whisper = await self._model.get()
+        await self._slots.acquire()
+        loop = asyncio.get_running_loop()
+        job = self._executor.submit(_heard, Transcription(whisper, options), pcm, one_pass=partial)
+        try:
+            segments = await asyncio.wrap_future(job)
+        except Exception as exc:
+            raise _model_error(exc) from exc
+        finally:
+            if job.done():
+                self._done()
+            else:  # cancelled mid-pass: the slot is free once the pass is
+                job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._done))
+        return "".join(s.text for s in segments).strip()
+
     def _done(self) -> None:
-        """A decode is over: its slot is free, and once none is left, so is its memory."""
+        """A decode is over: its slot is free, and once none is left for a while, so is
+        its memory. Not at once: trimming holds malloc's locks, and a realtime session's
+        next pass comes within a second."""
         self._slots.release()
         if self._slots.idle and self._settings.return_memory:
+            if self._trim is not None:
+                self._trim.cancel()
+            self._trim = asyncio.get_running_loop().call_later(
+                TRIM_AFTER_IDLE_S, self._trim_if_idle
+            )
+
+    def _trim_if_idle(self) -> None:
+        self._trim = None
+        if self._slots.idle:
             asyncio.get_running_loop().run_in_executor(self._executor, trim_heap)
 
     async def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptEvent, None]:
@@ -188,6 +242,20 @@ class LocalProvider:
             duration=decode.seconds,
             with_words=options.word_timestamps,
         )
+
+
+def _heard(transcription: Transcription, pcm: bytes, *, one_pass: bool) -> list[Segment]:
+    """``pcm`` transcribed window by window (the model's thread); with ``one_pass``, only
+    what the first pass hears."""
+    segments: list[Segment] = []
+    start = 0
+    while start < len(pcm):
+        heard, consumed = transcription.window(pcm[start : start + WINDOW_BYTES], start)
+        segments += heard
+        start += consumed
+        if one_pass:
+            break
+    return segments
 
 
 class _WindowedDecode:

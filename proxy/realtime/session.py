@@ -1,0 +1,511 @@
+"""One realtime transcription session over a WebSocket, synthesized by the proxy.
+
+The client appends audio; the proxy finds the turns in it (``server_vad``,
+:mod:`.vad`) or takes the client's commits, cuts a turn at 30 s at its
+quietest point, and transcribes each committed turn as an ordinary request
+(:mod:`.transcriber`), several at once. Each turn's events reach the client
+in the order the turns began, whatever order their transcriptions finish
+in. With the embedded model, a turn still being spoken gets partial
+captions (:mod:`.agreement`).
+
+The audio is metered as it is appended: the session reserves audio seconds
+ahead, a block at a time, and ends with an ``error`` event and close 1008
+when a limit or budget is spent. Memory holds one turn in progress (at
+most 30 s) and at most ``max_pending_turns`` committed turns waiting for
+their transcripts; past that, appends are refused with an ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from ..audio.decoder import SAMPLE_RATE
+from ..config import RealtimeSettings
+from ..dispatch import Dispatcher
+from ..errors import ProxyError
+from ..governance.credentials import Caller
+from ..governance.governor import Admission, Governor
+from ..metrics import Metrics
+from ..models import TranscriptDone
+from ..providers.local.passes import DecodeOptions
+from ..router import Router
+from .audio_in import InputAudio
+from .protocol import (
+    ClientEvent,
+    ClientEventError,
+    client_error_event,
+    encode,
+    error_event,
+    new_id,
+    proxy_error_event,
+    read_client_event,
+    server_event,
+)
+from .session_config import Dialect, SessionConfig
+from .transcriber import TurnRoute, text_of, transcribe_turn
+from .turn_passes import TurnPasses
+from .turns import MAX_TURN_S, Turn, TurnAudio
+from .vad import SilenceBegan, SpeechStarted, TurnDetector, speech_score
+
+log = logging.getLogger(__name__)
+
+#: The shortest audio a client's commit takes, as OpenAI's (100 ms).
+MIN_COMMIT_SAMPLES = SAMPLE_RATE // 10
+#: Close codes: the policy (a limit or budget) is spent; the server is restarting.
+CLOSE_POLICY = 1008
+CLOSE_RESTARTING = 1012
+_TRANSCRIPTION = "conversation.item.input_audio_transcription"
+
+
+@dataclass(frozen=True)
+class SessionServices:
+    """What a session uses of the application."""
+
+    router: Router
+    dispatcher: Dispatcher
+    governor: Governor
+    metrics: Metrics
+    settings: RealtimeSettings
+
+
+class RealtimeSession:
+    """One client's session: its configuration, its audio, its turns."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        services: SessionServices,
+        *,
+        caller: Caller,
+        admission: Admission,
+        route: TurnRoute,
+        fallbacks: Sequence[str] = (),
+    ) -> None:
+        self._ws = ws
+        self._services = services
+        self._settings = services.settings
+        self._caller = caller
+        self._admission = admission
+        self._fallbacks = list(fallbacks)
+        self._route = route
+        self.config = SessionConfig(transcription=route.transcription)
+        self._input = InputAudio(self.config.format)
+        vad = self.config.turn_detection
+        self._audio = TurnAudio(self._keep_before())
+        self._detector = (
+            TurnDetector(vad, speech_score(self._settings.vad != "loudness")) if vad else None
+        )
+        #: Turns in the order they began: the reporter sends their events in it.
+        self._turns: asyncio.Queue[Turn | None] = asyncio.Queue()
+        self._open: Turn | None = None
+        self._last_item: str | None = None
+        #: The embedded model's passes over the turn being spoken, when it serves the session.
+        self._passes: TurnPasses | None = None
+        #: Where the speech of the turn being spoken last ended, as far as heard.
+        self._speech_end: int | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Committed turns whose transcripts have not been made yet.
+        self._pending = 0
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
+        self._closing = False
+        self._metered_seconds = 0.0
+
+    @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio the client has appended."""
+        return self._input.seconds
+
+    # --- the session's life ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the session until the client leaves or it is ended."""
+        metrics = self._services.metrics
+        metrics.realtime_sessions.labels(kind="synthesized").inc()
+        reporter = asyncio.ensure_future(self._report())
+        try:
+            await self._send(server_event("session.created", session=self.config.as_session("ga")))
+            async for message in self._ws:
+                if message.type == WSMsgType.TEXT:
+                    await self._on_text(message.data)
+                elif message.type == WSMsgType.BINARY:
+                    await self._send(
+                        error_event(
+                            "binary frames are not taken: send client events as JSON text",
+                            code="invalid_event",
+                        )
+                    )
+                if self._closing:
+                    break
+        finally:
+            metrics.realtime_sessions.labels(kind="synthesized").dec()
+            await self._end(reporter)
+
+    async def _end(self, reporter: asyncio.Task[None]) -> None:
+        """Stop everything the session started: partial passes, transcriptions, the reporter."""
+        self._closing = True
+        if self._passes is not None:
+            await self._passes.aclose()
+        running = [*self._tasks, reporter]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    async def close(self, code: int, message: str) -> None:
+        """End the session with a close frame."""
+        self._closing = True
+        with contextlib.suppress(Exception):
+            await self._ws.close(code=code, message=message.encode())
+
+    async def drain(self, deadline_s: float) -> None:
+        """The server is stopping: tell the client to reconnect; at the deadline, commit
+        the turn in progress, send what is pending, and close 1012."""
+        await self._send(
+            error_event(
+                "the server is restarting: reconnect to go on; this session ends in "
+                f"{deadline_s:g} s",
+                error_type="server_error",
+                code="server_restarting",
+            )
+        )
+        await asyncio.sleep(deadline_s)
+        if self._open is not None and self._audio.turn_samples:
+            await self._commit(None)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._settings.drain_pending_s):
+                await self._caught_up.wait()
+        await self.close(CLOSE_RESTARTING, "server restarting")
+
+    # --- client events ----------------------------------------------------------------------
+
+    async def _on_text(self, text: str) -> None:
+        event: ClientEvent | None = None
+        try:
+            event = read_client_event(text)
+            handler = self._handlers().get(event.type)
+            if handler is None:
+                raise ClientEventError(
+                    f"{event.type!r} is not a client event of a transcription session",
+                    code="unknown_event_type",
+                    param="type",
+                )
+            await handler(event)
+        except ClientEventError as exc:
+            await self._send(client_error_event(exc, event.event_id if event else None))
+        except ProxyError as exc:
+            await self._send(proxy_error_event(exc, event.event_id if event else None))
+
+    def _handlers(self) -> dict[str, Callable[[ClientEvent], Any]]:
+        return {
+            "session.update": lambda e: self._update(e, "ga"),
+            "transcription_session.update": lambda e: self._update(e, "beta"),
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.commit": self._client_commit,
+            "input_audio_buffer.clear": self._clear,
+        }
+
+    async def _update(self, event: ClientEvent, dialect: Dialect) -> None:
+        config = self.config.updated(event.body.get("session"), dialect)
+        if config.transcription != self.config.transcription:
+            routes = self._services.router.plan(config.transcription.model, self._fallbacks)
+            self._services.governor.check_routes(self._caller, routes)
+            self._route = replace(self._route, routes=routes, transcription=config.transcription)
+        self._input.switch(config.format)
+        if config.turn_detection != self.config.turn_detection:
+            # A turn in progress goes on; with detection off, the client commits it.
+            self._detector = (
+                TurnDetector(
+                    config.turn_detection,
+                    speech_score(self._settings.vad != "loudness"),
+                    position=self._audio.end,
+                )
+                if config.turn_detection is not None
+                else None
+            )
+        self.config = config
+        self._audio.keep_before = self._keep_before()
+        kind = "session.updated" if dialect == "ga" else "transcription_session.updated"
+        await self._send(server_event(kind, session=config.as_session(dialect)))
+
+    async def _append(self, event: ClientEvent) -> None:
+        if self._pending >= self._settings.max_pending_turns:
+            raise ClientEventError(
+                "audio is arriving faster than it can be transcribed: this append was "
+                f"dropped ({self._pending} turns are waiting for their transcripts)",
+                code="input_audio_buffer_full",
+                param="audio",
+            )
+        pcm = self._input.decode(event.body.get("audio"))
+        if not pcm:
+            return
+        await self._meter()
+        self._services.metrics.realtime_audio_seconds.inc(len(pcm) / 2 / SAMPLE_RATE)
+        self._audio.append(pcm)
+        if self._detector is not None:
+            for found in self._detector.feed(pcm):
+                if isinstance(found, SpeechStarted):
+                    if self._open is None:
+                        await self._start_turn(found.sample, announce=True)
+                elif isinstance(found, SilenceBegan):
+                    self._speech_end = found.sample
+                    if self._passes is not None:
+                        self._passes.silence_began()
+                elif self._open is not None:
+                    await self._send(
+                        server_event(
+                            "input_audio_buffer.speech_stopped",
+                            audio_end_ms=_ms(found.sample),
+                            item_id=self._open.item_id,
+                        )
+                    )
+                    await self._commit(found.sample)
+        elif self._open is None:
+            await self._start_turn(self._audio.end - len(pcm) // 2, announce=False)
+        if self._open is not None and self._audio.turn_samples >= MAX_TURN_S * SAMPLE_RATE:
+            await self._cut_long_turn()
+        self._audio.settle()
+
+    async def _client_commit(self, event: ClientEvent) -> None:
+        samples = self._audio.turn_samples
+        if self._open is None or samples < MIN_COMMIT_SAMPLES:
+            raise ClientEventError(
+                "buffer too small: a commit needs at least 100 ms of audio, and the buffer "
+                f"holds {samples * 1000 // SAMPLE_RATE} ms",
+                code="input_audio_buffer_commit_empty",
+            )
+        if self._detector is not None:
+            self._detector.reset()
+        await self._commit(None)
+
+    async def _clear(self, event: ClientEvent) -> None:
+        if self._open is not None:
+            if self._passes is not None:
+                await self._passes.aclose()
+                self._passes = None
+            self._open.drop()
+            self._open = None
+        self._audio.clear()
+        if self._detector is not None:
+            self._detector.reset()
+        await self._send(server_event("input_audio_buffer.cleared"))
+
+    # --- turns ---------------------------------------------------------------------------
+
+    async def _start_turn(self, sample: int, *, announce: bool) -> None:
+        turn = Turn(new_id("item"), sample)
+        self._audio.start(sample)
+        self._open = turn
+        self._turns.put_nowait(turn)
+        if announce:
+            await self._send(
+                server_event(
+                    "input_audio_buffer.speech_started",
+                    audio_start_ms=_ms(self._audio.turn_start or sample),
+                    item_id=turn.item_id,
+                )
+            )
+        self._speech_end = None
+        local = self._route.local
+        if local is not None:
+            interval = self._settings.partial_interval_ms
+            self._passes = TurnPasses(
+                local,
+                self._pass_options(),
+                self._audio,
+                turn,
+                interval_s=interval / 1000 if interval else None,
+                emit=lambda text: turn.events.put_nowait(self._delta(turn, text)),
+            )
+
+    async def _cut_long_turn(self) -> None:
+        """A turn at 30 s: committed up to its quietest point; the speech goes on in a
+        new turn from there."""
+        assert self._open is not None
+        cut = self._audio.quietest_cut()
+        announce = self._detector is not None
+        if announce:
+            await self._send(
+                server_event(
+                    "input_audio_buffer.speech_stopped",
+                    audio_end_ms=_ms(cut),
+                    item_id=self._open.item_id,
+                )
+            )
+        await self._commit(cut)
+        if self._detector is not None:
+            self._detector.cut(cut)
+        if self._audio.end > cut:
+            await self._start_turn(cut, announce=announce)
+
+    async def _commit(self, end: int | None) -> None:
+        turn = self._open
+        assert turn is not None
+        self._open = None
+        passes, self._passes = self._passes, None
+        speech_end = self._speech_end if end is not None else None
+        pcm = self._audio.take(end)
+        turn.commit(self._last_item)
+        self._last_item = turn.item_id
+        await self._send(
+            server_event(
+                "input_audio_buffer.committed",
+                previous_item_id=turn.previous_item_id,
+                item_id=turn.item_id,
+            )
+        )
+        self._pending += 1
+        self._caught_up.clear()
+        task = asyncio.ensure_future(self._transcribe(turn, pcm, passes, speech_end))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _transcribe(
+        self, turn: Turn, pcm: bytes, passes: TurnPasses | None, speech_end: int | None
+    ) -> None:
+        """One committed turn's transcript, as events in its queue."""
+        metrics = self._services.metrics
+        outcome = "failed"
+        try:
+            text: str | None = None
+            done: TranscriptDone | None = None
+            if passes is not None:
+                text = await self._from_passes(turn, passes, pcm, speech_end)
+            if text is None:
+                text, done = await self._from_upstream(turn, pcm)
+            turn.events.put_nowait(
+                server_event(
+                    f"{_TRANSCRIPTION}.completed",
+                    item_id=turn.item_id,
+                    content_index=0,
+                    transcript=text,
+                    usage=_usage(done, len(pcm)),
+                )
+            )
+            outcome = "completed"
+        except ProxyError as exc:
+            turn.events.put_nowait(self._failed(turn, exc.type, exc.code, exc.message, exc.param))
+        except Exception:
+            log.exception("a realtime turn failed")
+            turn.events.put_nowait(
+                self._failed(turn, "server_error", "internal_error", "transcription failed", None)
+            )
+        finally:
+            self._pending -= 1
+            if not self._pending:
+                self._caught_up.set()
+            turn.events.put_nowait(None)
+            metrics.realtime_turns.labels(outcome=outcome).inc()
+            if turn.committed_at is not None and outcome == "completed":
+                metrics.realtime_turn_seconds.observe(time.monotonic() - turn.committed_at)
+
+    async def _from_passes(
+        self, turn: Turn, passes: TurnPasses, pcm: bytes, speech_end: int | None
+    ) -> str | None:
+        """The transcript from the embedded model's passes (the last deltas sent on the
+        way); None when the model failed, for the routes' fallbacks to answer."""
+        sent = passes.agreement.text if passes.agreement is not None else ""
+        try:
+            text = await passes.transcript(speech_end, pcm)
+        except ProxyError:
+            log.warning("the embedded model failed a realtime turn; trying its routes")
+            return None
+        rest = text[len(sent) :] if text.startswith(sent) else text
+        if rest.strip():
+            turn.events.put_nowait(self._delta(turn, rest))
+        return text
+
+    async def _from_upstream(self, turn: Turn, pcm: bytes) -> tuple[str, TranscriptDone | None]:
+        """The transcript from the session's routes, its deltas relayed as they stream."""
+        sent: list[str] = []
+        done: TranscriptDone | None = None
+        async with aclosing(
+            transcribe_turn(self._services.dispatcher, self._route, pcm, item=turn.item_id)
+        ) as pieces:
+            async for piece in pieces:
+                if isinstance(piece, TranscriptDone):
+                    done = piece
+                else:
+                    sent.append(piece)
+                    turn.events.put_nowait(self._delta(turn, piece))
+        text = text_of(done) if done is not None else "".join(sent).strip()
+        if not sent and text:
+            turn.events.put_nowait(self._delta(turn, text))
+        return text, done
+
+    def _pass_options(self) -> DecodeOptions:
+        transcription = self._route.transcription
+        return DecodeOptions(
+            beam_size=self._settings.beam_size,
+            language=transcription.language.split("-")[0].lower()
+            if transcription.language
+            else None,
+            prompt=transcription.prompt,
+        )
+
+    def _delta(self, turn: Turn, text: str) -> dict[str, Any]:
+        return server_event(
+            f"{_TRANSCRIPTION}.delta", item_id=turn.item_id, content_index=0, delta=text
+        )
+
+    def _failed(
+        self, turn: Turn, type_: str, code: str | None, message: str, param: str | None
+    ) -> dict[str, Any]:
+        return server_event(
+            f"{_TRANSCRIPTION}.failed",
+            item_id=turn.item_id,
+            content_index=0,
+            error={"type": type_, "code": code, "message": message, "param": param},
+        )
+
+    async def _report(self) -> None:
+        """Send each turn's events, turn after turn, in the order the turns began."""
+        while (turn := await self._turns.get()) is not None:
+            while (event := await turn.events.get()) is not None:
+                await self._send(event)
+
+    # --- metering, sending --------------------------------------------------------------------
+
+    async def _meter(self) -> None:
+        """Reserve the next block of audio seconds once the appended audio reaches what is
+        reserved; a spent limit or budget ends the session."""
+        admission = self._admission
+        if not admission.by_audio or self._input.seconds <= admission.reserved_seconds:
+            return
+        try:
+            await self._services.governor.extend(admission, self._settings.reserve_step_s)
+        except ProxyError as exc:
+            await self._send(proxy_error_event(exc))
+            await self.close(CLOSE_POLICY, exc.message[:120])
+            raise ClientEventError(exc.message) from exc
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        if self._ws.closed:
+            return
+        with contextlib.suppress(ConnectionError):
+            await self._ws.send_str(encode(event))
+
+    def _keep_before(self) -> int:
+        vad = self.config.turn_detection
+        padding = vad.prefix_padding_ms if vad is not None else 0
+        return padding * SAMPLE_RATE // 1000 + SAMPLE_RATE  # and a second's margin
+
+
+def _ms(sample: int) -> int:
+    return sample * 1000 // SAMPLE_RATE
+
+
+def _usage(done: TranscriptDone | None, pcm_bytes: int) -> dict[str, Any]:
+    """The turn's usage: the upstream's, else its audio's duration."""
+    usage = done.document.get("usage") if done is not None and done.document else None
+    if isinstance(usage, dict) and usage.get("type") in ("tokens", "duration"):
+        return usage
+    return {"type": "duration", "seconds": round(pcm_bytes / 2 / SAMPLE_RATE, 3)}

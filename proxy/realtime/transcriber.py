@@ -1,0 +1,85 @@
+"""A committed turn transcribed: an ordinary request through the router and dispatch.
+
+Each turn goes upstream as a 16-bit mono WAV named ``audio.wav`` with the
+session's model, language and prompt, through the same dispatch as an HTTP
+upload (retries, fallbacks, the provider's own streaming when it has one).
+The embedded model's turns are transcribed while spoken (:mod:`.turn_passes`);
+these routes are their fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from ..answers.events import DELTA
+from ..audio.sources import BufferedAudio
+from ..audio.wav import wav_bytes
+from ..dispatch import Dispatcher, TranscriptionJob
+from ..models import FormField, TranscriptDelta, TranscriptDone
+from ..providers.local import LocalProvider
+from ..router import Route
+from .session_config import Transcription
+
+FILENAME = "audio.wav"
+
+
+@dataclass(frozen=True)
+class TurnRoute:
+    """Where a session's turns go: its routes (primary, then fallbacks) and who asks."""
+
+    routes: Sequence[Route]
+    transcription: Transcription
+    request_id: str
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def local(self) -> LocalProvider | None:
+        """The embedded model, when it is the primary route (partial captions are its)."""
+        provider = self.routes[0].provider
+        return provider if isinstance(provider, LocalProvider) else None
+
+    def fields(self, *, stream: bool) -> list[FormField]:
+        """The form a turn is sent with."""
+        transcription = self.transcription
+        fields = [FormField("model", transcription.model)]
+        if transcription.language:
+            fields.append(FormField("language", transcription.language))
+        if transcription.prompt:
+            fields.append(FormField("prompt", transcription.prompt))
+        fields.append(FormField("response_format", "json"))
+        fields.append(FormField("stream", "true" if stream else "false"))
+        return fields
+
+
+async def transcribe_turn(
+    dispatcher: Dispatcher, route: TurnRoute, pcm: bytes, *, stream: bool = True, item: str = ""
+) -> AsyncGenerator[str | TranscriptDone, None]:
+    """A turn's transcript: text deltas as the upstream streams them, then its answer."""
+    wav = wav_bytes(pcm)
+    job = TranscriptionJob(
+        route.routes,
+        route.fields(stream=stream),
+        BufferedAudio(wav, filename=FILENAME, content_type="audio/wav"),
+        request_id=f"{route.request_id}.{item}" if item else route.request_id,
+        api_key=route.api_key,
+    )
+    dispatch = await dispatcher.dispatch(job, len(wav))
+    async with aclosing(dispatch.events()) as events:
+        async for event in events:
+            if isinstance(event, TranscriptDone):
+                yield event
+                return
+            if isinstance(event, TranscriptDelta) and event.event.get("type") == DELTA:
+                delta = event.event.get("delta")
+                if isinstance(delta, str) and delta:
+                    yield delta
+
+
+def text_of(done: TranscriptDone) -> str:
+    """The transcript an answer holds."""
+    if done.document is not None:
+        text = done.document.get("text", "")
+        return text.strip() if isinstance(text, str) else ""
+    return (done.text or "").strip()

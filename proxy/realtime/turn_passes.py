@@ -1,0 +1,130 @@
+"""The embedded model's passes over a turn while it is spoken.
+
+Two things come of them. Partial captions: the turn so far is transcribed
+again every ``partial_interval_ms`` and the words two passes agree on go out
+(:class:`~.agreement.LocalAgreement`). And a turn's transcript before its
+commit: when the speech detector hears silence begin, a pass starts at once
+over everything said; if the silence lasts until the turn is committed,
+that pass already holds the whole turn, and the transcript comes
+``silence_duration_ms`` sooner than a pass begun at the commit would give it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..audio.decoder import SAMPLE_BYTES, SAMPLE_RATE
+from ..providers.local import LocalProvider
+from ..providers.local.passes import DecodeOptions
+from .agreement import LocalAgreement
+from .turns import Turn, TurnAudio, TurnState
+
+#: A pass needs this much of a turn (its prefix padding included) to hear anything.
+MIN_PASS_SAMPLES = SAMPLE_RATE
+#: How soon a turn too short for a pass is looked at again.
+_RECHECK_S = 0.1
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What a pass heard of the turn, up to the sample position it covered."""
+
+    end: int
+    text: str
+
+
+class TurnPasses:
+    """Passes over one turn being spoken (runs until the turn is committed or dropped)."""
+
+    def __init__(
+        self,
+        local: LocalProvider,
+        options: DecodeOptions,
+        audio: TurnAudio,
+        turn: Turn,
+        *,
+        interval_s: float | None,
+        emit: Callable[[str], None],
+    ) -> None:
+        self._local = local
+        self._options = options
+        self._audio = audio
+        self._turn = turn
+        self._interval_s = interval_s
+        self._emit = emit
+        self.agreement = LocalAgreement() if interval_s else None
+        self._latest: Heard | None = None
+        self._running: asyncio.Task[Heard | None] | None = None
+        self._wake = asyncio.Event()
+        self._loop = asyncio.ensure_future(self._passes())
+
+    def silence_began(self) -> None:
+        """The speaker may have finished: a pass over all of it, now (if none runs)."""
+        self._wake.set()
+
+    async def transcript(self, speech_end: int | None, pcm: bytes) -> str:
+        """The committed turn's transcript: a pass that covered all its speech (``speech_end``,
+        where known), else a pass over ``pcm``, its whole audio. With partial captions,
+        only what they have not sent yet."""
+        await self._stop_passes()
+        heard = self._latest
+        running = self._running
+        if running is not None and (heard is None or not _covers(heard, speech_end)):
+            with contextlib.suppress(asyncio.CancelledError):
+                heard = await running
+        if heard is None or not _covers(heard, speech_end):
+            text = await self._local.transcribe_pcm(pcm, self._options) or ""
+        else:
+            text = heard.text
+        if self.agreement is None:
+            return text
+        self.agreement.finish(text.split())
+        return self.agreement.text
+
+    async def aclose(self) -> None:
+        """Stop every pass (the turn was dropped, or the session ended)."""
+        await self._stop_passes()
+        if self._running is not None:
+            self._running.cancel()
+            await asyncio.gather(self._running, return_exceptions=True)
+
+    async def _stop_passes(self) -> None:
+        self._loop.cancel()
+        await asyncio.gather(self._loop, return_exceptions=True)
+
+    async def _passes(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while self._turn.state is TurnState.SPEAKING:
+            # Every interval from the last pass's start (or at once, when silence begins).
+            wait = None if self._interval_s is None else max(0.0, next_at - loop.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            self._wake.clear()
+            pcm = self._audio.so_far()
+            if len(pcm) < MIN_PASS_SAMPLES * SAMPLE_BYTES:
+                next_at = loop.time() + _RECHECK_S
+                continue
+            started = loop.time()
+            self._running = asyncio.ensure_future(self._pass(pcm, self._audio.end))
+            heard = await asyncio.shield(self._running)
+            next_at = started + (self._interval_s or 0.0)
+            if heard is None:
+                continue  # the model was busy: a caption is not worth waiting for
+            self._latest = heard
+            if self.agreement is not None:
+                delta = self.agreement.delta(heard.text.split())
+                if delta:
+                    self._emit(delta)
+
+    async def _pass(self, pcm: bytes, end: int) -> Heard | None:
+        text = await self._local.transcribe_pcm(pcm, self._options, partial=True)
+        return Heard(end, text) if text is not None else None
+
+
+def _covers(heard: Heard, speech_end: int | None) -> bool:
+    return speech_end is not None and heard.end >= speech_end
