@@ -243,13 +243,18 @@ async def test_stream_gives_each_chunk_in_order_as_it_is_done(
 ) -> None:
     data = encode(WORDS, "wav")
     server = await make_proxy(long_config(listener, len(data) // 3))
-    # Later chunks answer first: the stream must still give them in order.
+    # Later chunks answer first (chunk 0 waits for chunk 1's answer, and so on up
+    # to the four sent at once): the stream must still give them in order.
     answered: list[int] = []
+    done = [asyncio.Event() for _ in range(4)]
 
     async def backwards(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
         index = int((received.file.filename or "chunk-0").split("-")[1].split(".")[0])
-        await asyncio.sleep(0.05 * (4 - min(index, 4)))
+        if index < 3:
+            await done[index + 1].wait()
         answered.append(index)
+        if index < 4:
+            done[index].set()
         return await listening(request, received)
 
     listener.respond = backwards

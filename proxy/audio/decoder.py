@@ -85,13 +85,13 @@ def decode_pcm(source: Any) -> Generator[bytes, None, None]:
             for frame in container.decode(streams[0]):
                 for out in resampler.resample(frame):
                     decoded_any = True
-                    yield _pcm_of(out)
+                    yield pcm_of(out)
         except (av.error.FFmpegError, ValueError, IndexError) as exc:
             if not decoded_any:
                 raise UndecodableAudioError(str(exc)) from exc
             log.warning("decoding stopped early: %s", exc)
         for out in resampler.resample(None):
-            yield _pcm_of(out)
+            yield pcm_of(out)
     finally:
         container.close()
 
@@ -102,8 +102,8 @@ def _consumed(consume: Callable[[Iterator[bytes]], _T], source: Any) -> _T:
         return consume(pcm)
 
 
-def _pcm_of(frame: Any) -> bytes:
-    """A resampled frame's samples as bytes (its buffer may be padded past them)."""
+def pcm_of(frame: Any) -> bytes:
+    """A PyAV frame's samples as bytes (its buffer may be padded past them)."""
     return bytes(memoryview(frame.planes[0])[: frame.samples * SAMPLE_BYTES])
 
 

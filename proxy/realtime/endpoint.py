@@ -44,6 +44,8 @@ HEARTBEAT_S = 30.0
 async def realtime_session(request: web.Request) -> web.StreamResponse:
     """Upgrade to a realtime transcription session, once the caller may have one."""
     app = request.app
+    facts = request[FACTS_KEY]
+    facts.request_type = "realtime"
     intent = request.query.get("intent", "transcription")
     if intent != "transcription":
         raise InvalidRequestError(
@@ -61,14 +63,12 @@ async def realtime_session(request: web.Request) -> web.StreamResponse:
         )
     caller = app[AUTH_KEY].identify(credentials(request))
     model = request.query.get("model") or request.query.get("deployment") or DEFAULT_MODEL
+    facts.model_requested = model
     fallbacks = request.query.getall("fallbacks", [])
     routes = app[ROUTER_KEY].plan(model, fallbacks)
+    facts.provider = routes[0].provider.name
     governor = app[GOVERNOR_KEY]
     governor.check_routes(caller, routes)
-    facts = request[FACTS_KEY]
-    facts.request_type = "realtime"
-    facts.model_requested = model
-    facts.provider = routes[0].provider.name
     admission = await governor.admit(caller, routes[0])  # a session is one request
     session: RealtimeSession | None = None
     sessions = app[STATE_KEY].sessions

@@ -1,0 +1,77 @@
+"""Realtime sessions on the embedded model: real speech, turns found by Silero VAD, partial
+captions while a turn is spoken, each turn's deltas adding up to its transcript."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+pytest.importorskip("faster_whisper", reason="the local extra is not installed")
+
+from tests.helpers.client import ProxyFactory
+from tests.helpers.realtime import TRANSCRIPTION, session, silence, to_24k, transcription
+from tests.helpers.speech import SENTENCES, WORDS, espeak, pause, say
+
+pytestmark = pytest.mark.skipif(
+    espeak() is None, reason="espeak-ng is not installed (scripts/test installs it)"
+)
+
+
+@pytest.fixture
+async def local(make_proxy: ProxyFactory) -> TestServer:
+    return await make_proxy({"providers": {"local": {}}, "proxy": {"local": {"preload": True}}})
+
+
+def deltas_of(events: list[dict[str, Any]], item_id: str) -> str:
+    return "".join(
+        e["delta"]
+        for e in events
+        if e["type"] == f"{TRANSCRIPTION}.delta" and e["item_id"] == item_id
+    )
+
+
+async def test_each_spoken_sentence_is_a_turn_heard_in_order(local: TestServer) -> None:
+    turns = 4
+    speech = b"".join(say(s) + pause(1.2) for s in SENTENCES[:turns])
+    async with session(local, update=transcription(language="en")) as client:
+        await client.stream(to_24k(speech) + silence(1.0), pace=2.0)
+        completed = await client.wait_for(f"{TRANSCRIPTION}.completed", count=turns)
+        committed = client.of("input_audio_buffer.committed")
+        started = client.of("input_audio_buffer.speech_started")
+    assert [c["item_id"] for c in completed] == [c["item_id"] for c in committed]
+    assert [s["item_id"] for s in started] == [c["item_id"] for c in committed]
+    for turn, word in zip(completed, WORDS, strict=False):
+        assert word in turn["transcript"].lower(), (word, turn["transcript"])
+        # Append-only: the deltas of a turn, put together, are its transcript.
+        assert deltas_of(client.events, turn["item_id"]) == turn["transcript"]
+        assert turn["usage"]["type"] == "duration"
+
+
+async def test_a_turn_gets_partial_captions_while_it_is_spoken(local: TestServer) -> None:
+    # Three sentences without a pause: one long turn, streamed in real time.
+    speech = b"".join(say(s) for s in SENTENCES[8:11])
+    async with session(local, update=transcription(language="en")) as client:
+        await client.stream(to_24k(speech) + silence(1.5), pace=1.0)
+        (completed,) = await client.wait_for(f"{TRANSCRIPTION}.completed")
+    types = client.types()
+    first_delta = types.index(f"{TRANSCRIPTION}.delta")
+    assert first_delta < types.index("input_audio_buffer.committed")
+    assert deltas_of(client.events, completed["item_id"]) == completed["transcript"]
+    for word in WORDS[8:11]:
+        assert word in completed["transcript"].lower()
+
+
+async def test_without_partials_a_turn_is_still_heard_whole(make_proxy: ProxyFactory) -> None:
+    server = await make_proxy(
+        {"providers": {"local": {}}, "proxy": {"realtime": {"partial_interval_ms": 0}}}
+    )
+    speech = say(SENTENCES[8]) + pause(1.0)
+    async with session(server, update=transcription(turn_detection=None)) as client:
+        await client.stream(to_24k(speech))
+        await client.send({"type": "input_audio_buffer.commit"})
+        (completed,) = await client.wait_for(f"{TRANSCRIPTION}.completed")
+    assert WORDS[8] in completed["transcript"].lower()
+    deltas = client.of(f"{TRANSCRIPTION}.delta")
+    assert [d["delta"] for d in deltas] == [completed["transcript"]]
