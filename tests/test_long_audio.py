@@ -246,15 +246,15 @@ async def test_stream_gives_each_chunk_in_order_as_it_is_done(
     # Later chunks answer first (chunk 0 waits for chunk 1's answer, and so on up
     # to the four sent at once): the stream must still give them in order.
     answered: list[int] = []
-    done = [asyncio.Event() for _ in range(4)]
+    answered_now = [asyncio.Event() for _ in range(4)]
 
     async def backwards(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
         index = int((received.file.filename or "chunk-0").split("-")[1].split(".")[0])
         if index < 3:
-            await done[index + 1].wait()
+            await answered_now[index + 1].wait()
         answered.append(index)
         if index < 4:
-            done[index].set()
+            answered_now[index].set()
         return await listening(request, received)
 
     listener.respond = backwards
