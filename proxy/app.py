@@ -24,6 +24,7 @@ from .app_state import (
     LIMITS_KEY,
     METRICS_KEY,
     ROUTER_KEY,
+    SECRETS_KEY,
     STATE_KEY,
     ServerState,
 )
@@ -46,7 +47,13 @@ from .long_audio.dispatch import LongAudio
 from .metrics import Metrics
 from .models import RequestFacts
 from .providers import Provider, create_provider
-from .realtime.endpoint import REALTIME_PATHS, realtime_session
+from .realtime.client_secrets import ClientSecrets
+from .realtime.endpoint import (
+    CLIENT_SECRET_PATHS,
+    REALTIME_PATHS,
+    create_client_secret,
+    realtime_session,
+)
 from .redis_client import connect_redis
 from .router import Router
 from .web_ui import add_web_ui
@@ -137,6 +144,8 @@ def create_app(config: Config, providers: Mapping[str, Provider] | None = None) 
         )
     for path in REALTIME_PATHS:
         app.router.add_get(path, realtime_session)
+    for path in CLIENT_SECRET_PATHS:
+        app.router.add_post(path, create_client_secret)
     return app
 
 
@@ -155,10 +164,17 @@ async def _stores(app: web.Application) -> AsyncIterator[None]:
         else MemoryStore(proxy.cache.max_mb * 1024 * 1024)
     )
     app[CACHE_KEY] = TranscriptCache(proxy.cache, store, app[METRICS_KEY])
+    secrets: CacheStore = (
+        RedisStore(redis, prefix=SECRETS_PREFIX)
+        if redis is not None
+        else MemoryStore(SECRETS_MEMORY_BYTES)
+    )
+    app[SECRETS_KEY] = ClientSecrets(secrets, app[AUTH_KEY])
     try:
         yield
     finally:
         await store.aclose()
+        await secrets.aclose()
         await counters.aclose()
         if redis is not None:
             await redis.aclose()
@@ -250,6 +266,10 @@ async def _start_draining(app: web.Application) -> None:
         state.drains.add(task)
         task.add_done_callback(state.drains.discard)
 
+
+#: Client secrets in Redis are kept under this prefix; in memory, in at most this much.
+SECRETS_PREFIX = "proxy:secret:"
+SECRETS_MEMORY_BYTES = 8 * 1024 * 1024
 
 #: aiohttp's shutdown deadline lies this far past ours, so ours ends streams first.
 DRAIN_GRACE_S = 2.0

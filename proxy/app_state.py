@@ -16,6 +16,7 @@ from .governance.credentials import Authenticator
 from .governance.governor import Governor
 from .metrics import Metrics
 from .models import RequestFacts
+from .realtime.client_secrets import ClientSecrets
 from .router import Router
 
 
@@ -42,4 +43,6 @@ ROUTER_KEY = web.AppKey("router", Router)
 #: How each upload is sent: whole through its routes, or cut when too long.
 DISPATCHER_KEY = web.AppKey("dispatcher", Dispatcher)
 CACHE_KEY = web.AppKey("transcript_cache", TranscriptCache)
+#: Realtime client secrets, kept where replicas share them when Redis is configured.
+SECRETS_KEY = web.AppKey("client_secrets", ClientSecrets)
 FACTS_KEY = web.RequestKey("facts", RequestFacts)

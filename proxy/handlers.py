@@ -70,7 +70,7 @@ async def create_transcription(request: web.Request) -> web.StreamResponse:
 
 
 async def create_azure_transcription(request: web.Request) -> web.StreamResponse:
-    """The Azure OpenAI integration: the deployment in the path names the model.
+    """The Azure OpenAI integration: the deployment in the path, on the Azure provider.
 
     It wins over any ``model`` field (the Azure SDK sends one too), and the
     client's ``api-version`` is not passed on: the upstream gets the one its
@@ -105,7 +105,9 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
         facts.model_requested = requested
         if _wants_stream(form.fields):
             facts.request_type = STREAM_REQUEST_TYPE
-        routes = app[ROUTER_KEY].plan(requested, fallbacks_of(form.fields))
+        routes = app[ROUTER_KEY].plan(
+            requested, fallbacks_of(form.fields), azure_deployment=deployment is not None
+        )
         facts.provider = routes[0].provider.name
         governor = app[GOVERNOR_KEY]
         governor.check_routes(caller, routes)

@@ -143,6 +143,30 @@ class Metrics:
             buckets=_DURATION_BUCKETS,
             registry=registry,
         )
+        self.realtime_upstream_connect = Histogram(
+            "proxy_realtime_upstream_connect_seconds",
+            "Time to open a relayed session's upstream WebSocket.",
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.realtime_relay_frames = Counter(
+            "proxy_realtime_relay_frames",
+            "Frames relayed, by direction (upstream, client).",
+            ["direction"],
+            registry=registry,
+        )
+        self.realtime_relay_bytes = Counter(
+            "proxy_realtime_relay_bytes",
+            "Bytes of frames relayed, by direction (upstream, client).",
+            ["direction"],
+            registry=registry,
+        )
+        self.realtime_tokens = Counter(
+            "proxy_realtime_tokens",
+            "Tokens the upstreams' completed events report for relayed sessions (input, output).",
+            ["kind"],
+            registry=registry,
+        )
         #: The series of each (route, provider, model, status) answered, looked up once.
         self._answered: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self.tasks = Gauge(

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 from .errors import (
     InvalidRequestError,
+    NotFoundError,
     ServiceUnavailableError,
 )
+from .providers.azure import AzureProvider
 from .providers.base import Provider
 
 log = logging.getLogger(__name__)
@@ -94,9 +96,33 @@ class Router:
             param="model",
         )
 
-    def plan(self, requested: str, fallbacks: Sequence[str]) -> list[Route]:
-        """The primary route, then one per fallback, in the order given."""
-        routes = [self.resolve(requested)]
+    def azure_deployment(self, deployment: str) -> Route:
+        """The route of an Azure deployment route's path: always the Azure provider (as
+        Bifrost's Azure pre-hook makes it ``azure/<deployment>``), never the bare-name rule.
+
+        The provider named ``azure`` (or the only Azure provider) maps the id
+        through its keys' ``deployments`` when they name it as a model, and
+        otherwise takes it as the deployment itself.
+        """
+        provider = self._providers.get("azure")
+        if provider is None:
+            azure = [p for p in self._providers.values() if isinstance(p, AzureProvider)]
+            provider = azure[0] if len(azure) == 1 else None
+        if provider is None:
+            raise NotFoundError(
+                "the Azure deployment route needs the azure provider: none is configured, "
+                "or several are and none is named azure "
+                f"(deployment {deployment}); send it to /v1 with a model instead",
+                code="azure_not_configured",
+            )
+        return Route(provider, deployment, deployment)
+
+    def plan(
+        self, requested: str, fallbacks: Sequence[str], *, azure_deployment: bool = False
+    ) -> list[Route]:
+        """The primary route, then one per fallback, in the order given. With
+        ``azure_deployment``, ``requested`` is the deployment an Azure path names."""
+        routes = [self.azure_deployment(requested) if azure_deployment else self.resolve(requested)]
         for fallback in fallbacks:
             try:
                 routes.append(self.resolve(fallback))

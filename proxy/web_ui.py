@@ -17,9 +17,11 @@ _FILES = {
     "/": ("index.html", "text/html"),
     "/ui/captions.js": ("captions.js", "text/javascript"),
     "/ui/captions.css": ("captions.css", "text/css"),
+    "/ui/mic-worklet.js": ("mic-worklet.js", "text/javascript"),
 }
 _HEADERS = {
-    # Only this origin's own files; media from the microphone stay in the page.
+    # Only this origin's own files and connections (the microphone's WebSocket
+    # included); media from the microphone stay in the page.
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
         "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"

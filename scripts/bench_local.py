@@ -5,7 +5,8 @@ process uploads espeak-ng speech of known text (scripts/speech.py: 16 kHz
 WAV, sentences with pauses, made once under --cache) over HTTP on 127.0.0.1,
 model field first so the upload streams:
 
-- a 5-minute recording at full speed: real-time factor and word error rate;
+- a 5-minute recording at full speed: real-time factor (the median of
+  ``--rounds``, every proxy up at once and sent it in turn) and word error rate;
 - the same at 200 KB/s with stream=true: the first delta against the end
   of the upload;
 - a 20-minute and a 2-hour recording at full speed: the proxy's peak RSS
@@ -22,9 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,27 +134,46 @@ async def warm_proxy(cwd: Path, local: dict[str, Any]) -> AsyncIterator[tuple[in
         yield port, proxy.pid, rss_kib(proxy.pid) / 1024
 
 
-async def measure(
-    name: str,
+async def measure_short(
+    runs: list[tuple[str, Path, dict[str, Any]]],
+    recording_: tuple[Path, str, float],
+    rate: float,
+    rounds: int,
+) -> list[Row]:
+    """Every proxy up at once, warm, sent the 5-minute recording in turn, round after
+    round (so the machine's drift falls on all alike); then each paced, streamed."""
+    path, text, length = recording_
+    rows = [Row(name) for name, _, _ in runs]
+    async with AsyncExitStack() as stack:
+        proxies = [
+            await stack.enter_async_context(warm_proxy(cwd, local)) for _, cwd, local in runs
+        ]
+        for row, (_, _, idle) in zip(rows, proxies, strict=True):
+            row.idle_mib = idle
+        times: list[list[float]] = [[] for _ in runs]
+        for _ in range(rounds):
+            for n, (port, _, _) in enumerate(proxies):
+                result = await upload(port, path)
+                times[n].append(result.seconds / length)
+                rows[n].figures["wer"] = word_error_rate(text, result.text)
+        for row, (port, _, _), spent in zip(rows, proxies, times, strict=True):
+            row.figures["rtf"] = statistics.median(spent)
+            paced = await upload(port, path, stream=True, rate=rate)
+            row.figures["first_delta"] = paced.first_delta
+            row.figures["upload_end"] = paced.upload_end
+            row.figures["paced_done"] = paced.seconds
+    return rows
+
+
+async def measure_long(
+    row: Row,
     cwd: Path,
     recordings: dict[str, tuple[Path, str, float]],
     local: dict[str, Any],
-    rate: float,
-) -> Row:
-    """One proxy's figures; each long recording on a proxy of its own, fresh."""
-    row = Row(name)
-    async with warm_proxy(cwd, local) as (port, _, idle):
-        row.idle_mib = idle
-        path, text, length = recordings["short"]
-        result = await upload(port, path)
-        row.figures["rtf"] = result.seconds / length
-        row.figures["wer"] = word_error_rate(text, result.text)
-        paced = await upload(port, path, stream=True, rate=rate)
-        row.figures["first_delta"] = paced.first_delta
-        row.figures["upload_end"] = paced.upload_end
-        row.figures["paced_done"] = paced.seconds
+) -> None:
+    """Each long recording on a proxy of its own, fresh: its peak RSS over idle."""
     for size in ("medium", "long"):
-        if size not in recordings or (size == "long" and name == "before"):
+        if size not in recordings or (size == "long" and row.name == "before"):
             continue  # the whole-file decode of 2 hours would take several GiB
         path, _, length = recordings[size]
         async with warm_proxy(cwd, local) as (port, pid, idle):
@@ -163,7 +184,6 @@ async def measure(
             row.figures[f"{size}_growth"] = peak.peak_kib / 1024 - idle
             row.figures[f"{size}_rtf"] = result.seconds / length
             row.figures[f"{size}_after"] = rss_kib(pid) / 1024 - idle
-    return row
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -183,8 +203,9 @@ async def bench(args: argparse.Namespace) -> None:
     runs.append(("now", ROOT, {}))
     if args.batch > 1:
         runs.append((f"now, batch_size {args.batch}", ROOT, {"batch_size": args.batch}))
-    rate = args.rate_kb * 1000
-    rows = [await measure(name, cwd, recordings, local, rate) for name, cwd, local in runs]
+    rows = await measure_short(runs, recordings["short"], args.rate_kb * 1000, args.rounds)
+    for row, (_, cwd, local) in zip(rows, runs, strict=True):
+        await measure_long(row, cwd, recordings, local)
 
     path, _, short = recordings["short"]
     print(f"\n5-minute recording ({short:.0f} s, {path.stat().st_size / 1e6:.1f} MB)")
@@ -243,6 +264,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--rate-kb", type=float, default=200.0, help="the paced upload's KB/s (200)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="5-minute uploads per proxy, interleaved (3)"
     )
     parser.add_argument(
         "--cache", default="/tmp/transcription-proxy-speech", help="where recordings are made"

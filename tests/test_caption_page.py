@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
+import logging
 import re
 import shutil
+import wave
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -58,7 +61,15 @@ class Browser:
 
 @pytest.fixture
 async def chromium(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    """Opens pages in a fresh headless Chromium; closes it after the test."""
+    """Opens pages in a fresh headless Chromium; closes it after the test.
+
+    Its microphone plays the sample, then 1.5 s of silence, over and over.
+    """
+    microphone = tmp_path / "microphone.wav"
+    with wave.open(str(SAMPLE)) as source, wave.open(str(microphone), "wb") as target:
+        target.setparams(source.getparams())
+        target.writeframes(source.readframes(source.getnframes()))
+        target.writeframes(bytes(int(1.5 * source.getframerate()) * source.getsampwidth()))
     async with playwright_api.async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=CHROMIUM,
@@ -71,7 +82,7 @@ async def chromium(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
                 "--no-first-run",
                 "--use-fake-ui-for-media-stream",
                 "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={SAMPLE}",
+                f"--use-file-for-fake-audio-capture={microphone}",
             ],
         )
 
@@ -216,41 +227,99 @@ async def test_captions_appear_while_the_upstream_still_streams(
     assert browser.script_errors() == []
 
 
-async def test_microphone_is_sent_in_slices_in_order(
+async def test_microphone_captions_come_over_a_realtime_session(
     make_proxy: ProxyFactory, upstream: FakeUpstream, chromium: Callable[..., Any]
 ) -> None:
     upstream.keep_files = True
 
     async def numbered(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        number = len([r for r in upstream.requests if r.complete])
-        text = f"slice{number}"
-        return web.json_response(
-            {
-                "text": text,
-                "segments": [{"id": 0, "start": 0.5, "end": 1.5, "text": text}],
-                "usage": {"type": "duration", "seconds": 4},
-            }
-        )
+        return web.json_response({"text": f"turn{len(upstream.requests)}"})
 
     upstream.respond = numbered
-    server = await make_proxy(provider_config(upstream))
+    server = await make_proxy(
+        {**provider_config(upstream), "proxy": {"realtime": {"vad": "loudness"}}}
+    )
     browser = await chromium(f"{base_url(server)}/")
     page = browser.page
     await page.click("#mic")
-    await expect(page.locator("#captions")).to_contain_text("slice2", timeout=20_000)
+    # The fake microphone plays the sample over and over: each saying is a turn.
+    await expect(page.locator("#captions")).to_contain_text("turn2", timeout=40_000)
     await page.click("#stop")
-    await expect(page.locator("#status")).to_have_text("Stopped.")
-    text = await captions(page)
-    numbers = [int(n) for n in re.findall(r"slice(\d+)", text)]
+    await expect(page.locator("#status")).to_have_text("Stopped.", timeout=20_000)
+    numbers = [int(n) for n in re.findall(r"turn(\d+)", await captions(page))]
     assert numbers == sorted(numbers)
     assert numbers[:2] == [1, 2]
-    # Each slice is a whole recording of its own, timed from the start.
-    slices = [r for r in upstream.requests if r.complete]
-    assert all(r.file.content_type and "audio/" in r.file.content_type for r in slices)
-    assert all(r.file.data and r.file.data[:4] in (b"\x1aE\xdf\xa3", b"OggS") for r in slices)
+    # Each turn reached the upstream as a 16 kHz WAV of the microphone's speech.
+    turns = [r for r in upstream.requests if r.complete]
+    assert all(r.file.filename == "audio.wav" for r in turns)
+    assert all(r.file.data and r.file.data[:4] == b"RIFF" for r in turns)
+    first = turns[0].file.data
+    assert first is not None
+    with wave.open(io.BytesIO(first)) as heard:
+        assert heard.getframerate() == 16000
+        assert heard.getnframes() > 16000  # more than a second of it
     srt = await downloaded(page, "#download-srt")
-    assert "00:00:00,500 --> 00:00:01,500\nslice1" in srt
-    assert "\nslice2\n" in srt
+    assert "\nturn1\n" in srt
+    assert browser.script_errors() == []
+
+
+async def test_with_a_virtual_key_the_microphone_uses_a_client_secret(
+    make_proxy: ProxyFactory,
+    upstream: FakeUpstream,
+    chromium: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    key = "sk-bf-page-0123456789"
+    config = {
+        **provider_config(upstream),
+        "client": {"enforce_auth_on_inference": True},
+        "governance": {
+            "virtual_keys": [
+                {
+                    "id": "page",
+                    "value": key,
+                    "provider_configs": [{"provider": "openai", "allowed_models": ["*"]}],
+                }
+            ]
+        },
+        "proxy": {"realtime": {"vad": "loudness"}},
+    }
+    server = await make_proxy(config)
+    browser = await chromium(f"{base_url(server)}/")
+    page = browser.page
+    await page.fill("#key", key)
+    await page.dispatch_event("#key", "change")
+    await page.click("#mic")
+    await expect(page.locator("#captions")).to_contain_text("heard", timeout=40_000)
+    await page.click("#stop")
+    await expect(page.locator("#status")).to_have_text("Stopped.", timeout=20_000)
+    lines = [r.getMessage() for r in caplog.records if r.name == "proxy.access"]
+    assert "POST /v1/realtime/client_secrets 200" in lines
+    assert key not in caplog.text
+    assert browser.script_errors(401) == []  # the model list, asked before the key was typed
+
+
+async def test_microphone_shows_partial_captions_greyed_until_a_turn_is_complete(
+    local: TestServer, chromium: Callable[..., Any]
+) -> None:
+    browser = await chromium(f"{base_url(local)}/")
+    page = browser.page
+    await page.click("#mic")
+    # While the sample is spoken, words come greyed (partial) before the turn is complete.
+    await page.wait_for_function(
+        """() => [...document.querySelectorAll('#captions li.partial')]
+                 .some((li) => li.textContent.trim().length > 0)""",
+        timeout=60_000,
+    )
+    await page.wait_for_function(
+        """() => [...document.querySelectorAll('#captions li:not(.partial)')]
+                 .some((li) => li.textContent.includes('weather'))""",
+        timeout=60_000,
+    )
+    await page.click("#stop")
+    await expect(page.locator("#status")).to_have_text("Stopped.", timeout=30_000)
+    assert await page.locator("#captions li.partial").count() == 0
     assert browser.script_errors() == []
 
 

@@ -95,16 +95,39 @@ async def test_azure_deployment_in_the_path_wins_over_the_model_field(
     assert upstream.last.field("model") == "whisper-1"
 
 
-async def test_azure_route_can_reach_an_openai_provider(
+async def test_the_azure_route_goes_to_azure_even_when_openai_serves_bare_names(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, backup: FakeUpstream
+) -> None:
+    # OpenAI would get bare names on /v1; the Azure SDK's deployment path is Azure's.
+    config = azure_config(upstream)
+    config["providers"]["openai"] = provider_config(backup)["providers"]["openai"]
+    server = await make_proxy(config)
+    async with openai.AsyncAzureOpenAI(
+        azure_endpoint=f"{base_url(server)}/openai",
+        api_key="client-azure-key",
+        api_version="2025-04-01-preview",
+        max_retries=0,
+    ) as client:
+        result = await client.audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", b"RIFF", "audio/wav")
+        )
+    assert (result.model_extra or {})["extra_fields"]["provider"] == "azure"
+    assert upstream.last.path == "/openai/deployments/my-whisper/audio/transcriptions"
+    assert backup.requests == []
+
+
+async def test_the_azure_route_without_an_azure_provider_says_so(
     proxy: TestServer, upstream: FakeUpstream
 ) -> None:
-    status, _, _ = await post(
+    status, document, _ = await post(
         proxy,
         form(("file", b"RIFF")),
-        path="/openai/openai/deployments/openai%2Fwhisper-1/audio/transcriptions",
+        path="/openai/openai/deployments/whisper-1/audio/transcriptions",
     )
-    assert status == 200
-    assert upstream.last.path == "/v1/audio/transcriptions"
+    assert status == 404
+    assert document["error"]["code"] == "azure_not_configured"
+    assert "azure" in document["error"]["message"]
+    assert upstream.requests == []
 
 
 def test_azure_provider_needs_a_key_with_an_endpoint() -> None:

@@ -432,3 +432,73 @@ def config_for_process(upstream: FakeUpstream) -> dict[str, Any]:
     raw = config(upstream)
     raw["proxy"]["drain_timeout_s"] = 1
     return raw
+
+
+async def test_empty_and_tiny_appends_are_taken_and_counted(
+    proxy: TestServer, upstream: FakeUpstream
+) -> None:
+    async with session(proxy, update=MANUAL) as client:
+        await client.send(append(b""))
+        for _ in range(10):
+            await client.send(append(tone(0.001)))  # 24 samples each
+        await client.stream(tone(0.5))
+        await client.send({"type": "input_audio_buffer.commit"})
+        await client.wait_for(f"{TRANSCRIPTION}.completed")
+        assert client.of("error") == []
+
+
+async def test_a_language_that_is_no_code_is_refused(proxy: TestServer) -> None:
+    async with session(proxy) as client:
+        await client.send({"type": "session.update", "session": transcription(language="english")})
+        (error,) = await client.wait_for("error")
+    assert error["error"]["param"] == "session.audio.input.transcription.language"
+
+
+async def test_a_beta_client_is_answered_in_the_beta_shape_from_the_start(
+    proxy: TestServer,
+) -> None:
+    async with session(proxy, protocols=("openai-beta.realtime-v1",)) as client:
+        created = client.events[0]
+        assert created["type"] == "transcription_session.created"
+        assert created["session"]["input_audio_format"] == "pcm16"
+
+
+async def test_an_append_longer_than_a_turn_is_cut_into_turns(
+    proxy: TestServer, upstream: FakeUpstream
+) -> None:
+    async with session(proxy, update=MANUAL) as client:
+        await client.send(append(tone(40.0)))  # one append (2.6 MB of base64), 40 s
+        await client.send({"type": "input_audio_buffer.commit"})
+        await client.wait_for(f"{TRANSCRIPTION}.completed", count=2)
+    lengths = [wav_of(r)[2] / 16000 for r in upstream.requests]
+    assert all(length <= 30.0 for length in lengths), lengths
+    assert sum(lengths) == pytest.approx(40.0, abs=0.05)
+
+
+async def test_a_session_on_an_azure_deployment_stays_on_azure(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    key = {
+        "value": "azure-secret-key",
+        "azure_key_config": {
+            "endpoint": upstream.base_url,
+            "deployments": {"whisper-1": "my-whisper"},
+        },
+    }
+    server = await make_proxy(
+        {
+            "providers": {"azure": {"keys": [key], "realtime": False}},
+            "proxy": {"realtime": {"vad": "loudness"}},
+        }
+    )
+    path = "/openai/realtime?api-version=x&intent=transcription&deployment=whisper-1"
+    async with session(server, path=path) as client:
+        # Changing the language keeps the deployment, and the provider.
+        update = transcription("whisper-1", turn_detection=None, language="nl")
+        await client.send({"type": "session.update", "session": update})
+        await client.wait_for("session.updated")
+        await client.stream(tone(0.5))
+        await client.send({"type": "input_audio_buffer.commit"})
+        await client.wait_for(f"{TRANSCRIPTION}.completed")
+    assert upstream.last.path == "/openai/deployments/my-whisper/audio/transcriptions"
+    assert upstream.last.field("language") == "nl"

@@ -90,17 +90,18 @@ class RedisStore:
 
     PREFIX = "proxy:cache:"
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, prefix: str = PREFIX) -> None:
         self._redis = client
+        self._prefix = prefix
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._call(self._redis.get(self.PREFIX + key))
+        value = await self._call(self._redis.get(self._prefix + key))
         return value if isinstance(value, bytes) else None
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> int:
         milliseconds = int(ttl_s * 1000)
         if milliseconds > 0:
-            await self._call(self._redis.set(self.PREFIX + key, value, px=milliseconds))
+            await self._call(self._redis.set(self._prefix + key, value, px=milliseconds))
         return 0  # Redis evicts by its own maxmemory policy, unseen from here
 
     async def _call(self, operation: Any) -> Any:

@@ -225,6 +225,7 @@ def _realtime(section: Section) -> RealtimeSettings:
     settings = RealtimeSettings(
         partial_interval_ms=section.integer("partial_interval_ms", 1000),
         max_pending_turns=section.integer("max_pending_turns", 4, minimum=1),
+        max_sessions=section.integer("max_sessions", 500, minimum=1),
         beam_size=section.integer("beam_size", 5, minimum=1),
         vad="silero" if vad == "silero" else "loudness" if vad == "loudness" else "auto",
         reserve_step_s=section.number("reserve_step_s", 30.0, positive=True),
@@ -310,6 +311,7 @@ def _provider(name: str, section: Section) -> ProviderConfig | None:
         ),
         send_back_raw_response=section.boolean("send_back_raw_response", False),
         max_upload_mb=_max_upload_mb(section, kind, base_url),
+        realtime=section.boolean("realtime", _hosted(kind, base_url)),
     )
     network.warn_unused()
     section.warn_unused()
@@ -322,14 +324,18 @@ def _max_upload_mb(section: Section, kind: ProviderKind, base_url: str | None) -
     Self-hosted and other OpenAI-compatible servers have no limit unless
     set, and the local model reads any length; 0 also means no limit.
     """
-    hosted = kind == "azure" or (
-        kind == "openai" and (base_url or "").rstrip("/") == DEFAULT_BASE_URLS["openai"]
-    )
-    default = HOSTED_UPLOAD_LIMIT_MB if hosted else 0.0
+    default = HOSTED_UPLOAD_LIMIT_MB if _hosted(kind, base_url) else 0.0
     limit = section.number("max_upload_mb", default)
     if limit < 0:
         raise ConfigError(f"{section.path}.max_upload_mb: must be 0 (no limit) or more")
     return limit or None
+
+
+def _hosted(kind: ProviderKind, base_url: str | None) -> bool:
+    """Whether the provider is OpenAI's own API or Azure OpenAI."""
+    return kind == "azure" or (
+        kind == "openai" and (base_url or "").rstrip("/") == DEFAULT_BASE_URLS["openai"]
+    )
 
 
 def _provider_kind(name: str, section: Section) -> ProviderKind | None:

@@ -82,6 +82,9 @@ class ProviderConfig:
     #: The largest upload the upstream takes, in MiB; longer audio is cut
     #: into chunks under it. None: no limit.
     max_upload_mb: float | None = None
+    #: Whether the upstream has the Realtime API, so sessions on it are
+    #: relayed rather than synthesized (OpenAI's own API and Azure by default).
+    realtime: bool = False
 
     @property
     def max_upload_bytes(self) -> int | None:
@@ -168,6 +171,8 @@ class RealtimeSettings:
     partial_interval_ms: int = 1000
     #: Committed turns waiting for their transcripts before appends are refused.
     max_pending_turns: int = 4
+    #: Sessions open at once; past it, upgrades are refused with 503.
+    max_sessions: int = 500
     #: How speech is told from silence for ``server_vad``: Silero (with the
     #: ``local`` extra; ``auto`` uses it when installed) or loudness.
     vad: RealtimeVad = "auto"

@@ -21,6 +21,8 @@ from ..config import ClientConfig, ConfigError, GovernanceConfig, JwtConfig, Vir
 from ..errors import AuthenticationError, PermissionDeniedError
 
 VIRTUAL_KEY_PREFIX = "sk-bf-"
+#: Realtime client secrets (:mod:`proxy.realtime.client_secrets`) start so.
+CLIENT_SECRET_PREFIX = "ek_"
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,17 @@ class Authenticator:
 
     def identify(self, headers: Mapping[str, str]) -> Caller:
         """The caller these headers prove, raising 401 or 403 when they prove nothing usable."""
-        found = _credential(headers)
+        found = credential_of(headers)
         if found is None:
             if self._client.enforce_auth_on_inference:
                 raise AuthenticationError("a credential is required (x-bf-vk or Authorization)")
             return ANONYMOUS
         source, token = found
+        if token.startswith(CLIENT_SECRET_PREFIX):
+            raise AuthenticationError(
+                "a client secret opens realtime sessions only (/v1/realtime), nothing else",
+                code="client_secret_not_accepted",
+            )
         if token.startswith(VIRTUAL_KEY_PREFIX) or source == "x-bf-vk":
             return self._virtual_key(self._known_key(token), "virtual key")
         if self._jwt is not None and token.count(".") == 2 and token.startswith("eyJ"):
@@ -76,6 +83,10 @@ class Authenticator:
         # With nothing to enforce, a client's placeholder key (SDKs always
         # send one) is no reason to refuse it.
         return ANONYMOUS
+
+    def by_id(self, key_id: str) -> Caller:
+        """The caller of the virtual key ``key_id`` (a client secret's), if it still is one."""
+        return self._virtual_key(self._keys_by_id.get(key_id), "virtual key of the client secret")
 
     def _known_key(self, token: str) -> VirtualKeyConfig | None:
         """The virtual key ``token`` is, compared in constant time."""
@@ -148,7 +159,7 @@ def _jwt() -> ModuleType:
     return jwt
 
 
-def _credential(headers: Mapping[str, str]) -> tuple[str, str] | None:
+def credential_of(headers: Mapping[str, str]) -> tuple[str, str] | None:
     """The first credential present, and where it came from."""
     if value := headers.get("x-bf-vk", "").strip():
         return "x-bf-vk", value

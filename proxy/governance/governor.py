@@ -44,6 +44,8 @@ class AudioReservation:
     #: What the caller is told when the counter is spent.
     refusal: type[ProxyError]
     message: str
+    #: Audio seconds already charged at an earlier rate (a session that changed model).
+    base_seconds: float = 0.0
 
 
 @dataclass
@@ -58,7 +60,10 @@ class Admission:
     @property
     def reserved_seconds(self) -> float:
         """Audio seconds the reservations cover (the least of them)."""
-        return min((r.reserved / r.rate for r in self.by_audio if r.rate), default=math.inf)
+        return min(
+            (r.base_seconds + r.reserved / r.rate for r in self.by_audio if r.rate),
+            default=math.inf,
+        )
 
 
 class Governor:
@@ -89,7 +94,7 @@ class Governor:
         per_minute = prices.get(f"{route.provider.name}/{route.model}", prices.get(route.model, 0))
         return per_minute / 60
 
-    async def admit(self, caller: Caller, route: Route) -> Admission:
+    async def admit(self, caller: Caller, route: Route, *, count_request: bool = True) -> Admission:
         """Reserve the request's share of the caller's limits, or refuse it."""
         key = caller.virtual_key
         admission = Admission(key=key)
@@ -98,7 +103,7 @@ class Governor:
         reserve_s = self._config.reserve_audio_seconds
         wanted: list[tuple[str, float, float, float, ProxyError]] = []
         limit = key.rate_limit
-        if limit is not None and limit.request_max_limit:
+        if count_request and limit is not None and limit.request_max_limit:
             wanted.append(
                 (
                     f"rl:{key.id}:requests",
@@ -161,6 +166,19 @@ class Governor:
                 )
         return admission
 
+    async def rebind(
+        self, admission: Admission, caller: Caller, route: Route, seconds: float
+    ) -> None:
+        """A session now on ``route`` (its model changed), ``seconds`` of audio in: what it
+        used is charged at the old route's rates, and the rest is reserved at the new
+        one's (a model priced otherwise is charged as it is priced)."""
+        fresh = await self.admit(caller, route, count_request=False)  # refused: no change
+        await self.settle(admission, seconds)
+        for reservation in fresh.by_audio:
+            reservation.base_seconds = seconds
+        admission.by_audio = fresh.by_audio
+        admission.settled = False
+
     async def extend(self, admission: Admission, seconds: float) -> None:
         """Reserve ``seconds`` more audio on each of the admission's counters (a session
         that goes on), or raise what the caller is told when one is spent."""
@@ -183,7 +201,8 @@ class Governor:
                 taken.append((reservation, amount))
         except CounterStoreError as exc:
             if self._fail_open:
-                log.warning("limits not enforced: %s", exc)
+                log.warning("limits not enforced for the rest of a session: %s", exc)
+                admission.by_audio.clear()  # not asked again on every append
                 return
             raise _store_down() from exc
 
@@ -206,9 +225,10 @@ class Governor:
         admission.settled = True
         for reservation in admission.by_audio:
             try:
+                used = max(0.0, audio_seconds - reservation.base_seconds)
                 await self._counters.adjust(
                     reservation.name,
-                    audio_seconds * reservation.rate - reservation.reserved,
+                    used * reservation.rate - reservation.reserved,
                     reservation.window,
                 )
             except CounterStoreError as exc:

@@ -32,6 +32,15 @@ _MAX_ERROR_MESSAGE = 500
 _MIB = 1024 * 1024
 
 
+def websocket_url(base_url: str) -> str:
+    """``base_url`` with its scheme for a WebSocket (https to wss, http to ws)."""
+    if base_url.startswith("https://"):
+        return "wss://" + base_url[len("https://") :]
+    if base_url.startswith("http://"):
+        return "ws://" + base_url[len("http://") :]
+    return base_url
+
+
 class HttpProvider:
     """An upstream reached by ``POST``-ing the transcription form."""
 
@@ -95,6 +104,49 @@ class HttpProvider:
     def target(self, model: str, key: KeyConfig | None) -> tuple[str, dict[str, str]]:
         """The URL to post to and the headers that carry ``key``."""
         raise NotImplementedError
+
+    @property
+    def relays_realtime(self) -> bool:
+        """Whether realtime sessions on this provider go to its own Realtime API."""
+        return self._config.realtime
+
+    def realtime_target(self, model: str, key: KeyConfig | None) -> tuple[str, dict[str, str]]:
+        """The WebSocket URL of the upstream's Realtime API and the headers that carry ``key``."""
+        raise NotImplementedError
+
+    async def open_realtime(
+        self, model: str, api_key: str | None = None
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A transcription session of the upstream's own, opened with our key (or the
+        client's, with ``allow_direct_keys``). Its refusal is raised with its status."""
+        key = self._keys.pick(model) if self._keys else None
+        if api_key is not None:
+            key = replace(key or KeyConfig(value=""), value=api_key)
+        url, headers = self.realtime_target(model, key)
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+                # The heartbeat is how an upstream gone silent (not merely quiet:
+                # a session may wait minutes for speech) is found out.
+                return await self._session.ws_connect(
+                    url,
+                    headers=headers,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=_CONNECT_TIMEOUT_S),
+                    heartbeat=self._idle_s,
+                    max_msg_size=0,
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            retry_after = exc.headers.get("Retry-After") if exc.headers else None
+            raise UpstreamError(
+                exc.status,
+                f"provider {self.name} refused the realtime session ({exc.status})",
+                code="upstream_refused_session",
+                headers={"Retry-After": retry_after} if retry_after else None,
+            ) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise BadGatewayError(
+                f"provider {self.name}'s realtime API could not be reached",
+                code="upstream_unreachable",
+            ) from exc
 
     async def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptEvent, None]:
         key = self._keys.pick(call.model) if self._keys else None

@@ -91,6 +91,8 @@ class InputAudio:
                 "audio is not valid base64", code="invalid_audio", param="audio"
             ) from None
         rate, width = _SOURCE[self._format]
+        if not data:
+            return b""
         if len(data) % width:
             raise ClientEventError(
                 "audio/pcm is 16-bit: an append must hold a whole number of samples "

@@ -11,9 +11,16 @@ parameter (Azure's).
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import orjson
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
+from ..answers.responses import json_response
 from ..app_state import (
     AUTH_KEY,
     CONFIG_KEY,
@@ -22,16 +29,24 @@ from ..app_state import (
     GOVERNOR_KEY,
     METRICS_KEY,
     ROUTER_KEY,
+    SECRETS_KEY,
     STATE_KEY,
 )
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, ServiceUnavailableError
+from ..governance.credentials import CLIENT_SECRET_PREFIX, Caller, credential_of
 from ..logs import request_id
+from ..providers.http import HttpProvider
+from ..router import Route, Router
+from .metering import SessionMeter
+from .protocol import ClientEventError
+from .relay import RelaySession
 from .session import RealtimeSession, SessionServices
-from .session_config import DEFAULT_MODEL, Transcription
+from .session_config import DEFAULT_MODEL, SessionConfig
 from .transcriber import TurnRoute
 
 #: Where OpenAI's and Azure's clients open a session.
-REALTIME_PATHS = ("/v1/realtime", "/openai/v1/realtime", "/openai/realtime")
+AZURE_PATH = "/openai/realtime"
+REALTIME_PATHS = ("/v1/realtime", "/openai/v1/realtime", AZURE_PATH)
 #: Subprotocols answered when offered (a browser fails the handshake otherwise).
 SUBPROTOCOLS = ("realtime", "openai-beta.realtime-v1")
 #: A browser's credential, as a subprotocol.
@@ -39,6 +54,9 @@ KEY_SUBPROTOCOL = "openai-insecure-api-key."
 #: The largest client event taken (a few seconds of audio per append is plenty).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 HEARTBEAT_S = 30.0
+#: Where a browser's page asks for a client secret.
+CLIENT_SECRET_PATHS = ("/v1/realtime/client_secrets", "/openai/v1/realtime/client_secrets")
+MAX_SECRET_REQUEST_BYTES = 64 * 1024
 
 
 async def realtime_session(request: web.Request) -> web.StreamResponse:
@@ -61,47 +79,138 @@ async def realtime_session(request: web.Request) -> web.StreamResponse:
             "this endpoint is a WebSocket: connect with an Upgrade: websocket request",
             code="websocket_required",
         )
-    caller = app[AUTH_KEY].identify(credentials(request))
-    model = request.query.get("model") or request.query.get("deployment") or DEFAULT_MODEL
-    facts.model_requested = model
+    if len(app[STATE_KEY].sessions) >= app[CONFIG_KEY].proxy.realtime.max_sessions:
+        raise ServiceUnavailableError(
+            "too many realtime sessions open; try again shortly",
+            code="overloaded",
+            headers={"Retry-After": "1"},
+        )
+    headers = credentials(request)
+    found = credential_of(headers)
+    minted: dict[str, Any] | None = None
+    if found is not None and found[1].startswith(CLIENT_SECRET_PREFIX):
+        caller, minted = await app[SECRETS_KEY].redeem(found[1])
+    else:
+        caller = app[AUTH_KEY].identify(headers)
+    initial = _initial_config(minted)
+    # Azure's preview form names a deployment: it goes to the Azure provider,
+    # as the deployment routes of the HTTP API do.
+    deployment = request.query.get("deployment") if request.path == AZURE_PATH else None
+    named = (
+        deployment
+        or request.query.get("model")
+        or (initial.transcription.model if minted else None)
+    )
     fallbacks = request.query.getall("fallbacks", [])
-    routes = app[ROUTER_KEY].plan(model, fallbacks)
+    router = app[ROUTER_KEY]
+    routes, model = _routes(router, named, fallbacks, azure_deployment=deployment is not None)
+    facts.model_requested = model
     facts.provider = routes[0].provider.name
     governor = app[GOVERNOR_KEY]
     governor.check_routes(caller, routes)
     admission = await governor.admit(caller, routes[0])  # a session is one request
-    session: RealtimeSession | None = None
-    sessions = app[STATE_KEY].sessions
+    settings = app[CONFIG_KEY].proxy.realtime
+    meter = SessionMeter(governor, admission, settings.reserve_step_s)
+    services = SessionServices(
+        router=router,
+        dispatcher=app[DISPATCHER_KEY],
+        governor=governor,
+        metrics=app[METRICS_KEY],
+        settings=settings,
+    )
+    # A beta client (its subprotocol) is answered in the beta shape from the first event.
+    beta = "realtime" not in _offered(request) and "openai-beta.realtime-v1" in _offered(request)
+    try:
+        provider = routes[0].provider
+        if isinstance(provider, HttpProvider) and provider.relays_realtime:
+            session: RealtimeSession | RelaySession = RelaySession(
+                ws,
+                await _open_upstream(provider, routes[0], services, caller),
+                services,
+                caller=caller,
+                meter=meter,
+                route=routes[0],
+                azure_deployment=deployment is not None,
+            )
+        else:
+            session = RealtimeSession(
+                ws,
+                services,
+                caller=caller,
+                meter=meter,
+                route=TurnRoute(
+                    routes,
+                    replace(initial.transcription, model=model),
+                    request_id=request_id.get(),
+                    api_key=caller.direct_key,
+                ),
+                config=initial,
+                fallbacks=fallbacks,
+                azure_deployment=deployment is not None,
+                dialect="beta" if beta else "ga",
+            )
+        await _serve(request, ws, session)
+    finally:
+        await meter.settle()
+        if ws.prepared and not ws.closed:
+            await ws.close()
+    return ws
+
+
+def _routes(
+    router: Router, named: str | None, fallbacks: list[str], *, azure_deployment: bool
+) -> tuple[list[Route], str]:
+    """The session's routes, and its model. A session that names no model yet (its
+    first ``session.update`` will) starts on ``whisper-1``'s route, or, when that names
+    no provider here, the embedded model's or the first provider's."""
+    if named is not None:
+        return router.plan(named, fallbacks, azure_deployment=azure_deployment), named
+    try:
+        return router.plan(DEFAULT_MODEL, fallbacks), DEFAULT_MODEL
+    except InvalidRequestError:
+        providers = router.providers
+        provider = providers.get("local") or next(iter(providers.values()))
+        return [Route(provider, DEFAULT_MODEL, DEFAULT_MODEL)], DEFAULT_MODEL
+
+
+async def _open_upstream(
+    provider: HttpProvider, route: Route, services: SessionServices, caller: Caller
+) -> aiohttp.ClientWebSocketResponse:
+    """The provider's own session, opened before the client's upgrade (so its refusal
+    reaches the client as an HTTP error with its status)."""
+    started = time.monotonic()
+    upstream = await provider.open_realtime(route.model, caller.direct_key)
+    services.metrics.realtime_upstream_connect.observe(time.monotonic() - started)
+    return upstream
+
+
+async def _serve(
+    request: web.Request, ws: web.WebSocketResponse, session: RealtimeSession | RelaySession
+) -> None:
+    """Upgrade, and serve the session; a shutdown can drain it meanwhile."""
+    sessions = request.app[STATE_KEY].sessions
     try:
         await ws.prepare(request)
-        session = RealtimeSession(
-            ws,
-            SessionServices(
-                router=app[ROUTER_KEY],
-                dispatcher=app[DISPATCHER_KEY],
-                governor=governor,
-                metrics=app[METRICS_KEY],
-                settings=app[CONFIG_KEY].proxy.realtime,
-            ),
-            caller=caller,
-            admission=admission,
-            route=TurnRoute(
-                routes,
-                Transcription(model=model),
-                request_id=request_id.get(),
-                api_key=caller.direct_key,
-            ),
-            fallbacks=fallbacks,
-        )
         sessions.add(session)
         await session.run()
     finally:
-        if session is not None:
-            sessions.discard(session)
-        await governor.settle(admission, session.audio_seconds if session else 0.0)
-        if not ws.closed and ws.prepared:
-            await ws.close()
-    return ws
+        sessions.discard(session)
+        await session.aclose()
+
+
+def _offered(request: web.Request) -> list[str]:
+    """The subprotocols the client offered."""
+    return [p.strip() for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",")]
+
+
+def _initial_config(minted: dict[str, Any] | None) -> SessionConfig:
+    """The configuration a session starts with: a client secret's, or the defaults."""
+    if not minted:
+        return SessionConfig()
+    try:
+        return SessionConfig().updated(minted, "ga")
+    except ClientEventError:  # checked when it was minted; the defaults otherwise
+        return SessionConfig()
 
 
 def credentials(request: web.Request) -> CIMultiDict[str]:
@@ -116,3 +225,26 @@ def credentials(request: web.Request) -> CIMultiDict[str]:
     if query_key and "api-key" not in headers:
         headers["api-key"] = query_key
     return headers
+
+
+async def create_client_secret(request: web.Request) -> web.Response:
+    """``POST /v1/realtime/client_secrets``: a secret a browser opens a session with."""
+    app = request.app
+    request[FACTS_KEY].request_type = "realtime_client_secret"
+    caller = app[AUTH_KEY].identify(request.headers)
+    if request.content_length and request.content_length > MAX_SECRET_REQUEST_BYTES:
+        raise InvalidRequestError("the request body is too large", code="request_too_large")
+    raw = await request.read() if request.can_read_body else b""
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError("the body must be a JSON object", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the body must be a JSON object", code="invalid_json")
+
+    def allowed(config: SessionConfig) -> None:
+        # The secret may do what its key may: a model it may not use is refused now.
+        routes = app[ROUTER_KEY].plan(config.transcription.model, ())
+        app[GOVERNOR_KEY].check_routes(caller, routes)
+
+    return json_response(await app[SECRETS_KEY].mint(caller, body, allowed))

@@ -28,17 +28,18 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from ..audio.decoder import SAMPLE_RATE
+from ..audio.decoder import SAMPLE_BYTES, SAMPLE_RATE
 from ..config import RealtimeSettings
 from ..dispatch import Dispatcher
 from ..errors import ProxyError
 from ..governance.credentials import Caller
-from ..governance.governor import Admission, Governor
+from ..governance.governor import Governor
 from ..metrics import Metrics
 from ..models import TranscriptDone
 from ..providers.local.passes import DecodeOptions
 from ..router import Router
 from .audio_in import InputAudio
+from .metering import CLOSE_POLICY, SessionMeter, spent
 from .protocol import (
     ClientEvent,
     ClientEventError,
@@ -53,16 +54,18 @@ from .protocol import (
 from .session_config import Dialect, SessionConfig
 from .transcriber import TurnRoute, text_of, transcribe_turn
 from .turn_passes import TurnPasses
-from .turns import MAX_TURN_S, Turn, TurnAudio
+from .turns import MAX_TURN_SAMPLES, Turn, TurnAudio
 from .vad import SilenceBegan, SpeechStarted, TurnDetector, speech_score
 
 log = logging.getLogger(__name__)
 
 #: The shortest audio a client's commit takes, as OpenAI's (100 ms).
 MIN_COMMIT_SAMPLES = SAMPLE_RATE // 10
-#: Close codes: the policy (a limit or budget) is spent; the server is restarting.
-CLOSE_POLICY = 1008
+#: Close code: the server is restarting.
 CLOSE_RESTARTING = 1012
+#: At most this long for the last turns' events at a drain's deadline: aiohttp's own
+#: shutdown deadline comes 2 s after it (``DRAIN_GRACE_S``).
+_DRAIN_FLUSH_S = 1.5
 _TRANSCRIPTION = "conversation.item.input_audio_transcription"
 
 
@@ -86,18 +89,24 @@ class RealtimeSession:
         services: SessionServices,
         *,
         caller: Caller,
-        admission: Admission,
+        meter: SessionMeter,
         route: TurnRoute,
+        config: SessionConfig | None = None,
         fallbacks: Sequence[str] = (),
+        azure_deployment: bool = False,
+        dialect: Dialect = "ga",
     ) -> None:
         self._ws = ws
         self._services = services
         self._settings = services.settings
         self._caller = caller
-        self._admission = admission
+        self._meter = meter
         self._fallbacks = list(fallbacks)
+        #: The session's model names an Azure deployment (Azure's URL form).
+        self._azure_deployment = azure_deployment
+        self._dialect: Dialect = dialect
         self._route = route
-        self.config = SessionConfig(transcription=route.transcription)
+        self.config = replace(config or SessionConfig(), transcription=route.transcription)
         self._input = InputAudio(self.config.format)
         vad = self.config.turn_detection
         self._audio = TurnAudio(self._keep_before())
@@ -110,20 +119,16 @@ class RealtimeSession:
         self._last_item: str | None = None
         #: The embedded model's passes over the turn being spoken, when it serves the session.
         self._passes: TurnPasses | None = None
-        #: Where the speech of the turn being spoken last ended, as far as heard.
-        self._speech_end: int | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Committed turns whose transcripts have not been made yet.
         self._pending = 0
         self._caught_up = asyncio.Event()
         self._caught_up.set()
         self._closing = False
-        self._metered_seconds = 0.0
-
-    @property
-    def audio_seconds(self) -> float:
-        """Seconds of audio the client has appended."""
-        return self._input.seconds
+        #: Turns start and end one at a time: the client's events and a drain take turns.
+        self._turn_lock = asyncio.Lock()
+        self._ended = asyncio.Event()
+        self._reporter: asyncio.Task[None] | None = None
 
     # --- the session's life ---------------------------------------------------------------
 
@@ -131,9 +136,10 @@ class RealtimeSession:
         """Serve the session until the client leaves or it is ended."""
         metrics = self._services.metrics
         metrics.realtime_sessions.labels(kind="synthesized").inc()
-        reporter = asyncio.ensure_future(self._report())
+        reporter = self._reporter = asyncio.ensure_future(self._report())
+        created = "session.created" if self._dialect == "ga" else "transcription_session.created"
         try:
-            await self._send(server_event("session.created", session=self.config.as_session("ga")))
+            await self._send(server_event(created, session=self.config.as_session(self._dialect)))
             async for message in self._ws:
                 if message.type == WSMsgType.TEXT:
                     await self._on_text(message.data)
@@ -153,12 +159,16 @@ class RealtimeSession:
     async def _end(self, reporter: asyncio.Task[None]) -> None:
         """Stop everything the session started: partial passes, transcriptions, the reporter."""
         self._closing = True
+        self._ended.set()
         if self._passes is not None:
             await self._passes.aclose()
         running = [*self._tasks, reporter]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Nothing more to release: the session's tasks end with :meth:`run`."""
 
     async def close(self, code: int, message: str) -> None:
         """End the session with a close frame."""
@@ -177,12 +187,21 @@ class RealtimeSession:
                 code="server_restarting",
             )
         )
-        await asyncio.sleep(deadline_s)
-        if self._open is not None and self._audio.turn_samples:
-            await self._commit(None)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._settings.drain_pending_s):
+            async with asyncio.timeout(deadline_s):
+                await self._ended.wait()
+        if self._ended.is_set():
+            return  # the client went (to reconnect, as it was told)
+        async with self._turn_lock:
+            self._closing = True  # no more appends: what is said from now on is not taken
+            if self._open is not None and self._audio.turn_samples:
+                await self._commit(None)
+        self._turns.put_nowait(None)  # the reporter ends once it has sent every turn
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(self._settings.drain_pending_s, _DRAIN_FLUSH_S)):
                 await self._caught_up.wait()
+                if self._reporter is not None:
+                    await asyncio.shield(self._reporter)
         await self.close(CLOSE_RESTARTING, "server restarting")
 
     # --- client events ----------------------------------------------------------------------
@@ -198,11 +217,27 @@ class RealtimeSession:
                     code="unknown_event_type",
                     param="type",
                 )
-            await handler(event)
+            # One event at a time, and none once a drain has taken the last turn.
+            async with self._turn_lock:
+                if not self._closing:
+                    await handler(event)
+        except _Spent:
+            pass
         except ClientEventError as exc:
             await self._send(client_error_event(exc, event.event_id if event else None))
         except ProxyError as exc:
             await self._send(proxy_error_event(exc, event.event_id if event else None))
+        except Exception:
+            # A failure of the proxy's own: the client is told, and the session goes on.
+            log.exception("a realtime client event failed")
+            await self._send(
+                error_event(
+                    "the event could not be handled",
+                    error_type="server_error",
+                    code="internal_error",
+                    caused_by=event.event_id if event else None,
+                )
+            )
 
     def _handlers(self) -> dict[str, Callable[[ClientEvent], Any]]:
         return {
@@ -215,10 +250,16 @@ class RealtimeSession:
 
     async def _update(self, event: ClientEvent, dialect: Dialect) -> None:
         config = self.config.updated(event.body.get("session"), dialect)
-        if config.transcription != self.config.transcription:
-            routes = self._services.router.plan(config.transcription.model, self._fallbacks)
+        routes = self._route.routes
+        if config.transcription.model != self.config.transcription.model:
+            routes = self._services.router.plan(
+                config.transcription.model,
+                self._fallbacks,
+                azure_deployment=self._azure_deployment,
+            )
             self._services.governor.check_routes(self._caller, routes)
-            self._route = replace(self._route, routes=routes, transcription=config.transcription)
+            await self._meter.reroute(self._caller, routes[0])
+        self._route = replace(self._route, routes=routes, transcription=config.transcription)
         self._input.switch(config.format)
         if config.turn_detection != self.config.turn_detection:
             # A turn in progress goes on; with detection off, the client commits it.
@@ -244,11 +285,13 @@ class RealtimeSession:
                 code="input_audio_buffer_full",
                 param="audio",
             )
+        before = self._input.seconds
         pcm = self._input.decode(event.body.get("audio"))
+        appended = self._input.seconds - before
+        await self._metered(appended, event.event_id)
+        self._services.metrics.realtime_audio_seconds.inc(appended)
         if not pcm:
-            return
-        await self._meter()
-        self._services.metrics.realtime_audio_seconds.inc(len(pcm) / 2 / SAMPLE_RATE)
+            return  # the resampler holds on to a few samples until more come
         self._audio.append(pcm)
         if self._detector is not None:
             for found in self._detector.feed(pcm):
@@ -256,7 +299,6 @@ class RealtimeSession:
                     if self._open is None:
                         await self._start_turn(found.sample, announce=True)
                 elif isinstance(found, SilenceBegan):
-                    self._speech_end = found.sample
                     if self._passes is not None:
                         self._passes.silence_began()
                 elif self._open is not None:
@@ -267,10 +309,11 @@ class RealtimeSession:
                             item_id=self._open.item_id,
                         )
                     )
-                    await self._commit(found.sample)
+                    await self._commit(found.sample, speech_end=found.speech_end)
         elif self._open is None:
-            await self._start_turn(self._audio.end - len(pcm) // 2, announce=False)
-        if self._open is not None and self._audio.turn_samples >= MAX_TURN_S * SAMPLE_RATE:
+            await self._start_turn(self._audio.end - len(pcm) // SAMPLE_BYTES, announce=False)
+        # One append may hold more than a turn's longest: cut as often as it takes.
+        while self._open is not None and self._audio.turn_samples >= MAX_TURN_SAMPLES:
             await self._cut_long_turn()
         self._audio.settle()
 
@@ -309,11 +352,12 @@ class RealtimeSession:
             await self._send(
                 server_event(
                     "input_audio_buffer.speech_started",
-                    audio_start_ms=_ms(self._audio.turn_start or sample),
+                    audio_start_ms=_ms(
+                        self._audio.turn_start if self._audio.turn_start is not None else sample
+                    ),
                     item_id=turn.item_id,
                 )
             )
-        self._speech_end = None
         local = self._route.local
         if local is not None:
             interval = self._settings.partial_interval_ms
@@ -346,12 +390,14 @@ class RealtimeSession:
         if self._audio.end > cut:
             await self._start_turn(cut, announce=announce)
 
-    async def _commit(self, end: int | None) -> None:
+    async def _commit(self, end: int | None, *, speech_end: int | None = None) -> None:
+        """End the turn in progress at ``end`` (all of it so far by default) and have it
+        transcribed; ``speech_end`` is where its speech ended, when the detector heard it."""
         turn = self._open
-        assert turn is not None
+        if turn is None:
+            return
         self._open = None
         passes, self._passes = self._passes, None
-        speech_end = self._speech_end if end is not None else None
         pcm = self._audio.take(end)
         turn.commit(self._last_item)
         self._last_item = turn.item_id
@@ -376,11 +422,12 @@ class RealtimeSession:
         outcome = "failed"
         try:
             text: str | None = None
+            sent = ""
             done: TranscriptDone | None = None
             if passes is not None:
-                text = await self._from_passes(turn, passes, pcm, speech_end)
+                text, sent = await self._from_passes(turn, passes, pcm, speech_end)
             if text is None:
-                text, done = await self._from_upstream(turn, pcm)
+                text, done = await self._from_upstream(turn, pcm, sent)
             turn.events.put_nowait(
                 server_event(
                     f"{_TRANSCRIPTION}.completed",
@@ -409,22 +456,26 @@ class RealtimeSession:
 
     async def _from_passes(
         self, turn: Turn, passes: TurnPasses, pcm: bytes, speech_end: int | None
-    ) -> str | None:
+    ) -> tuple[str | None, str]:
         """The transcript from the embedded model's passes (the last deltas sent on the
-        way); None when the model failed, for the routes' fallbacks to answer."""
+        way), and what its partial captions had sent; None when the model failed, for
+        the routes' fallbacks to answer."""
         sent = passes.agreement.text if passes.agreement is not None else ""
         try:
             text = await passes.transcript(speech_end, pcm)
         except ProxyError:
             log.warning("the embedded model failed a realtime turn; trying its routes")
-            return None
+            return None, sent
         rest = text[len(sent) :] if text.startswith(sent) else text
         if rest.strip():
             turn.events.put_nowait(self._delta(turn, rest))
-        return text
+        return text, sent
 
-    async def _from_upstream(self, turn: Turn, pcm: bytes) -> tuple[str, TranscriptDone | None]:
-        """The transcript from the session's routes, its deltas relayed as they stream."""
+    async def _from_upstream(
+        self, turn: Turn, pcm: bytes, already_sent: str = ""
+    ) -> tuple[str, TranscriptDone | None]:
+        """The transcript from the session's routes, its deltas relayed as they stream
+        (after partial captions, only what extends them: deltas are never taken back)."""
         sent: list[str] = []
         done: TranscriptDone | None = None
         async with aclosing(
@@ -433,10 +484,15 @@ class RealtimeSession:
             async for piece in pieces:
                 if isinstance(piece, TranscriptDone):
                     done = piece
-                else:
+                elif not already_sent:
                     sent.append(piece)
                     turn.events.put_nowait(self._delta(turn, piece))
         text = text_of(done) if done is not None else "".join(sent).strip()
+        if already_sent:
+            rest = text[len(already_sent) :] if text.startswith(already_sent) else ""
+            if rest:
+                turn.events.put_nowait(self._delta(turn, rest))
+            return already_sent + rest, done
         if not sent and text:
             turn.events.put_nowait(self._delta(turn, text))
         return text, done
@@ -474,18 +530,14 @@ class RealtimeSession:
 
     # --- metering, sending --------------------------------------------------------------------
 
-    async def _meter(self) -> None:
-        """Reserve the next block of audio seconds once the appended audio reaches what is
-        reserved; a spent limit or budget ends the session."""
-        admission = self._admission
-        if not admission.by_audio or self._input.seconds <= admission.reserved_seconds:
-            return
+    async def _metered(self, seconds: float, caused_by: str | None) -> None:
+        """Count the appended audio; a spent limit or budget ends the session."""
         try:
-            await self._services.governor.extend(admission, self._settings.reserve_step_s)
+            await self._meter.add(seconds)
         except ProxyError as exc:
-            await self._send(proxy_error_event(exc))
-            await self.close(CLOSE_POLICY, exc.message[:120])
-            raise ClientEventError(exc.message) from exc
+            await self._send(proxy_error_event(exc, caused_by))
+            await self.close(CLOSE_POLICY, spent(exc))
+            raise _Spent() from exc
 
     async def _send(self, event: dict[str, Any]) -> None:
         if self._ws.closed:
@@ -499,6 +551,13 @@ class RealtimeSession:
         return padding * SAMPLE_RATE // 1000 + SAMPLE_RATE  # and a second's margin
 
 
+class _Spent(ProxyError):
+    """The session's limit or budget is spent; the client has been told, and it is closed."""
+
+    def __init__(self) -> None:
+        super().__init__("spent")
+
+
 def _ms(sample: int) -> int:
     return sample * 1000 // SAMPLE_RATE
 
@@ -508,4 +567,4 @@ def _usage(done: TranscriptDone | None, pcm_bytes: int) -> dict[str, Any]:
     usage = done.document.get("usage") if done is not None and done.document else None
     if isinstance(usage, dict) and usage.get("type") in ("tokens", "duration"):
         return usage
-    return {"type": "duration", "seconds": round(pcm_bytes / 2 / SAMPLE_RATE, 3)}
+    return {"type": "duration", "seconds": round(pcm_bytes / SAMPLE_BYTES / SAMPLE_RATE, 3)}

@@ -9,6 +9,7 @@ stays as it was.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -19,12 +20,14 @@ AudioFormat = Literal["audio/pcm", "audio/pcmu", "audio/pcma"]
 Dialect = Literal["ga", "beta"]
 
 #: The beta API's names for the formats.
-_BETA_FORMATS: dict[str, AudioFormat] = {
+BETA_FORMATS: dict[str, AudioFormat] = {
     "pcm16": "audio/pcm",
     "g711_ulaw": "audio/pcmu",
     "g711_alaw": "audio/pcma",
 }
-_GA_FORMATS: dict[AudioFormat, str] = {v: k for k, v in _BETA_FORMATS.items()}
+_GA_FORMATS: dict[AudioFormat, str] = {v: k for k, v in BETA_FORMATS.items()}
+#: A language code: ISO-639-1 (or -3), perhaps with a region (en-US).
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 #: The default transcription model when the client names none.
 DEFAULT_MODEL = "whisper-1"
 #: A session lives this long, as OpenAI's do.
@@ -143,12 +146,12 @@ class SessionConfig:
         config = self
         if "input_audio_format" in session:
             value = session["input_audio_format"]
-            if value not in _BETA_FORMATS:
+            if value not in BETA_FORMATS:
                 raise ClientEventError(
-                    f"input_audio_format must be one of {', '.join(_BETA_FORMATS)}",
+                    f"input_audio_format must be one of {', '.join(BETA_FORMATS)}",
                     param="session.input_audio_format",
                 )
-            config = replace(config, format=_BETA_FORMATS[value])
+            config = replace(config, format=BETA_FORMATS[value])
         config = config._common(
             session,
             "session",
@@ -254,9 +257,15 @@ def _transcription(value: object, current: Transcription, param: str) -> Transcr
     model = given.pop("model", current.model)
     if model is None:
         raise ClientEventError("model must name a model", param=f"{param}.model")
+    language = given.get("language", current.language)
+    if language is not None and not _LANGUAGE.fullmatch(language):
+        raise ClientEventError(
+            f"language is an ISO-639-1 code such as en or de, not {language!r}",
+            param=f"{param}.language",
+        )
     return Transcription(
         model=model,
-        language=given.get("language", current.language),
+        language=language,
         prompt=given.get("prompt", current.prompt),
     )
 

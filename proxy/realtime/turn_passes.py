@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..audio.decoder import SAMPLE_BYTES, SAMPLE_RATE
+from ..errors import ProxyError
 from ..providers.local import LocalProvider
 from ..providers.local.passes import DecodeOptions
 from .agreement import LocalAgreement
@@ -30,10 +31,12 @@ _RECHECK_S = 0.1
 
 @dataclass(frozen=True)
 class Heard:
-    """What a pass heard of the turn, up to the sample position it covered."""
+    """What a pass heard of the turn, up to the sample position it covered; ``whole``
+    when it heard all of it (a partial pass leaves the unfinished last words out)."""
 
     end: int
     text: str
+    whole: bool
 
 
 class TurnPasses:
@@ -59,10 +62,13 @@ class TurnPasses:
         self._latest: Heard | None = None
         self._running: asyncio.Task[Heard | None] | None = None
         self._wake = asyncio.Event()
+        #: Whether silence has begun since the last pass started (the next is whole).
+        self._silence = False
         self._loop = asyncio.ensure_future(self._passes())
 
     def silence_began(self) -> None:
         """The speaker may have finished: a pass over all of it, now (if none runs)."""
+        self._silence = True
         self._wake.set()
 
     async def transcript(self, speech_end: int | None, pcm: bytes) -> str:
@@ -73,8 +79,11 @@ class TurnPasses:
         heard = self._latest
         running = self._running
         if running is not None and (heard is None or not _covers(heard, speech_end)):
-            with contextlib.suppress(asyncio.CancelledError):
-                heard = await running
+            # Waited for, not awaited: this task's own cancellation must not be
+            # taken for the pass's.
+            await asyncio.wait((running,))
+            if not running.cancelled() and running.exception() is None:
+                heard = running.result() or heard
         if heard is None or not _covers(heard, speech_end):
             text = await self._local.transcribe_pcm(pcm, self._options) or ""
         else:
@@ -110,8 +119,12 @@ class TurnPasses:
                 next_at = loop.time() + _RECHECK_S
                 continue
             started = loop.time()
-            self._running = asyncio.ensure_future(self._pass(pcm, self._audio.end))
-            heard = await asyncio.shield(self._running)
+            whole, self._silence = self._silence, False
+            self._running = asyncio.ensure_future(self._pass(pcm, self._audio.end, whole=whole))
+            try:
+                heard = await asyncio.shield(self._running)
+            except ProxyError:
+                return  # the turn's own transcription says what went wrong
             next_at = started + (self._interval_s or 0.0)
             if heard is None:
                 continue  # the model was busy: a caption is not worth waiting for
@@ -121,10 +134,11 @@ class TurnPasses:
                 if delta:
                     self._emit(delta)
 
-    async def _pass(self, pcm: bytes, end: int) -> Heard | None:
-        text = await self._local.transcribe_pcm(pcm, self._options, partial=True)
-        return Heard(end, text) if text is not None else None
+    async def _pass(self, pcm: bytes, end: int, *, whole: bool) -> Heard | None:
+        text = await self._local.transcribe_pcm(pcm, self._options, wait=False, whole=whole)
+        return Heard(end, text, whole) if text is not None else None
 
 
 def _covers(heard: Heard, speech_end: int | None) -> bool:
-    return speech_end is not None and heard.end >= speech_end
+    """Whether ``heard`` is the whole turn: all of it, up to where the speech ended."""
+    return heard.whole and speech_end is not None and heard.end >= speech_end

@@ -3,7 +3,7 @@
 :class:`TurnAudio` keeps the audio of the turn in progress from its start
 (prefix padding included), and, between turns, only the last stretch a
 next turn's prefix may reach back into: memory holds one turn at most,
-and a turn is at most 30 s (it is cut at its quietest point there).
+and a turn is at most 30 s (it is cut at its quietest point before that).
 
 :class:`Turn` is one turn's place in the session's order: its item ids and
 the events it has for the client, which are sent in the order turns began
@@ -20,11 +20,12 @@ from typing import Any
 
 from ..audio.decoder import SAMPLE_BYTES, SAMPLE_RATE
 from ..audio.silence import quietest
+from ..providers.local.windows import CUT_SEARCH_S, WINDOW_S
 
-#: The longest turn: Whisper hears 30 s at a time.
-MAX_TURN_S = 30.0
-#: How far back from 30 s a long turn's cut may fall, looking for its quietest point.
-CUT_SEARCH_S = 5.0
+#: The longest turn: Whisper hears 30 s at a time; a longer one is cut at its
+#: quietest point in the seconds before.
+MAX_TURN_SAMPLES = int(WINDOW_S * SAMPLE_RATE)
+_CUT_SEARCH_SAMPLES = int(CUT_SEARCH_S * SAMPLE_RATE)
 
 
 class TurnAudio:
@@ -81,12 +82,15 @@ class TurnAudio:
         return pcm
 
     def quietest_cut(self) -> int:
-        """Where a turn at its longest is best cut: its quietest point near the end."""
+        """Where a turn at its longest is best cut: its quietest point in the seconds
+        before its 30th (however much more has been appended)."""
         assert self.turn_start is not None
-        search = int(CUT_SEARCH_S * SAMPLE_RATE)
-        stretch_start = max(self.turn_start, self.end - search)
-        offset = (stretch_start - self._base) * SAMPLE_BYTES
-        return stretch_start + quietest(bytes(self._pcm[offset:])) // SAMPLE_BYTES
+        limit = min(self.end, self.turn_start + MAX_TURN_SAMPLES)
+        stretch_start = max(self.turn_start, limit - _CUT_SEARCH_SAMPLES)
+        stretch = self._pcm[
+            (stretch_start - self._base) * SAMPLE_BYTES : (limit - self._base) * SAMPLE_BYTES
+        ]
+        return stretch_start + quietest(bytes(stretch)) // SAMPLE_BYTES
 
     def clear(self) -> None:
         """Drop everything appended so far."""

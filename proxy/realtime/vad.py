@@ -12,6 +12,7 @@ samples since the session's first byte of audio.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,6 +20,8 @@ from typing import Protocol
 from ..audio.decoder import SAMPLE_BYTES, SAMPLE_RATE
 from .audio_in import rms
 from .session_config import ServerVad
+
+log = logging.getLogger(__name__)
 
 #: Once speaking, a frame this far under the threshold still counts as speech
 #: (Silero's own hysteresis).
@@ -103,6 +106,8 @@ def speech_score(prefer_silero: bool = True) -> SpeechScore:
             return SileroScore()
         except ImportError:
             pass
+        except Exception as exc:  # a faster-whisper whose VAD is shaped otherwise
+            log.warning("Silero VAD could not be loaded (%r); telling speech by loudness", exc)
     return LoudnessScore()
 
 
@@ -115,9 +120,11 @@ class SpeechStarted:
 
 @dataclass(frozen=True)
 class SpeechStopped:
-    """Speech ended; the turn's audio ends at ``sample`` (the closing silence included)."""
+    """Speech ended at ``speech_end``; the turn's audio ends at ``sample`` (the closing
+    silence included)."""
 
     sample: int
+    speech_end: int
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,7 @@ class TurnDetector:
             if self._quiet >= self._silence:
                 self.speaking = False
                 self._last_end = self._position
-                events.append(SpeechStopped(self._position))
+                events.append(SpeechStopped(self._position, self._position - self._quiet))
         return events
 
     def reset(self) -> None:

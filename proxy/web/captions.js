@@ -1,22 +1,24 @@
-// The caption page: an audio file or the microphone in, server-sent captions out.
+// The caption page: an audio file in, server-sent captions out; or the
+// microphone over a realtime session (WebSocket), captions as people speak.
 // Plain browser JavaScript, no build step; also a reference client for
-// front ends that consume the proxy's stream=true events.
+// front ends that consume the proxy's stream=true events and realtime sessions.
 "use strict";
 
 const ENDPOINT = "/v1/audio/transcriptions";
+const REALTIME = "/v1/realtime?intent=transcription";
+const CLIENT_SECRETS = "/v1/realtime/client_secrets";
 const KEY_STORAGE = "transcription-proxy.virtual-key";
-// The microphone is sent in slices this long, one streaming request each, in order.
-const SLICE_SECONDS = 4;
+const TRANSCRIPTION = "conversation.item.input_audio_transcription";
+// After Stop, how long the turns still being transcribed are waited for.
+const STOP_WAIT_MS = 15000;
 
 const $ = (id) => document.getElementById(id);
 
 const page = {
-  // One entry per request (a file, or a microphone slice): {offset, text, segments, li}.
+  // One entry per request (a file) or per spoken turn: {offset, text, segments, li}.
   parts: [],
   xhr: null, // the request in flight
-  queue: Promise.resolve(), // microphone slices, sent one after another
-  recorder: null,
-  stream: null,
+  live: null, // the microphone's realtime session: {ws, stream, context, turns, open}
   recording: false,
   started: 0,
   ticker: null,
@@ -334,51 +336,208 @@ async function sendFile(file) {
 async function startMicrophone() {
   if (page.xhr || page.recording) return;
   reset();
+  let stream;
   try {
-    page.stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    stream = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true },
+    });
   } catch (error) {
     showError(`the microphone is not available: ${error.message}`);
     return;
   }
+  const context = new AudioContext();
+  try {
+    await context.audioWorklet.addModule("/ui/mic-worklet.js");
+  } catch (error) {
+    stream.getTracks().forEach((track) => track.stop());
+    context.close();
+    showError(`this browser cannot capture audio for a live session: ${error.message}`);
+    return;
+  }
+  let ws;
+  try {
+    ws = await openSession();
+  } catch (error) {
+    stream.getTracks().forEach((track) => track.stop());
+    context.close();
+    showError(error.message);
+    return;
+  }
+  const live = {
+    ws, stream, context, node: null, turns: new Map(), open: null, stopping: false, committing: false,
+  };
+  page.live = live;
   page.recording = true;
   $("progress").hidden = true;
   busy(true);
-  recordSlice(0);
+  ws.addEventListener("open", () => {
+    const language = $("language").value.trim();
+    ws.send(JSON.stringify({
+      type: "session.update",
+      session: {
+        type: "transcription",
+        audio: {
+          input: {
+            format: { type: "audio/pcm", rate: 24000 },
+            transcription: { model: $("model").value, ...(language ? { language } : {}) },
+            turn_detection: { type: "server_vad" },
+          },
+        },
+      },
+    }));
+    const source = context.createMediaStreamSource(stream);
+    const node = new AudioWorkletNode(context, "microphone-pcm");
+    node.port.onmessage = (event) => {
+      if (ws.readyState === WebSocket.OPEN && !live.stopping) {
+        ws.send(JSON.stringify({ type: "input_audio_buffer.append", audio: base64(event.data) }));
+      }
+    };
+    source.connect(node);
+    live.node = node;
+  });
+  ws.addEventListener("message", (message) => handleLiveEvent(live, JSON.parse(message.data)));
+  ws.addEventListener("close", (event) => {
+    if (!live.stopping && event.code !== 1000) {
+      showError(event.code === 1012
+        ? "the server is restarting: start the microphone again to go on"
+        : `the live session ended (${event.reason || event.code})`);
+    }
+    endMicrophone(live);
+  });
 }
 
-function recordSlice(offset) {
-  const recorder = new MediaRecorder(page.stream);
-  const pieces = [];
-  const begun = performance.now();
-  recorder.ondataavailable = (event) => {
-    if (event.data.size) pieces.push(event.data);
-  };
-  recorder.onstop = () => {
-    const next = offset + (performance.now() - begun) / 1000;
-    if (page.recording) recordSlice(next); // the next slice starts at once
-    const blob = new Blob(pieces, { type: recorder.mimeType || "audio/webm" });
-    const extension = (recorder.mimeType || "").includes("ogg") ? "ogg" : "webm";
-    if (blob.size) {
-      page.queue = page.queue.then(() => transcribe(blob, `slice.${extension}`, offset));
+async function openSession() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const model = encodeURIComponent($("model").value);
+  const url = `${scheme}://${location.host}${REALTIME}&model=${model}`;
+  const key = $("key").value.trim();
+  if (!key) return new WebSocket(url, ["realtime"]);
+  // A browser cannot set a header on a WebSocket, and the virtual key should not
+  // sit in a page's WebSocket either: a short-lived client secret goes instead.
+  const response = await fetch(CLIENT_SECRETS, {
+    method: "POST",
+    headers: { ...authHeaders(), "Content-Type": "application/json" },
+    body: JSON.stringify({ expires_after: { anchor: "created_at", seconds: 600 } }),
+  });
+  const body = await response.json().catch(() => null);
+  if (!response.ok) throw new Error(errorMessage(body, response.status));
+  return new WebSocket(url, ["realtime", `openai-insecure-api-key.${body.value}`]);
+}
+
+function base64(samples) {
+  const bytes = new Uint8Array(samples.buffer, samples.byteOffset, samples.byteLength);
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(text);
+}
+
+function liveTurn(live, itemId, startMs) {
+  let part = live.turns.get(itemId);
+  if (!part) {
+    part = { offset: (startMs || 0) / 1000, text: "", segments: null, li: document.createElement("li") };
+    part.li.className = "partial";
+    live.turns.set(itemId, part);
+    page.parts.push(part);
+    $("captions").append(part.li);
+  }
+  return part;
+}
+
+function handleLiveEvent(live, event) {
+  switch (event.type) {
+    case "input_audio_buffer.speech_started":
+      live.open = event.item_id;
+      liveTurn(live, event.item_id, event.audio_start_ms);
+      break;
+    case "input_audio_buffer.speech_stopped": {
+      const part = liveTurn(live, event.item_id, 0);
+      part.endMs = event.audio_end_ms;
+      break;
     }
-  };
-  page.recorder = recorder;
-  recorder.start();
-  setTimeout(() => {
-    if (recorder.state === "recording") recorder.stop();
-  }, SLICE_SECONDS * 1000);
+    case "input_audio_buffer.committed":
+      if (live.open === event.item_id) live.open = null;
+      live.committing = false;
+      liveTurn(live, event.item_id, 0).committed = true;
+      break;
+    case `${TRANSCRIPTION}.delta`: {
+      const part = liveTurn(live, event.item_id, 0);
+      part.text += event.delta || "";
+      render(part);
+      break;
+    }
+    case `${TRANSCRIPTION}.completed`: {
+      const part = liveTurn(live, event.item_id, 0);
+      part.text = event.transcript || "";
+      const end = part.endMs !== undefined ? part.endMs / 1000 - part.offset : 0;
+      part.segments = part.text ? [{ start: 0, end: Math.max(end, 0), text: part.text }] : [];
+      part.done = true;
+      part.li.classList.remove("partial");
+      render(part);
+      if (!part.text) part.li.remove();
+      updateDownloads();
+      break;
+    }
+    case `${TRANSCRIPTION}.failed`: {
+      const part = liveTurn(live, event.item_id, 0);
+      part.done = true;
+      part.li.remove();
+      showError(errorMessage(event, null));
+      break;
+    }
+    case "error":
+      // After Stop, a commit with nothing left to commit is no news.
+      if (live.stopping && event.error.code === "input_audio_buffer_commit_empty") {
+        live.committing = false;
+        break;
+      }
+      showError(errorMessage(event, null));
+      break;
+    default:
+      break;
+  }
+  const waiting = [...live.turns.values()].some((part) => part.committed && !part.done);
+  if (live.stopping && !live.committing && !waiting) live.ws.close(1000);
+}
+
+function endMicrophone(live) {
+  if (page.live !== live) return;
+  page.live = null;
+  page.recording = false;
+  live.stream.getTracks().forEach((track) => track.stop());
+  live.context.close();
+  for (const part of live.turns.values()) {
+    if (!part.done) part.li.classList.remove("partial");
+    if (!part.text) part.li.remove();
+  }
+  page.parts = page.parts.filter((part) => part.text);
+  updateDownloads();
+  busy(false);
+  setStatus($("error").hidden ? "Stopped." : "Failed.");
 }
 
 function stop() {
-  if (page.recording) {
-    page.recording = false;
-    if (page.recorder && page.recorder.state === "recording") page.recorder.stop();
-    page.stream.getTracks().forEach((track) => track.stop());
-    // What was said before Stop is still transcribed, in order.
-    setTimeout(() => page.queue.then(() => {
-      busy(false);
-      setStatus("Stopped.");
-    }), 0);
+  const live = page.live;
+  if (live) {
+    if (live.stopping) return;
+    live.stopping = true;
+    live.stream.getTracks().forEach((track) => track.stop());
+    if (live.node) live.node.port.onmessage = null;
+    setStatus("Finishing the last words…");
+    // What was said before Stop is still transcribed: the turn in progress is
+    // committed, and the session closes once every turn has its transcript.
+    if (live.ws.readyState === WebSocket.OPEN) {
+      if (live.open) {
+        live.ws.send(JSON.stringify({ type: "input_audio_buffer.commit" }));
+        live.open = null;
+        live.committing = true;
+      }
+      handleLiveEvent(live, { type: "stopping" });
+      setTimeout(() => live.ws.close(1000), STOP_WAIT_MS);
+    } else {
+      endMicrophone(live);
+    }
     return;
   }
   if (page.xhr) page.xhr.abort();

@@ -122,7 +122,8 @@ async def session(
         http.ws_connect(f"{url}{path}", headers=headers, protocols=protocols) as ws,
     ):
         client = Client(ws)
-        await client.wait_for("session.created")
+        beta = protocols == ("openai-beta.realtime-v1",)
+        await client.wait_for("transcription_session.created" if beta else "session.created")
         if update is not None:
             await client.send({"type": "session.update", "session": update})
             await client.wait_for("session.updated")

@@ -87,7 +87,7 @@ class _Window:
         return self.start_s + seconds
 
 
-class Transcription:
+class RecordingDecode:
     """One recording's decode, window after window: the state carried between them."""
 
     def __init__(self, whisper: Any, options: DecodeOptions) -> None:

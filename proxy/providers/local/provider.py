@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from typing import Any
@@ -40,7 +41,7 @@ from ...metrics import Metrics
 from ...models import AudioSource, TranscriptDelta, TranscriptEvent, UpstreamCall
 from .heap import cap_arenas, trim_heap
 from .model import Model
-from .passes import DecodeOptions, Transcription
+from .passes import DecodeOptions, RecordingDecode
 from .windows import WINDOW_S, PcmFeed, SeekWindows, SilenceWindows
 
 #: Freed memory goes back to the system once the model has been idle this long.
@@ -52,42 +53,65 @@ log = logging.getLogger(__name__)
 
 
 class _DecodeSlots:
-    """At most ``size`` decodes at once, ``queue`` more waiting; past that, refuse."""
+    """At most ``size`` decodes at once, ``queue`` more waiting; past that, refuse.
+
+    A freed slot is handed straight to the longest waiter, so no newcomer
+    takes it first.
+    """
 
     def __init__(self, size: int, queue: int) -> None:
-        self._free = asyncio.Semaphore(size)
+        self._size = size
         self._queue = queue
-        self._waiting = 0
         self._running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def full(self) -> bool:
+        """Whether every slot is taken (another decode would wait)."""
+        return self._running >= self._size
+
+    @property
+    def idle(self) -> bool:
+        """Whether no decode is running or waiting."""
+        return not self._running and not self._waiters
+
+    def try_acquire(self) -> bool:
+        """A slot now, if one is free; never a wait."""
+        if self.full:
+            return False
+        self._running += 1
+        return True
 
     async def acquire(self) -> None:
-        if self._free.locked() and self._waiting >= self._queue:
+        """A slot, waiting for one; 503 when ``queue`` others wait already."""
+        if self.try_acquire():
+            return
+        if len(self._waiters) >= self._queue:
             raise ServiceUnavailableError(
                 "the local model is busy; try again shortly",
                 code="local_model_busy",
                 headers={"Retry-After": "1"},
                 retryable=True,
             )
-        self._waiting += 1
+        handed = asyncio.get_running_loop().create_future()
+        self._waiters.append(handed)
         try:
-            await self._free.acquire()
-        finally:
-            self._waiting -= 1
-        self._running += 1
+            await handed
+        except asyncio.CancelledError:
+            if handed.done() and not handed.cancelled():
+                self.release()  # handed over just as the wait was cancelled: pass it on
+            else:
+                self._waiters.remove(handed)
+            raise
 
     def release(self) -> None:
+        """Free a slot: to the longest waiter, if any."""
+        while self._waiters:
+            handed = self._waiters.popleft()
+            if not handed.done():
+                handed.set_result(None)
+                return
         self._running -= 1
-        self._free.release()
-
-    @property
-    def idle(self) -> bool:
-        """Whether no decode is running or waiting."""
-        return not self._running and not self._waiting
-
-    @property
-    def full(self) -> bool:
-        """Whether every slot is taken (another decode would wait)."""
-        return self._free.locked()
 
 
 class LocalProvider:
@@ -105,8 +129,8 @@ class LocalProvider:
         self._model = Model(settings, self._executor)
         self._slots = _DecodeSlots(settings.max_concurrent, settings.max_queue)
         self._trim: asyncio.TimerHandle | None = None
-        # A request holds a decode slot before its upload is decoded, so its
-        # decoder never waits for this one.
+        # Bounds the streaming decoders; a request takes a decode slot before
+        # its decoder starts, so this one never makes it wait.
         self._decoders = asyncio.Semaphore(settings.max_concurrent)
 
     @property
@@ -154,19 +178,27 @@ class LocalProvider:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def transcribe_pcm(
-        self, pcm: bytes, options: DecodeOptions, *, partial: bool = False
+        self, pcm: bytes, options: DecodeOptions, *, wait: bool = True, whole: bool = True
     ) -> str | None:
         """16 kHz mono PCM already at hand (a realtime turn), transcribed; its text.
 
-        A ``partial`` pass (a caption of a turn still being spoken) is one
-        pass, and None rather than a wait when the model is busy.
+        Without ``wait``, None rather than a wait when the model is busy (a
+        partial caption is not worth one). Not ``whole``: one pass only, its
+        unfinished last segment left out (the words a speaker is still saying).
         """
-        if partial and self.busy:
-            return None
         whisper = await self._model.get()
-        await self._slots.acquire()
+        if wait:
+            await self._slots.acquire()
+        elif not self._slots.try_acquire():
+            return None
         loop = asyncio.get_running_loop()
-        job = self._executor.submit(_heard, Transcription(whisper, options), pcm, one_pass=partial)
+        try:
+            job = self._executor.submit(
+                _heard, RecordingDecode(whisper, options), pcm, one_pass=not whole
+            )
+        except BaseException:
+            self._done()
+            raise
         try:
             segments = await asyncio.wrap_future(job)
         except Exception as exc:
@@ -206,11 +238,9 @@ class LocalProvider:
         options = DecodeOptions.of(fields, self._settings)
         streaming = (first_value(fields, "stream") or "").lower() == "true"
         whisper = await self._model.get()
-        await self._slots.acquire()
-        started = time.monotonic()
         decode = _WindowedDecode(
             call.audio,
-            Transcription(whisper, options),
+            RecordingDecode(whisper, options),
             settings=self._settings,
             first_window_s=self._settings.first_window_s if streaming else WINDOW_S,
             executor=self._executor,
@@ -222,6 +252,8 @@ class LocalProvider:
             ),
         )
         segments: list[Segment] = []
+        await self._slots.acquire()
+        started = time.monotonic()
         try:
             async with contextlib.aclosing(decode.batches()) as batches:
                 async for batch in batches:
@@ -244,7 +276,7 @@ class LocalProvider:
         )
 
 
-def _heard(transcription: Transcription, pcm: bytes, *, one_pass: bool) -> list[Segment]:
+def _heard(transcription: RecordingDecode, pcm: bytes, *, one_pass: bool) -> list[Segment]:
     """``pcm`` transcribed window by window (the model's thread); with ``one_pass``, only
     what the first pass hears."""
     segments: list[Segment] = []
@@ -265,7 +297,7 @@ class _WindowedDecode:
     def __init__(
         self,
         audio: AudioSource,
-        transcription: Transcription,
+        transcription: RecordingDecode,
         *,
         settings: LocalSettings,
         first_window_s: float,
@@ -276,8 +308,7 @@ class _WindowedDecode:
         self._executor = executor
         self._decoder = decoder
         self._batch_size = settings.batch_size
-        window_bytes = int(WINDOW_S * PCM_BYTES_PER_S)
-        self._feed = PcmFeed(max_bytes=max(1, self._batch_size) * window_bytes)
+        self._feed = PcmFeed(max_bytes=max(1, self._batch_size) * WINDOW_BYTES)
         self._windows: SeekWindows | SilenceWindows
         if self._batch_size > 1:
             self._windows = SilenceWindows(self._feed, first_s=first_window_s)

@@ -2,8 +2,9 @@
 
 The shared decoder (:class:`~proxy.audio.decoder.StreamingDecoder`) puts
 the upload's 16 kHz PCM into a :class:`PcmFeed` as the upload arrives; the
-model's thread takes it out a window at a time. The feed holds at most a
-few windows: when the model is slower than the client, the decoder waits,
+model's thread takes it out a window at a time. The feed holds a window's
+worth (a batch's, when batching): when the model is slower than the client,
+the decoder waits,
 the decoder's pipe fills, and the client's socket is read no further.
 
 Two ways to take windows:
@@ -35,9 +36,9 @@ class PcmFeed:
     """PCM from the decoding thread to the model's thread, at most ``max_bytes`` waiting.
 
     :meth:`put` blocks while the feed is full; :meth:`read` blocks until what
-    it asks for is there or the recording has ended. :meth:`end` and
-    :meth:`fail` come from the event loop once the decoder is done; after
-    :meth:`fail` (or :meth:`stop`) both sides get :class:`DecodingStopped`.
+    it asks for is there or the recording has ended. :meth:`end` comes from
+    the event loop once the decoder is done; after :meth:`stop` (the decoder
+    failed, or the request ended) both sides get :class:`DecodingStopped`.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -151,7 +152,7 @@ class SeekWindows:
         window = self._buffer[:wanted]
         if len(window) == wanted and not self.at_end:
             # More is coming: end the window where it is quietest.
-            search = min(_whole_samples(CUT_SEARCH_S), wanted // 2)
+            search = min(_whole_samples(CUT_SEARCH_S), wanted // 2 // SAMPLE_BYTES * SAMPLE_BYTES)
             window = window[: wanted - search + quietest(window[-search:])]
         self._window_bytes = len(window)
         return window or None

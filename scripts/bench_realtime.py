@@ -1,0 +1,312 @@
+"""Realtime sessions: time from speech end to transcript, partial captions, and load.
+
+The proxy runs as its own process; this process is the clients (aiohttp
+WebSockets) and, where one is needed, a fake OpenAI upstream on 127.0.0.1
+that answers 50 ms after a turn's upload. The speech is espeak-ng's
+(tests/helpers/speech.py: sentences of 3 to 6 s), 1 s of silence after
+each, streamed at real time in 100 ms appends of 24 kHz PCM. The time a
+sentence's last sample was sent is its speech end; its first sample's,
+its speech start.
+
+- ``embedded``: the embedded model (tiny.en), partial captions on and off:
+  speech end to ``completed`` (p50, p95), speech start to the turn's first
+  delta, and the word error rate of the completed transcripts.
+- ``synthesized``: the fake upstream: speech end to ``completed`` against
+  ``silence_duration_ms`` (500).
+- ``load``: N sessions at once (100) streaming to the fake upstream: the
+  proxy's CPU per session-second of audio, its RSS per session, and how
+  late each ``committed`` event is against the same session alone.
+- ``relay``: sessions relayed to a fake Realtime API (its own process,
+  answering each append with one event at once): the time an event takes
+  there and back, direct against through the proxy, in the same run; then
+  N sessions at once (200) appending 100 ms of audio every 100 ms: the
+  proxy's CPU per session-second and RSS per session.
+
+    .venv/bin/python scripts/bench_realtime.py [embedded synthesized load relay] [--sessions 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from benchlib import ROOT, cpu_seconds, free_port, percentile, proxy_with, rss_kib
+from speech import word_error_rate
+
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers.realtime import silence, to_24k
+from tests.helpers.speech import SENTENCES, say
+
+PATH = "/v1/realtime?intent=transcription"
+CHUNK_S = 0.1
+CHUNK_BYTES = int(CHUNK_S * 24_000) * 2
+PAUSE_S = 1.0
+TRANSCRIPTION = "conversation.item.input_audio_transcription"
+
+
+@dataclass
+class Sentence:
+    """One sentence of the stream: its text and where its speech lies, in the stream's bytes."""
+
+    text: str
+    start: int
+    end: int
+
+
+@dataclass
+class Run:
+    """What one session saw: each turn's times, from the stream's start."""
+
+    speech_start: list[float] = field(default_factory=list)
+    speech_end: list[float] = field(default_factory=list)
+    committed: list[float] = field(default_factory=list)
+    first_delta: dict[str, float] = field(default_factory=dict)
+    completed: list[tuple[str, float, str]] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    #: Wall time each 100 ms append went out.
+    sent: list[float] = field(default_factory=list)
+
+
+def stream_of(sentences: int) -> tuple[bytes, list[Sentence]]:
+    """The sentences as one 24 kHz stream with a pause after each."""
+    pcm, spans = b"", []
+    for n in range(sentences):
+        text = SENTENCES[n % len(SENTENCES)]
+        speech = to_24k(say(text))
+        spans.append(Sentence(text, len(pcm), len(pcm) + len(speech)))
+        pcm += speech + silence(PAUSE_S)
+    return pcm + silence(1.0), spans
+
+
+async def one_session(
+    url: str, pcm: bytes, *, update: dict[str, Any] | None = None, settle_s: float = 4.0
+) -> Run:
+    """Stream ``pcm`` at real time through one session; what came back, timed."""
+    run = Run()
+    started = time.perf_counter()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{url}{PATH}", protocols=("realtime",), max_msg_size=0) as ws,
+    ):
+
+        async def read() -> None:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                event = orjson.loads(message.data)
+                now = time.perf_counter() - started
+                kind = event["type"]
+                if kind == "input_audio_buffer.committed":
+                    run.committed.append(now)
+                    run.items.append(event["item_id"])
+                elif kind == f"{TRANSCRIPTION}.delta":
+                    run.first_delta.setdefault(event["item_id"], now)
+                elif kind == f"{TRANSCRIPTION}.completed":
+                    run.completed.append((event["item_id"], now, event["transcript"]))
+
+        reader = asyncio.ensure_future(read())
+        if update is not None:
+            await ws.send_str(orjson.dumps({"type": "session.update", "session": update}).decode())
+        for n, offset in enumerate(range(0, len(pcm), CHUNK_BYTES)):
+            due = started + n * CHUNK_S
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            run.sent.append(time.perf_counter() - started)
+            audio = base64.b64encode(pcm[offset : offset + CHUNK_BYTES]).decode()
+            await ws.send_str(
+                orjson.dumps({"type": "input_audio_buffer.append", "audio": audio}).decode()
+            )
+        await asyncio.sleep(settle_s)
+        await ws.close()
+        await reader
+    return run
+
+
+def turn_times(run: Run, spans: list[Sentence]) -> tuple[list[float], list[float], str]:
+    """Speech end to completed, speech start to first delta (each turn), and the text heard."""
+    ends, firsts = [], []
+    done = {item: (at, text) for item, at, text in run.completed}
+    heard = []
+    for span, item in zip(spans, run.items, strict=False):
+        speech_start = span.start / CHUNK_BYTES * CHUNK_S
+        speech_end = span.end / CHUNK_BYTES * CHUNK_S
+        if item in done:
+            ends.append(done[item][0] - speech_end)
+            heard.append(done[item][1])
+        if item in run.first_delta:
+            firsts.append(run.first_delta[item] - speech_start)
+    return ends, firsts, " ".join(heard)
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    return f"{statistics.median(values):.2f} s / {p95:.2f} s"
+
+
+async def embedded(args: argparse.Namespace) -> None:
+    pcm, spans = stream_of(args.sentences)
+    reference = " ".join(s.text for s in spans)
+    print(
+        f"\nembedded model, {len(spans)} sentences, {len(pcm) / 48_000:.0f} s streamed in real time"
+    )
+    print(
+        "| partial captions | speech end to completed, p50 / p95 "
+        "| speech start to first delta, p50 / p95 | WER |"
+    )
+    print("|---|---|---|---|")
+    for interval in (1000, 500, 0):
+        config = {
+            "providers": {"local": {}},
+            "proxy": {"local": {"preload": True}, "realtime": {"partial_interval_ms": interval}},
+        }
+        async with proxy_with(config) as (port, _):
+            url = f"http://127.0.0.1:{port}"
+            update = {
+                "type": "transcription",
+                "audio": {"input": {"transcription": {"model": "whisper-1", "language": "en"}}},
+            }
+            run = await one_session(url, pcm, update=update)
+        ends, firsts, heard = turn_times(run, spans)
+        label = f"every {interval} ms" if interval else "off"
+        print(
+            f"| {label} | {summary(ends)} | {summary(firsts) if interval else '-'} "
+            f"| {100 * word_error_rate(reference, heard):.1f} % "
+            f"({len(run.completed)}/{len(spans)} turns) |"
+        )
+
+
+@asynccontextmanager
+async def fake_upstream(delay_s: float = 0.05) -> AsyncIterator[int]:
+    """An OpenAI-compatible upstream that answers ``delay_s`` after a turn's upload."""
+
+    async def transcribe(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(delay_s)
+        return web.json_response({"text": "heard", "usage": {"type": "duration", "seconds": 1}})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/audio/transcriptions", transcribe)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+def upstream_config(port: int) -> dict[str, Any]:
+    return {
+        "providers": {
+            "openai": {
+                "keys": [{"value": "sk-bench"}],
+                "network_config": {"base_url": f"http://127.0.0.1:{port}"},
+            }
+        },
+        "proxy": {"web_ui": False},
+    }
+
+
+async def synthesized(args: argparse.Namespace) -> None:
+    pcm, spans = stream_of(min(args.sentences, 10))
+    async with fake_upstream() as upstream, proxy_with(upstream_config(upstream)) as (port, _):
+        run = await one_session(f"http://127.0.0.1:{port}", pcm, settle_s=1.5)
+    ends, _, _ = turn_times(run, spans)
+    print(f"\nsynthesized over a fake upstream answering in 50 ms, {len(spans)} turns")
+    print(
+        f"speech end to completed: p50 {statistics.median(ends) * 1000:.0f} ms, "
+        f"max {max(ends) * 1000:.0f} ms (silence_duration_ms 500: goal p50 <= 600 ms)"
+    )
+
+
+async def load(args: argparse.Namespace) -> None:
+    pcm, spans = stream_of(6)
+    seconds = len(pcm) / 48_000
+    async with fake_upstream() as upstream, proxy_with(upstream_config(upstream)) as (port, proxy):
+        url = f"http://127.0.0.1:{port}"
+        alone = await one_session(url, pcm, settle_s=1.5)
+        idle_kib = rss_kib(proxy.pid)
+        cpu_before = cpu_seconds(proxy.pid)
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, rss_kib(proxy.pid))
+                await asyncio.sleep(0.1)
+
+        watcher = asyncio.ensure_future(watch())
+        runs = await asyncio.gather(
+            *(one_session(url, pcm, settle_s=1.5) for _ in range(args.sessions))
+        )
+        watcher.cancel()
+        cpu = cpu_seconds(proxy.pid) - cpu_before
+
+    # How late each commit came, against the sentence's own end: alone, and with the others.
+    def lateness(run: Run) -> list[float]:
+        return [
+            at - span.end / CHUNK_BYTES * CHUNK_S
+            for at, span in zip(run.committed, spans, strict=False)
+        ]
+
+    base = lateness(alone)
+    loaded = [late for run in runs for late in lateness(run)]
+    completed = sum(len(r.completed) for r in runs)
+    print(
+        f"\n{args.sessions} sessions at once, each {seconds:.0f} s of speech at real time, "
+        "fake upstream"
+    )
+    print(f"turns completed: {completed} of {args.sessions * len(spans)}")
+    print(
+        f"proxy CPU per session-second of audio: {cpu / (args.sessions * seconds) * 1000:.2f} ms "
+        f"({cpu:.1f} s for {args.sessions * seconds:.0f} session-seconds)"
+    )
+    print(
+        f"proxy RSS: {idle_kib / 1024:.1f} MiB after one session, "
+        f"peak {peak / 1024:.1f} MiB with all open: "
+        f"{(peak - idle_kib) / 1024 / args.sessions:.2f} MiB per session"
+    )
+    print(
+        f"committed event after its speech end: alone p50 {statistics.median(base) * 1000:.0f} ms; "
+        f"{args.sessions} at once p50 {statistics.median(loaded) * 1000:.0f} ms, "
+        f"p99 {percentile(loaded, 99) * 1000:.0f} ms, max {max(loaded) * 1000:.0f} ms: "
+        "the others delay an event by at most "
+        f"{(max(loaded) - statistics.median(base)) * 1000:.0f} ms"
+    )
+
+
+async def bench(args: argparse.Namespace) -> None:
+    for name in args.parts:
+        await {"embedded": embedded, "synthesized": synthesized, "load": load}[name](args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "parts", nargs="*", default=["embedded", "synthesized", "load"], help="what to measure"
+    )
+    parser.add_argument("--sentences", type=int, default=24, help="sentences per stream (24)")
+    parser.add_argument("--sessions", type=int, default=100, help="sessions at once under load")
+    asyncio.run(bench(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
