@@ -40,6 +40,8 @@ import aiohttp
 from aiohttp import web
 from benchlib import PeakRss, free_port, main, proxy_with, rss_kib, running
 
+from proxy.audio.wav import wav_header
+
 MIB = 1024 * 1024
 PATH = "/v1/audio/transcriptions"
 BOUNDARY = "bench-long-boundary"
@@ -104,17 +106,6 @@ def _speech_second() -> bytes:
     return struct.pack(f"<{RATE}h", *tone, *pause)
 
 
-def _wav_header(data_bytes: int) -> bytes:
-    return (
-        b"RIFF"
-        + struct.pack("<I", 36 + data_bytes)
-        + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, RATE, RATE * 2, 2, 16)
-        + b"data"
-        + struct.pack("<I", data_bytes)
-    )
-
-
 def upload(size: int, *, stream: bool, rtf: float) -> tuple[int, AsyncIterator[bytes]]:
     """A multipart body with a WAV of about ``size`` bytes: its length and its pieces."""
     second = _speech_second()
@@ -130,7 +121,7 @@ def upload(size: int, *, stream: bool, rtf: float) -> tuple[int, AsyncIterator[b
         )
         + f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
         'filename="meeting.wav"\r\nContent-Type: audio/wav\r\n\r\n'
-    ).encode() + _wav_header(data_bytes)
+    ).encode() + wav_header(data_bytes, RATE)
     tail = f"\r\n--{BOUNDARY}--\r\n".encode()
 
     async def pieces() -> AsyncIterator[bytes]:

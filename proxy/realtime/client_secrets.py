@@ -70,11 +70,7 @@ class ClientSecrets:
         try:
             await self._store.put(_stored_as(value), orjson.dumps(record), seconds)
         except CacheStoreError as exc:
-            raise ServiceUnavailableError(
-                "the store that keeps client secrets is unreachable",
-                code="secrets_unavailable",
-                headers={"Retry-After": "1"},
-            ) from exc
+            raise _store_down() from exc
         return {"value": value, "expires_at": expires_at, "session": config.as_session("ga")}
 
     async def redeem(self, value: str) -> tuple[Caller, dict[str, Any]]:
@@ -83,11 +79,7 @@ class ClientSecrets:
         try:
             stored = await self._store.get(_stored_as(value))
         except CacheStoreError as exc:
-            raise ServiceUnavailableError(
-                "the store that keeps client secrets is unreachable",
-                code="secrets_unavailable",
-                headers={"Retry-After": "1"},
-            ) from exc
+            raise _store_down() from exc
         if stored is None:
             raise AuthenticationError(
                 "the client secret is unknown or has expired", code="invalid_client_secret"
@@ -102,6 +94,14 @@ class ClientSecrets:
         if key_id is None:
             return ANONYMOUS, session
         return self._authenticator.by_id(key_id), session
+
+
+def _store_down() -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        "the store that keeps client secrets is unreachable",
+        code="secrets_unavailable",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _ttl(expires_after: object) -> int:

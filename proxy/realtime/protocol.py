@@ -67,6 +67,15 @@ def error_event(
     )
 
 
+def restarting_event(deadline_s: float) -> dict[str, Any]:
+    """The ``error`` a session gets when the server begins to stop: reconnect."""
+    return error_event(
+        f"the server is restarting: reconnect to go on; this session ends in {deadline_s:g} s",
+        error_type="server_error",
+        code="server_restarting",
+    )
+
+
 def client_error_event(exc: ClientEventError, caused_by: str | None) -> dict[str, Any]:
     """The ``error`` event for a client event the session refused."""
     return error_event(

@@ -28,7 +28,7 @@ from ..errors import InvalidRequestError, ProxyError
 from ..governance.credentials import Caller
 from ..router import Route
 from .metering import CLOSE_POLICY, SessionMeter, spent
-from .protocol import encode, error_event, proxy_error_event
+from .protocol import encode, error_event, proxy_error_event, restarting_event
 from .session import CLOSE_RESTARTING, SessionServices
 from .session_config import BETA_FORMATS
 
@@ -94,14 +94,7 @@ class RelaySession:
     async def drain(self, deadline_s: float) -> None:
         """The server is stopping: tell the client to reconnect, and at the deadline close
         both sides (1012)."""
-        await self._send(
-            error_event(
-                "the server is restarting: reconnect to go on; this session ends in "
-                f"{deadline_s:g} s",
-                error_type="server_error",
-                code="server_restarting",
-            )
-        )
+        await self._send(restarting_event(deadline_s))
         await asyncio.sleep(deadline_s)
         with contextlib.suppress(Exception):
             await self._client.close(code=CLOSE_RESTARTING, message=b"server restarting")

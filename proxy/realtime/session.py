@@ -49,6 +49,7 @@ from .protocol import (
     new_id,
     proxy_error_event,
     read_client_event,
+    restarting_event,
     server_event,
 )
 from .session_config import Dialect, SessionConfig
@@ -179,14 +180,7 @@ class RealtimeSession:
     async def drain(self, deadline_s: float) -> None:
         """The server is stopping: tell the client to reconnect; at the deadline, commit
         the turn in progress, send what is pending, and close 1012."""
-        await self._send(
-            error_event(
-                "the server is restarting: reconnect to go on; this session ends in "
-                f"{deadline_s:g} s",
-                error_type="server_error",
-                code="server_restarting",
-            )
-        )
+        await self._send(restarting_event(deadline_s))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(deadline_s):
                 await self._ended.wait()

@@ -15,6 +15,8 @@ import shutil
 import subprocess
 from typing import Any
 
+from proxy.audio.wav import wav_bytes
+
 RATE = 16_000
 
 #: Sentences of a meeting.
@@ -107,20 +109,6 @@ def pause(seconds: float) -> bytes:
     return bytes(int(seconds * RATE) * 2)
 
 
-def wav_header(data_bytes: int) -> bytes:
-    """A 16 kHz mono 16-bit WAV header for ``data_bytes`` of samples."""
-    import struct
-
-    return (
-        b"RIFF"
-        + struct.pack("<I", 36 + data_bytes)
-        + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, RATE, RATE * 2, 2, 16)
-        + b"data"
-        + struct.pack("<I", data_bytes)
-    )
-
-
 def wav(pcm: bytes) -> bytes:
     """PCM as a WAV file."""
-    return wav_header(len(pcm)) + pcm
+    return wav_bytes(pcm)
