@@ -226,7 +226,7 @@ def _realtime(section: Section) -> RealtimeSettings:
         partial_interval_ms=section.integer("partial_interval_ms", 1000),
         max_pending_turns=section.integer("max_pending_turns", 4, minimum=1),
         max_sessions=section.integer("max_sessions", 500, minimum=1),
-        beam_size=section.integer("beam_size", 5, minimum=1),
+        beam_size=section.integer("beam_size", 1, minimum=1),
         vad="silero" if vad == "silero" else "loudness" if vad == "loudness" else "auto",
         reserve_step_s=section.number("reserve_step_s", 30.0, positive=True),
         drain_pending_s=section.number("drain_pending_s", 1.5),

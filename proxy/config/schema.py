@@ -176,9 +176,9 @@ class RealtimeSettings:
     #: How speech is told from silence for ``server_vad``: Silero (with the
     #: ``local`` extra; ``auto`` uses it when installed) or loudness.
     vad: RealtimeVad = "auto"
-    #: The embedded model's beam width for realtime turns (its passes must keep
-    #: up with speech; 1 is greedy).
-    beam_size: int = 5
+    #: The embedded model's beam width for realtime turns: 1 (greedy) keeps its
+    #: passes quick enough for a transcript within a second of speech's end.
+    beam_size: int = 1
     #: Audio seconds reserved against limits and budgets at a time, as a session goes.
     reserve_step_s: float = 30.0
     #: On shutdown, how long the turns committed at the deadline may take.
