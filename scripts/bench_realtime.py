@@ -41,11 +41,12 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from benchlib import ROOT, cpu_seconds, free_port, percentile, proxy_with, rss_kib
+from benchlib import ROOT, PeakRss, cpu_seconds, free_port, percentile, proxy_with, rss_kib, running
 from speech import word_error_rate
 
 sys.path.insert(0, str(ROOT))
 
+from proxy.audio.wav import wav_header
 from tests.helpers.realtime import silence, to_24k
 from tests.helpers.speech import SENTENCES, say
 
@@ -58,7 +59,8 @@ TRANSCRIPTION = "conversation.item.input_audio_transcription"
 
 @dataclass
 class Sentence:
-    """One sentence of the stream: its text and where its speech lies, in the stream's bytes."""
+    """One sentence of the stream: its text and where its speech lies (its loud part),
+    in the stream's bytes."""
 
     text: str
     start: int
@@ -79,13 +81,26 @@ class Run:
     sent: list[float] = field(default_factory=list)
 
 
+def loud_span(pcm: bytes) -> tuple[int, int]:
+    """Where speech starts and ends in ``pcm`` (espeak pads a sentence with silence), in
+    bytes, to 10 ms."""
+    frame = 240 * 2  # 10 ms at 24 kHz
+    loud = [
+        n
+        for n in range(0, len(pcm) - frame, frame)
+        if max(abs(x) for x in memoryview(pcm[n : n + frame]).cast("h")) > 1000
+    ]
+    return (loud[0], loud[-1] + frame) if loud else (0, len(pcm))
+
+
 def stream_of(sentences: int) -> tuple[bytes, list[Sentence]]:
     """The sentences as one 24 kHz stream with a pause after each."""
     pcm, spans = b"", []
     for n in range(sentences):
         text = SENTENCES[n % len(SENTENCES)]
         speech = to_24k(say(text))
-        spans.append(Sentence(text, len(pcm), len(pcm) + len(speech)))
+        first, last = loud_span(speech)
+        spans.append(Sentence(text, len(pcm) + first, len(pcm) + last))
         pcm += speech + silence(PAUSE_S)
     return pcm + silence(1.0), spans
 
@@ -157,6 +172,23 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} s / {p95:.2f} s"
 
 
+async def one_pass(url: str) -> float:
+    """The floor under a partial caption: one pass of the embedded model over the first
+    second of a sentence (an HTTP request), the median of three."""
+    wav = wav_header(32_000) + say(SENTENCES[0])[:32_000]
+    times = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(4):
+            form = aiohttp.FormData()
+            form.add_field("model", "whisper-1")
+            form.add_field("file", wav, filename="a.wav", content_type="audio/wav")
+            started = time.perf_counter()
+            async with http.post(f"{url}/v1/audio/transcriptions", data=form) as response:
+                await response.read()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
+
+
 async def embedded(args: argparse.Namespace) -> None:
     pcm, spans = stream_of(args.sentences)
     reference = " ".join(s.text for s in spans)
@@ -168,13 +200,18 @@ async def embedded(args: argparse.Namespace) -> None:
         "| speech start to first delta, p50 / p95 | WER |"
     )
     print("|---|---|---|---|")
+    floors: list[float] = []
     for interval in (1000, 500, 0):
         config = {
             "providers": {"local": {}},
-            "proxy": {"local": {"preload": True}, "realtime": {"partial_interval_ms": interval}},
+            "proxy": {
+                "local": {"preload": True},
+                "realtime": {"partial_interval_ms": interval, "beam_size": args.beam},
+            },
         }
         async with proxy_with(config) as (port, _):
             url = f"http://127.0.0.1:{port}"
+            floor = await one_pass(url)
             update = {
                 "type": "transcription",
                 "audio": {"input": {"transcription": {"model": "whisper-1", "language": "en"}}},
@@ -182,11 +219,17 @@ async def embedded(args: argparse.Namespace) -> None:
             run = await one_session(url, pcm, update=update)
         ends, firsts, heard = turn_times(run, spans)
         label = f"every {interval} ms" if interval else "off"
+        floors.append(floor)
         print(
             f"| {label} | {summary(ends)} | {summary(firsts) if interval else '-'} "
             f"| {100 * word_error_rate(reference, heard):.1f} % "
             f"({len(run.completed)}/{len(spans)} turns) |"
         )
+    print(
+        "one pass of the model over 1 s of speech, in the same runs: "
+        f"{statistics.median(floors):.2f} s "
+        "(a caption two passes agree on needs at least two, after the turn's first second)"
+    )
 
 
 @asynccontextmanager
@@ -219,8 +262,12 @@ def upstream_config(port: int) -> dict[str, Any]:
                 "network_config": {"base_url": f"http://127.0.0.1:{port}"},
             }
         },
-        "proxy": {"web_ui": False},
+        "proxy": {"web_ui": False, "realtime": {"vad": VAD}},
     }
+
+
+#: The speech detector the fake-upstream runs use (--vad).
+VAD = "auto"
 
 
 async def synthesized(args: argparse.Namespace) -> None:
@@ -243,19 +290,11 @@ async def load(args: argparse.Namespace) -> None:
         alone = await one_session(url, pcm, settle_s=1.5)
         idle_kib = rss_kib(proxy.pid)
         cpu_before = cpu_seconds(proxy.pid)
-        peak = 0
-
-        async def watch() -> None:
-            nonlocal peak
-            while True:
-                peak = max(peak, rss_kib(proxy.pid))
-                await asyncio.sleep(0.1)
-
-        watcher = asyncio.ensure_future(watch())
-        runs = await asyncio.gather(
-            *(one_session(url, pcm, settle_s=1.5) for _ in range(args.sessions))
-        )
-        watcher.cancel()
+        async with PeakRss(proxy.pid, interval=0.1) as watched:
+            runs = await asyncio.gather(
+                *(one_session(url, pcm, settle_s=1.5) for _ in range(args.sessions))
+            )
+        peak = watched.peak_kib
         cpu = cpu_seconds(proxy.pid) - cpu_before
 
     # How late each commit came, against the sentence's own end: alone, and with the others.
@@ -291,21 +330,133 @@ async def load(args: argparse.Namespace) -> None:
     )
 
 
+def run_realtime_upstream(port: int) -> None:
+    """A Realtime API that answers each client event at once with one small event."""
+
+    async def session(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        await ws.send_str('{"type":"session.created","event_id":"e0","session":{}}')
+        async for message in ws:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                sent = orjson.loads(message.data).get("event_id")
+                answer = {"type": f"{TRANSCRIPTION}.delta", "event_id": "e", "item_id": sent}
+                await ws.send_str(orjson.dumps({**answer, "delta": "x"}).decode())
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/realtime", session)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+async def relay_session(
+    url: str, *, events: int, every_s: float, rtts: list[float] | None = None
+) -> int:
+    """Append ``events`` times, ``every_s`` apart; each answer's round trip into ``rtts``."""
+    audio = base64.b64encode(bytes(CHUNK_BYTES)).decode()
+    answered = 0
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{url}{PATH}", max_msg_size=0) as ws,
+    ):
+        await ws.receive()  # session.created
+        started = time.perf_counter()
+        for n in range(events):
+            due = started + n * every_s
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            event = {"type": "input_audio_buffer.append", "event_id": str(n), "audio": audio}
+            sent = time.perf_counter()
+            await ws.send_str(orjson.dumps(event).decode())
+            await ws.receive()
+            if rtts is not None:
+                rtts.append(time.perf_counter() - sent)
+            answered += 1
+    return answered
+
+
+def relay_config(upstream_port: int) -> dict[str, Any]:
+    config = upstream_config(upstream_port)
+    config["providers"]["openai"]["realtime"] = True
+    return config
+
+
+async def relay(args: argparse.Namespace) -> None:
+    upstream_port = free_port()
+    command = (sys.executable, __file__, "upstream", "--port", str(upstream_port))
+    upstream_url = f"http://127.0.0.1:{upstream_port}"
+    async with (
+        running(*command, up=f"{upstream_url}/v1/realtime"),
+        proxy_with(relay_config(upstream_port)) as (port, proxy),
+    ):
+        proxied_url = f"http://127.0.0.1:{port}"
+        direct: list[float] = []
+        proxied: list[float] = []
+        for _ in range(args.rounds):  # interleaved, so the machine's drift hits both alike
+            await relay_session(upstream_url, events=500, every_s=0.002, rtts=direct)
+            await relay_session(proxied_url, events=500, every_s=0.002, rtts=proxied)
+        print(f"\nrelay: {len(direct)} events each way, direct against through the proxy")
+        print("| | direct | proxied | added |")
+        print("|---|---|---|---|")
+        for name, q in (("p50", 50), ("p99", 99)):
+            a, b = percentile(direct, q) * 1000, percentile(proxied, q) * 1000
+            print(f"| event round trip {name} | {a:.3f} ms | {b:.3f} ms | **{b - a:+.3f} ms** |")
+        idle = rss_kib(proxy.pid)
+        cpu = cpu_seconds(proxy.pid)
+        seconds = args.relay_seconds
+        async with PeakRss(proxy.pid, interval=0.1) as watched:
+            answered = await asyncio.gather(
+                *(
+                    relay_session(proxied_url, events=int(seconds / CHUNK_S), every_s=CHUNK_S)
+                    for _ in range(args.relay_sessions)
+                )
+            )
+        peak = watched.peak_kib
+        used = cpu_seconds(proxy.pid) - cpu
+    session_seconds = args.relay_sessions * seconds
+    print(
+        f"\n{args.relay_sessions} relayed sessions at once, {seconds:.0f} s each at real time "
+        f"(100 ms appends): {sum(answered)} events answered"
+    )
+    print(
+        f"proxy CPU per session-second: {used / session_seconds * 1000:.2f} ms "
+        f"({used:.1f} s for {session_seconds:.0f} session-seconds); RSS {idle / 1024:.1f} MiB "
+        f"idle, peak {peak / 1024:.1f} MiB: {(peak - idle) / 1024 / args.relay_sessions:.3f} "
+        "MiB per session"
+    )
+
+
 async def bench(args: argparse.Namespace) -> None:
+    parts = {"embedded": embedded, "synthesized": synthesized, "load": load, "relay": relay}
     for name in args.parts:
-        await {"embedded": embedded, "synthesized": synthesized, "load": load}[name](args)
+        await parts[name](args)
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["upstream"]:
+        run_realtime_upstream(int(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "parts", nargs="*", default=["embedded", "synthesized", "load"], help="what to measure"
+        "parts",
+        nargs="*",
+        default=["embedded", "synthesized", "load", "relay"],
+        help="what to measure",
     )
     parser.add_argument("--sentences", type=int, default=24, help="sentences per stream (24)")
     parser.add_argument("--sessions", type=int, default=100, help="sessions at once under load")
-    asyncio.run(bench(parser.parse_args()))
+    parser.add_argument("--relay-sessions", type=int, default=200, help="relayed sessions at once")
+    parser.add_argument("--relay-seconds", type=float, default=20.0, help="each relayed session")
+    parser.add_argument("--rounds", type=int, default=4, help="relay latency rounds, interleaved")
+    parser.add_argument("--beam", type=int, default=1, help="the embedded model's beam (1)")
+    parser.add_argument(
+        "--vad", default="auto", help="speech detector for the fake-upstream runs (auto)"
+    )
+    args = parser.parse_args()
+    global VAD
+    VAD = args.vad
+    asyncio.run(bench(args))
 
 
 if __name__ == "__main__":
