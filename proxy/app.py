@@ -72,7 +72,19 @@ AZURE_TRANSCRIPTION_PATHS = (
     "/openai/deployments/{deployment_id}/audio/transcriptions",
 )
 
-_COUNTED_ROUTES = frozenset((*TRANSCRIPTION_PATHS, *AZURE_TRANSCRIPTION_PATHS))
+TRANSLATION_PATHS = tuple(p.replace("transcriptions", "translations") for p in TRANSCRIPTION_PATHS)
+AZURE_TRANSLATION_PATHS = tuple(
+    p.replace("transcriptions", "translations") for p in AZURE_TRANSCRIPTION_PATHS
+)
+
+_COUNTED_ROUTES = frozenset(
+    (
+        *TRANSCRIPTION_PATHS,
+        *AZURE_TRANSCRIPTION_PATHS,
+        *TRANSLATION_PATHS,
+        *AZURE_TRANSLATION_PATHS,
+    )
+)
 
 #: Keyword arguments for aiohttp's server. A handler is cancelled the moment
 #: its client goes away, so the upstream request it holds is aborted at once.
@@ -136,12 +148,14 @@ def create_app(config: Config, providers: Mapping[str, Provider] | None = None) 
     app.router.add_get("/v1/models", handlers.list_models)
     if proxy.web_ui:
         add_web_ui(app)
-    for path in TRANSCRIPTION_PATHS:
-        app.router.add_post(path, handlers.create_transcription, expect_handler=expect_continue)
-    for path in AZURE_TRANSCRIPTION_PATHS:
-        app.router.add_post(
-            path, handlers.create_azure_transcription, expect_handler=expect_continue
-        )
+    for paths, handler in (
+        (TRANSCRIPTION_PATHS, handlers.create_transcription),
+        (AZURE_TRANSCRIPTION_PATHS, handlers.create_azure_transcription),
+        (TRANSLATION_PATHS, handlers.create_translation),
+        (AZURE_TRANSLATION_PATHS, handlers.create_azure_translation),
+    ):
+        for path in paths:
+            app.router.add_post(path, handler, expect_handler=expect_continue)
     for path in REALTIME_PATHS:
         app.router.add_get(path, realtime_session)
     for path in CLIENT_SECRET_PATHS:
@@ -156,7 +170,10 @@ async def _stores(app: web.Application) -> AsyncIterator[None]:
     redis = connect_redis(proxy.redis_url) if proxy.redis_url is not None else None
     counters: Counters = RedisCounters(redis) if redis is not None else MemoryCounters()
     app[GOVERNOR_KEY] = Governor(
-        app[CONFIG_KEY].governance, counters, fail_open=proxy.redis_fail_open
+        app[CONFIG_KEY].governance,
+        counters,
+        fail_open=proxy.redis_fail_open,
+        metrics=app[METRICS_KEY],
     )
     store: CacheStore = (
         RedisStore(redis)

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .form import PIECE_BYTES
 from .metrics import Metrics
-from .models import AudioSource, FormField, TranscriptEvent, UpstreamCall
+from .models import AudioSource, FormField, Task, TranscriptEvent, UpstreamCall
 from .router import Route
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class TranscriptionJob:
     request_id: str | None = None
     #: A provider key the client brought (``allow_direct_keys``), used instead of ours.
     api_key: str | None = field(default=None, repr=False)
+    task: Task = "transcription"
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,7 @@ class RouteDispatch:
                     audio=job.audio,
                     request_id=job.request_id,
                     api_key=job.api_key,
+                    task=job.task,
                 )
             )
             async with aclosing(events):

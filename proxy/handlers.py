@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from .answers.events import final_answer
-from .answers.relay import STREAM_REQUEST_TYPE, relay
+from .answers.relay import relay, streamed
 from .answers.responses import json_response, transcription_response
 from .app_state import (
     AUTH_KEY,
@@ -33,9 +33,16 @@ from .dispatch import Dispatch, Served, TranscriptionJob
 from .errors import AnsweredFromCacheError, BadGatewayError, InvalidRequestError
 from .form import FormReader, TranscriptionForm, repr_digest_sha256
 from .form.fields import fallbacks_of, first_value, forwarded, parse_stream
-from .governance.metering import audio_seconds
+from .governance.metering import note_answer
 from .metrics import metrics_response
-from .models import AudioSource, FormField, RequestFacts, TranscriptDone, TranscriptEvent
+from .models import (
+    AudioSource,
+    FormField,
+    RequestFacts,
+    Task,
+    TranscriptDone,
+    TranscriptEvent,
+)
 
 RAW_REQUEST_HEADER = "x-bf-send-back-raw-request"
 RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
@@ -66,7 +73,12 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def create_transcription(request: web.Request) -> web.StreamResponse:
     """``POST /v1/audio/transcriptions`` and its OpenAI-integration aliases."""
-    return await _transcribe(request, deployment=None)
+    return await _transcribe(request, "transcription", deployment=None)
+
+
+async def create_translation(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/audio/translations`` and its aliases: the audio's words in English."""
+    return await _transcribe(request, "translation", deployment=None)
 
 
 async def create_azure_transcription(request: web.Request) -> web.StreamResponse:
@@ -76,12 +88,22 @@ async def create_azure_transcription(request: web.Request) -> web.StreamResponse
     client's ``api-version`` is not passed on: the upstream gets the one its
     provider is configured with.
     """
-    return await _transcribe(request, deployment=request.match_info["deployment_id"])
+    return await _transcribe(
+        request, "transcription", deployment=request.match_info["deployment_id"]
+    )
 
 
-async def _transcribe(request: web.Request, *, deployment: str | None) -> web.StreamResponse:
+async def create_azure_translation(request: web.Request) -> web.StreamResponse:
+    """A translation on the Azure OpenAI integration (as :func:`create_azure_transcription`)."""
+    return await _transcribe(request, "translation", deployment=request.match_info["deployment_id"])
+
+
+async def _transcribe(
+    request: web.Request, task: Task, *, deployment: str | None
+) -> web.StreamResponse:
     app = request.app
     facts = request[FACTS_KEY]
+    facts.request_type = task
     # Who is asking, and how the cache is to be used, are settled before a
     # byte of the body is read.
     caller = app[AUTH_KEY].identify(request.headers)
@@ -95,6 +117,7 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
         facts=facts,
         hash_audio=caching is not None,
         expected_sha256=declared_sha256,
+        task=task,
     ) as reader:
         form = await reader.read()
         if form.audio is None:
@@ -104,7 +127,7 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
             raise _missing("model")
         facts.model_requested = requested
         if _wants_stream(form.fields):
-            facts.request_type = STREAM_REQUEST_TYPE
+            facts.request_type = streamed(task)
         routes = app[ROUTER_KEY].plan(
             requested, fallbacks_of(form.fields), azure_deployment=deployment is not None
         )
@@ -114,7 +137,9 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
         async with governor.metered(caller, routes[0], facts):
             lookup: CacheLookup | None = None
             if caching is not None:
-                lookup = app[CACHE_KEY].lookup(caching, caller, routes[0], declared_sha256)
+                lookup = app[CACHE_KEY].lookup(
+                    caching, caller, routes[0], declared_sha256, task=task
+                )
                 if (hit := await lookup.before_sending(form)) is not None:
                     return await _answer_from_cache(request, lookup, hit, form)
                 lookup.hold(form)
@@ -124,6 +149,7 @@ async def _transcribe(request: web.Request, *, deployment: str | None) -> web.St
                 form.audio,
                 request_id=facts.request_id,
                 api_key=caller.direct_key,
+                task=task,
             )
             dispatch = await app[DISPATCHER_KEY].dispatch(job, request.content_length)
             try:
@@ -170,7 +196,7 @@ async def _answer(
         done = first if isinstance(first, TranscriptDone) else await final_answer(events)
     served = dispatch.served
     _note_served(facts, served)
-    facts.audio_seconds = audio_seconds(done)
+    note_answer(facts, done)
     if lookup is not None:
         await lookup.save(done, form, facts)
     return transcription_response(

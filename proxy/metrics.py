@@ -167,12 +167,30 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        self.metered_requests = Counter(
+            "proxy_metered_requests",
+            "Answered requests settled against limits and budgets, by where their audio "
+            "length came from (answer, container, reservation).",
+            ["source"],
+            registry=registry,
+        )
+        self.metered_audio_seconds = Counter(
+            "proxy_metered_audio_seconds",
+            "Audio seconds settled against limits and budgets, by where the length came from.",
+            ["source"],
+            registry=registry,
+        )
         #: The series of each (route, provider, model, status) answered, looked up once.
         self._answered: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self.tasks = Gauge(
             "proxy_asyncio_tasks", "Tasks alive on the event loop.", registry=registry
         )
         self.tasks.set_function(_task_count)
+
+    def metered(self, source: str, seconds: float) -> None:
+        """A request settled on ``seconds`` of audio, known from ``source``."""
+        self.metered_requests.labels(source=source).inc()
+        self.metered_audio_seconds.labels(source=source).inc(seconds)
 
     def answered(
         self, route: str, provider: str | None, model: str | None, status: int, seconds: float

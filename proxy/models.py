@@ -5,7 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any, Literal, Protocol
+
+#: What a request asks of the audio: its words as spoken, or in English.
+Task = Literal["transcription", "translation"]
+
+#: Each task's path under OpenAI's ``/v1`` (and an Azure deployment's ``/openai/deployments/{id}``).
+TASK_PATHS: dict[Task, str] = {
+    "transcription": "audio/transcriptions",
+    "translation": "audio/translations",
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class UpstreamCall:
     request_id: str | None = None
     #: A provider key the client brought (``allow_direct_keys``), used instead of ours.
     api_key: str | None = field(default=None, repr=False)
+    task: Task = "transcription"
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,22 @@ class TranscriptDone:
 TranscriptEvent = TranscriptDelta | TranscriptDone
 
 
+@dataclass(frozen=True)
+class TokenUsage:
+    """The tokens an answer reports using (``usage.type: tokens``)."""
+
+    input_audio: int = 0
+    input_text: int = 0
+    output_text: int = 0
+
+
+class AudioLength(Protocol):
+    """The upload's length as its container tells it, learnt as its bytes pass."""
+
+    def finish(self) -> float | None:
+        """The length in seconds of what has passed; None when the container does not say."""
+
+
 @dataclass
 class RequestFacts:
     """What is known of a request so far, for its answer, its errors and its logs."""
@@ -103,10 +129,14 @@ class RequestFacts:
     #: Audio bytes read from the client, and events streamed back to it.
     audio_bytes: int = 0
     events_sent: int = 0
+    #: Whether an answer came back (a request that got none is not charged).
+    answered: bool = False
     #: The audio length the answer reported, for limits and budgets.
     audio_seconds: float = 0.0
-    #: The file's first bytes, for reading its length from a WAV header.
-    audio_head: bytes = b""
+    #: The tokens the answer reported, for budgets priced by the token.
+    answer_tokens: TokenUsage | None = None
+    #: The upload's length as its container tells it (when the answer does not).
+    audio_length: AudioLength | None = None
     #: How many chunks a long upload was cut into (None: sent whole).
     audio_chunks: int | None = None
     #: ``extra_fields.cache_debug`` when the request used the transcript cache.

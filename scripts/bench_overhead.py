@@ -10,6 +10,16 @@ medians. Everything runs on 127.0.0.1.
     .venv/bin/python scripts/bench_overhead.py --rounds 1 --small 300 --upload-mib 256
     git worktree add /tmp/before REV
     .venv/bin/python scripts/bench_overhead.py --baseline /tmp/before
+    .venv/bin/python scripts/bench_overhead.py --duration-only
+
+The container-length reader (what limits and budgets settle on when an
+answer gives no seconds) reads every upload as it passes; its cost is
+measured on MP3, Ogg Opus and WebM Opus uploads relayed through the proxy: the
+proxy's CPU per GiB relayed (the reader on), and the reader's own CPU per
+GiB fed the same bytes in the proxy's piece size in this process; the
+relay without it is the difference. The uploads are a minute of encoded
+noise repeated to the size (the reader parses heads and tails, so what is
+in the middle only has to be passed along).
 """
 
 from __future__ import annotations
@@ -201,23 +211,33 @@ async def concurrent_requests(url: str, count: int, concurrency: int) -> tuple[l
         return times, time.perf_counter() - started
 
 
-async def upload(url: str, size: int, pid: int | None) -> tuple[float, float, float]:
-    """A ``size``-byte upload, generated as sent: MiB/s, CPU s/GiB of ``pid``, its peak RSS MiB."""
+async def upload(
+    url: str,
+    size: int,
+    pid: int | None,
+    block: bytes | None = None,
+    filename: str = "a.wav",
+    content_type: str = "audio/wav",
+) -> tuple[float, float, float]:
+    """A ``size``-byte upload, generated as sent (``block`` repeated): MiB/s, CPU s/GiB of
+    ``pid``, its peak RSS MiB."""
     head = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
-        "Content-Type: audio/wav\r\n\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n"
     ).encode()
     tail = f"\r\n--{BOUNDARY}--\r\n".encode()
-    block = os.urandom(MIB)
+    block = block or os.urandom(MIB)
+    blocks = size // len(block)
 
     async def body() -> AsyncIterator[bytes]:
         yield head
-        for _ in range(size // MIB):
+        for _ in range(blocks):
             yield block
         yield tail
 
-    headers = {**HEADERS, "Content-Length": str(len(head) + size // MIB * MIB + len(tail))}
+    size = blocks * len(block)
+    headers = {**HEADERS, "Content-Length": str(len(head) + size + len(tail))}
     cpu_before = cpu_seconds(pid) if pid else 0.0
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -326,6 +346,9 @@ FLOOR = "aiohttp floor"
 
 
 async def bench(args: argparse.Namespace) -> None:
+    if args.duration_only:
+        await duration_reader_cost(args)
+        return
     upstream_port = free_port()
     command = (sys.executable, __file__, "upstream", "--port", str(upstream_port))
     config = one_provider(upstream_port)
@@ -380,6 +403,83 @@ async def bench(args: argparse.Namespace) -> None:
 
     scaling = await workers_scaling(args)
     report(args, small, sse, loaded, uploads, scaling)
+    print()
+    await duration_reader_cost(args)
+
+
+def encoded_minute(container: str, codec: str) -> bytes:
+    """A minute of noise, 48 kHz mono, encoded (PyAV, the ``long-audio`` extra)."""
+    import io
+
+    import av
+    import numpy as np
+
+    buffer = io.BytesIO()
+    rate = 48000
+    with av.open(buffer, "w", format=container) as output:
+        stream: Any = output.add_stream(codec, rate=rate, layout="mono")
+        noise = (np.random.default_rng(1).standard_normal(rate * 60) * 3000).astype(np.int16)
+        for start in range(0, len(noise), 960):
+            frame = av.AudioFrame.from_ndarray(
+                noise[None, start : start + 960], format="s16", layout="mono"
+            )
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                output.mux(packet)
+        for packet in stream.encode(None):
+            output.mux(packet)
+    return buffer.getvalue()
+
+
+def reader_cpu_per_gib(data: bytes, size: int) -> float:
+    """CPU s/GiB of :class:`DurationReader` fed ``data`` repeated to ``size``, in the
+    proxy's piece size."""
+    from proxy.audio.duration import DurationReader
+    from proxy.form.limits import PIECE_BYTES
+
+    pieces = [data[i : i + PIECE_BYTES] for i in range(0, len(data), PIECE_BYTES)]
+    reader = DurationReader()
+    fed = 0
+    started = time.process_time()
+    while fed < size:
+        for piece in pieces:
+            reader.feed(piece)
+        fed += len(data)
+    reader.finish()
+    return (time.process_time() - started) / (fed / (1024 * MIB))
+
+
+async def duration_reader_cost(args: argparse.Namespace) -> None:
+    """The container-length reader's CPU against the relay's own, MP3, Ogg and WebM."""
+    upstream_port = free_port()
+    command = (sys.executable, __file__, "upstream", "--port", str(upstream_port))
+    kinds = {
+        "MP3": (encoded_minute("mp3", "libmp3lame"), "a.mp3", "audio/mpeg"),
+        "Ogg Opus": (encoded_minute("ogg", "libopus"), "a.ogg", "audio/ogg"),
+        "WebM Opus": (encoded_minute("webm", "libopus"), "a.webm", "audio/webm"),
+    }
+    size = args.upload_mib * MIB
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in kinds}
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(running(*command, up=f"http://127.0.0.1:{upstream_port}/"))
+        port, proxy = await stack.enter_async_context(proxy_with(one_provider(upstream_port)))
+        url = f"http://127.0.0.1:{port}{PATH}"
+        for _ in range(args.rounds):
+            for name, (data, filename, content_type) in kinds.items():
+                _, relay, _ = await upload(url, size, proxy.pid, data, filename, content_type)
+                results[name].append((relay, reader_cpu_per_gib(data, size)))
+    print(
+        f"container-length reader, {args.upload_mib} MiB uploads, median of {args.rounds}\n\n"
+        "| upload | proxy CPU s/GiB (reader on) | reader CPU s/GiB | relay without it | "
+        "reader / relay |\n|---|---|---|---|---|"
+    )
+    for name, runs in results.items():
+        relay = statistics.median(r for r, _ in runs)
+        reader = statistics.median(c for _, c in runs)
+        print(
+            f"| {name} | {relay:.3f} | {reader:.4f} | {relay - reader:.3f} | "
+            f"{reader / (relay - reader) * 100:.1f} % |"
+        )
 
 
 def report(
@@ -455,6 +555,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wrk-seconds", type=int, default=5, help="each wrk run of the workers scaling (5)"
+    )
+    parser.add_argument(
+        "--duration-only",
+        action="store_true",
+        help="only the container-length reader's cost against the relay's",
     )
 
 

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from proxy.audio.wav import wav_header
 from tests.helpers.client import URL, ProxyFactory, base_url, form, post
 from tests.helpers.errors import assert_error
 from tests.helpers.processes import RedisServer, start_proxy_process
@@ -415,14 +416,6 @@ async def test_audio_is_metered_from_a_wav_header_when_the_answer_says_nothing(
     assert statuses == [200, 200, 200, 402]
 
 
-def test_wav_seconds() -> None:
-    from proxy.governance.metering import wav_seconds
-
-    sample = (Path(__file__).parent / "data" / "sample.wav").read_bytes()
-    assert 9.0 < wav_seconds(sample[:64], len(sample)) < 9.2
-    assert wav_seconds(b"ID3" + bytes(61), 1000) == 0.0
-
-
 async def test_a_request_that_fails_after_admission_gives_its_reservation_back(
     make_proxy: ProxyFactory, upstream: FakeUpstream, backup: FakeUpstream, tmp_path: Path
 ) -> None:
@@ -464,3 +457,110 @@ async def test_a_request_that_fails_after_admission_gives_its_reservation_back(
         )
         statuses.append(status)
     assert statuses == [200, 200, 402]  # the failed ones cost nothing
+
+
+def reports_tokens(audio: int, text: int, output: int) -> Any:
+    """gpt-4o-transcribe's ``json`` answer: token usage, no seconds, no duration."""
+
+    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        usage = {
+            "type": "tokens",
+            "input_tokens": audio + text,
+            "input_token_details": {"audio_tokens": audio, "text_tokens": text},
+            "output_tokens": output,
+            "total_tokens": audio + text + output,
+        }
+        return web.json_response({"text": "x", "usage": usage})
+
+    return respond
+
+
+async def test_a_budget_priced_by_the_token_settles_on_the_answers_tokens(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    # USD per million tokens; each answer: 1000 audio tokens ($0.006), 50 prompt
+    # tokens ($0.000125), 100 output tokens ($0.001): $0.007125. Reserved before
+    # it: 30 s at 10 audio and 3 text tokens a second, $0.0027.
+    upstream.respond = reports_tokens(1000, 50, 100)
+    prices = {
+        "openai/whisper-1": {
+            "input_audio_tokens": 6.0,
+            "input_text_tokens": 2.5,
+            "output_text_tokens": 10.0,
+        }
+    }
+    budget = {"id": "b", "max_limit": 0.01, "reset_duration": "1d"}
+    config = governed(upstream, budgets=[budget], model_prices=prices, reserve_audio_seconds=30)
+    config["governance"]["virtual_keys"][0]["budget_id"] = "b"
+    server = await make_proxy(config)
+    statuses = []
+    for _ in range(3):
+        status, _, _ = await post(
+            server, form(("model", "whisper-1"), ("file", b"RIFF")), {"x-bf-vk": VK}
+        )
+        statuses.append(status)
+    # $0.007125 spent after one; the second is admitted at $0.009825 and
+    # settles to $0.01425; the third is refused.
+    assert statuses == [200, 200, 402]
+
+
+async def metered(server: TestServer) -> dict[str, float]:
+    """``proxy_metered_audio_seconds_total`` by source, from ``GET /metrics``."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{base_url(server)}/metrics") as response,
+    ):
+        text = await response.text()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("proxy_metered_audio_seconds_total{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('source="')[1].split('"')[0]] = float(value)
+    return found
+
+
+async def test_an_answer_without_seconds_settles_on_the_containers_length(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    upstream.respond = reports_tokens(1000, 0, 10)
+    budget = {"id": "b", "max_limit": 20, "reset_duration": "1d", "unit": "audio_seconds"}
+    config = governed(upstream, budgets=[budget], reserve_audio_seconds=1)
+    config["governance"]["virtual_keys"][0]["budget_id"] = "b"
+    server = await make_proxy(config)
+    sample = (Path(__file__).parent / "data" / "sample.wav").read_bytes()  # 9.08 s
+    statuses = []
+    for _ in range(4):
+        status, _, _ = await post(
+            server, form(("model", "whisper-1"), ("file", sample)), {"x-bf-vk": VK}
+        )
+        statuses.append(status)
+    assert statuses == [200, 200, 200, 402]
+    seconds = await metered(server)
+    assert abs(seconds["container"] - 3 * 9.08) < 0.05
+    assert "answer" not in seconds
+
+
+async def test_a_wav_header_that_lies_settles_on_what_was_sent(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    upstream.respond = reports_tokens(1000, 0, 10)
+    server = await make_proxy(governed(upstream))
+    two_seconds = bytes(2 * 16000 * 2)
+    claims_an_hour = wav_header(3600 * 16000 * 2) + two_seconds
+    status, _, _ = await post(
+        server, form(("model", "whisper-1"), ("file", claims_an_hour)), {"x-bf-vk": VK}
+    )
+    assert status == 200
+    assert abs((await metered(server))["container"] - 2.0) < 0.05
+
+
+async def test_an_unknown_container_settles_on_the_reservation(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    upstream.respond = reports_tokens(1000, 0, 10)
+    server = await make_proxy(governed(upstream, reserve_audio_seconds=7))
+    status, _, _ = await post(
+        server, form(("model", "whisper-1"), ("file", b"not audio at all")), {"x-bf-vk": VK}
+    )
+    assert status == 200
+    assert await metered(server) == {"reservation": 7.0}

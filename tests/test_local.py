@@ -216,6 +216,8 @@ def test_form_fields_become_decoder_options() -> None:
         word_timestamps=True,
         vad_filter=True,
     )
+    assert options.task == "transcribe"
+    assert DecodeOptions.of([], LocalSettings(), translate=True).task == "translate"
 
 
 async def test_models_lists_the_embedded_model(local: TestServer) -> None:
@@ -257,3 +259,21 @@ async def test_every_kind_of_upload_reaches_the_model(
     assert status == 200, document
     assert_heard(document["text"])
     assert no_leaks() == []
+
+
+async def test_the_english_only_model_says_it_cannot_translate(local: TestServer) -> None:
+    status, document, _ = await post(
+        local,
+        form(("model", "local/tiny.en"), ("file", sample())),
+        path="/v1/audio/translations",
+    )
+    message = assert_error(
+        document,
+        status=400,
+        code="model_cannot_translate",
+        param="model",
+        request_type="translation",
+    )
+    assert status == 400
+    assert "proxy.local.model_path" in message
+    assert "multilingual" in message

@@ -11,13 +11,18 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BadGatewayError, ProxyError, ServiceUnavailableError, error_body
-from ..governance.metering import audio_seconds
+from ..governance.metering import note_answer
 from ..metrics import Metrics
 from ..models import RequestFacts, TranscriptDelta, TranscriptDone, TranscriptEvent
 from .events import DELTA, deltas_of, done_event
 from .sse import EventStream
 
-STREAM_REQUEST_TYPE = "transcription_stream"
+
+def streamed(request_type: str) -> str:
+    """The request type of a streamed answer: ``transcription_stream``, ``translation_stream``."""
+    return request_type if request_type.endswith("_stream") else f"{request_type}_stream"
+
+
 #: The cancellation message that ends a stream at a shutdown's drain deadline.
 DRAIN_DEADLINE = "drain deadline"
 
@@ -38,7 +43,7 @@ class _TaggedEvents:
         since = self.facts.started if final else self.last_sent
         facts = self.facts
         extra_fields: dict[str, Any] = {
-            "request_type": STREAM_REQUEST_TYPE,
+            "request_type": facts.request_type,
             "provider": facts.provider,
             "model_requested": facts.model_requested,
             "model_deployment": facts.model_deployment,
@@ -75,7 +80,7 @@ async def relay(
     of a stream cut short when a shutdown's drain deadline passes: the task is
     registered in ``streams``, and cancelled with :data:`DRAIN_DEADLINE`.
     """
-    facts.request_type = STREAM_REQUEST_TYPE
+    facts.request_type = streamed(facts.request_type)
     stream = EventStream(request)
     await stream.open()
     tagged = _TaggedEvents(stream, facts, metrics)
@@ -124,7 +129,7 @@ def _error_event(error: ProxyError, facts: RequestFacts) -> dict[str, Any]:
         error,
         provider=facts.provider,
         model_requested=facts.model_requested,
-        request_type=STREAM_REQUEST_TYPE,
+        request_type=facts.request_type,
     )
 
 
@@ -140,7 +145,7 @@ async def _send_all(
                 # answer becomes deltas, so the stream is never empty.
                 for delta in deltas_of(event):
                     await tagged.send(_bifrost_delta(delta.event))
-            tagged.facts.audio_seconds = audio_seconds(event)
+            note_answer(tagged.facts, event)
             await tagged.send(done_event(event), final=True)
             return
         assert isinstance(event, TranscriptDelta)

@@ -18,7 +18,7 @@ import orjson
 from ..answers.formats import FORMATS, render
 from ..form.fields import PROXY_ONLY_FIELDS, first_value
 from ..governance.credentials import Caller
-from ..models import FormField, TranscriptDone
+from ..models import FormField, Task, TranscriptDone
 from ..router import Route
 
 #: Fields that do not change what was said: how the answer is framed, where
@@ -82,7 +82,13 @@ def cache_scope(caller: Caller) -> str:
 
 
 def cache_key(
-    *, scope: str, request_key: str, route: Route, fields: Sequence[FormField], audio_sha256: str
+    *,
+    scope: str,
+    request_key: str,
+    route: Route,
+    fields: Sequence[FormField],
+    audio_sha256: str,
+    task: Task = "transcription",
 ) -> str:
     """The entry's key: everything that decides what the answer says."""
     relevant = sorted(
@@ -93,6 +99,10 @@ def cache_key(
     # A diarized answer is another kind of document: it gets entries of its own.
     response_format = FORMATS.get(first_value(fields, "response_format") or "json")
     family = "diarized" if response_format is not None and response_format.diarized else "text"
+    if task != "transcription":
+        # The same audio's translation is another text: it never answers a
+        # transcription, nor one a translation.
+        family = task
     material = orjson.dumps(
         [
             _KEY_VERSION,

@@ -38,7 +38,7 @@ from ..form import TranscriptionForm
 from ..form.fields import first_value
 from ..governance.credentials import Caller
 from ..metrics import Metrics
-from ..models import FormField, RequestFacts, TranscriptDone
+from ..models import FormField, RequestFacts, Task, TranscriptDone
 from ..router import Route
 from .entries import CachedAnswer, cache_key, cache_scope
 from .stores import CacheStore, CacheStoreError
@@ -96,10 +96,16 @@ class TranscriptCache:
         caller: Caller,
         route: Route,
         declared_sha256: bytes | None = None,
+        task: Task = "transcription",
     ) -> CacheLookup:
         """One request's use of the cache, for the primary ``route``."""
         return CacheLookup(
-            self, request, scope=cache_scope(caller), route=route, declared_sha256=declared_sha256
+            self,
+            request,
+            scope=cache_scope(caller),
+            route=route,
+            declared_sha256=declared_sha256,
+            task=task,
         )
 
     async def get(self, key: str, wanted_format: str) -> CacheHit | None:
@@ -146,8 +152,10 @@ class CacheLookup:
         scope: str,
         route: Route,
         declared_sha256: bytes | None = None,
+        task: Task = "transcription",
     ) -> None:
         self._cache = cache
+        self._task = task
         self._request = request
         self._scope = scope
         self._route = route
@@ -167,6 +175,7 @@ class CacheLookup:
             route=self._route,
             fields=fields,
             audio_sha256=audio_sha256,
+            task=self._task,
         )
 
     async def find(self, fields: Sequence[FormField], audio_sha256: str) -> CacheHit | None:

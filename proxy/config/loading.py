@@ -31,6 +31,7 @@ from .schema import (
     JwtConfig,
     KeyConfig,
     LocalSettings,
+    ModelPrice,
     NetworkConfig,
     ProviderConfig,
     ProviderKind,
@@ -146,7 +147,7 @@ def _governance(section: Section) -> GovernanceConfig:
             raise ConfigError(f"{jwt_section.path}: needs hs256_secret or rs256_public_key")
         jwt_section.warn_unused()
     prices_section = section.section("model_prices")
-    prices = {name: prices_section.number(name, 0.0) for name in prices_section.names()}
+    prices = {name: _model_price(prices_section, name) for name in prices_section.names()}
     governance = GovernanceConfig(
         virtual_keys=tuple(keys),
         jwt=jwt,
@@ -155,6 +156,22 @@ def _governance(section: Section) -> GovernanceConfig:
     )
     section.warn_unused()
     return governance
+
+
+def _model_price(prices: Section, name: str) -> ModelPrice:
+    """A number is USD per audio minute; an object names per-minute or per-token prices."""
+    if not isinstance(prices.peek(name), dict):
+        return ModelPrice(per_minute=prices.number(name, 0.0))
+    entry = prices.section(name)
+    price = ModelPrice(
+        per_minute=entry.number("per_minute", 0.0),
+        # USD per million tokens, as providers publish them.
+        input_audio_tokens=entry.number("input_audio_tokens", 0.0),
+        input_text_tokens=entry.number("input_text_tokens", 0.0),
+        output_text_tokens=entry.number("output_text_tokens", 0.0),
+    )
+    entry.warn_unused()
+    return price
 
 
 def _client(section: Section) -> ClientConfig:

@@ -297,13 +297,29 @@ class JwtConfig:
 
 
 @dataclass(frozen=True)
+class ModelPrice:
+    """What a model's audio costs in USD: per audio minute, or per million tokens of each
+    kind an answer reports (``usage.type: tokens``, as gpt-4o-transcribe answers)."""
+
+    per_minute: float = 0.0
+    input_audio_tokens: float = 0.0
+    input_text_tokens: float = 0.0
+    output_text_tokens: float = 0.0
+
+    @property
+    def per_token(self) -> bool:
+        """Whether the model is priced by the tokens its answers report."""
+        return bool(self.input_audio_tokens or self.input_text_tokens or self.output_text_tokens)
+
+
+@dataclass(frozen=True)
 class GovernanceConfig:
     """Bifrost's ``governance`` section, with audio-priced budgets."""
 
     virtual_keys: tuple[VirtualKeyConfig, ...] = ()
     jwt: JwtConfig | None = None
-    #: USD per audio minute, by model (``whisper-1``) or ``provider/model``.
-    model_prices: Mapping[str, float] = field(default_factory=dict)
+    #: Prices by model (``whisper-1``) or ``provider/model``.
+    model_prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     #: Audio seconds reserved for a request before its length is known.
     reserve_audio_seconds: float = 30.0
 

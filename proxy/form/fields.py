@@ -11,7 +11,7 @@ import orjson
 from ..answers.formats import FORMATS
 from ..errors import InvalidRequestError
 from ..logs import looks_like_a_credential
-from ..models import FormField
+from ..models import FormField, Task
 from .limits import FormLimits
 
 TIMESTAMP_GRANULARITIES = frozenset({"word", "segment"})
@@ -24,14 +24,22 @@ SINGULAR_FIELDS = frozenset(
 #: Fields for the proxy only, never sent upstream.
 PROXY_ONLY_FIELDS = frozenset({"fallbacks", "fallbacks[]"})
 
+#: Fields a translation does not take: it is always into English (OpenAI refuses
+#: ``language`` there too), and its upstream has no streaming of its own, so a
+#: translation's ``stream`` is the proxy's to answer.
+_NOT_TRANSLATION_FIELDS = frozenset({"language"})
+_NOT_SENT_FOR_TRANSLATION = frozenset({"stream"})
+
 # ISO-639-1 codes are two letters; whisper servers also take a few
 # three-letter codes (haw, yue) and some accept a region suffix.
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?")
 
 
-def validate_field(field: FormField) -> None:
+def validate_field(field: FormField, task: Task = "transcription") -> None:
     """Raise :class:`InvalidRequestError` naming the field when its value is unusable."""
     name, value = field.name, field.value
+    if task == "translation":
+        _validate_translation_field(field)
     if name == "model":
         if not value.strip():
             raise InvalidRequestError("model must not be empty", param=name)
@@ -68,6 +76,22 @@ def validate_field(field: FormField) -> None:
         )
 
 
+def _validate_translation_field(field: FormField) -> None:
+    if field.name in _NOT_TRANSLATION_FIELDS:
+        raise InvalidRequestError(
+            f"{field.name} is not a translation field: a translation is always into English "
+            "and its source language is detected",
+            code="unsupported_field",
+            param=field.name,
+        )
+    if field.name == "response_format" and (found := FORMATS.get(field.value)) and found.diarized:
+        raise InvalidRequestError(
+            f"response_format {field.value} is for transcriptions; a translation is "
+            "json, text, srt, verbose_json or vtt",
+            param=field.name,
+        )
+
+
 def parse_temperature(value: str) -> float:
     """The temperature as a number in 0..1."""
     try:
@@ -94,9 +118,12 @@ def first_value(fields: Sequence[FormField], name: str) -> str | None:
     return next((f.value for f in fields if f.name == name), None)
 
 
-def forwarded(fields: Sequence[FormField]) -> list[FormField]:
+def forwarded(fields: Sequence[FormField], task: Task = "transcription") -> list[FormField]:
     """The fields passed upstream as sent: all but ``model`` and the proxy's own."""
-    return [f for f in fields if f.name != "model" and f.name not in PROXY_ONLY_FIELDS]
+    withheld = PROXY_ONLY_FIELDS
+    if task == "translation":
+        withheld = withheld | _NOT_SENT_FOR_TRANSLATION
+    return [f for f in fields if f.name != "model" and f.name not in withheld]
 
 
 def parse_fallbacks(field: FormField) -> list[str]:
@@ -125,8 +152,9 @@ class FieldChecks:
     """The rules a form's text fields keep, however the form is read: how many there
     are, how large each is, that each is text, that a singular one comes once."""
 
-    def __init__(self, limits: FormLimits) -> None:
+    def __init__(self, limits: FormLimits, task: Task = "transcription") -> None:
         self._limits = limits
+        self._task = task
         self._count = 0
         self._singular_seen: set[str] = set()
 
@@ -162,5 +190,5 @@ class FieldChecks:
                 raise InvalidRequestError(f"field {name} was sent more than once", param=name)
             self._singular_seen.add(name)
         result = FormField(name, value, content_type)
-        validate_field(result)
+        validate_field(result, self._task)
         return result

@@ -7,6 +7,7 @@ import binascii
 import hashlib
 from collections.abc import Mapping
 
+from ..audio.duration import DurationReader
 from ..errors import InvalidRequestError
 from ..metrics import Metrics
 from ..models import RequestFacts
@@ -72,15 +73,20 @@ class FileAccount:
         self._facts = facts
         self._expected_sha256 = expected_sha256
         self._hasher = hashlib.sha256() if hash_audio or expected_sha256 is not None else None
+        # The length is read from the container as the bytes pass, for metering an
+        # answer that does not say it (one that reports tokens, not seconds).
+        self._length = DurationReader() if facts is not None else None
+        if facts is not None:
+            facts.audio_length = self._length
 
     def took(self, piece: bytes) -> None:
         """A piece of the file has been read."""
         if self._hasher is not None:
             self._hasher.update(piece)
         self._metrics.audio_bytes_in.inc(len(piece))
+        if self._length is not None:
+            self._length.feed(piece)
         if self._facts is not None:
-            if not self._facts.audio_bytes:
-                self._facts.audio_head = piece[:64]
             self._facts.audio_bytes += len(piece)
 
     def read_whole(self) -> str | None:

@@ -25,7 +25,7 @@ from ..audio.sources import BufferedAudio, LiveAudio, SpooledAudio
 from ..audio.spool import Spool
 from ..errors import ClientGoneError, InvalidRequestError, MalformedBodyError, ProxyError
 from ..metrics import Metrics
-from ..models import FormField, RequestFacts
+from ..models import FormField, RequestFacts, Task
 from .body import ClientBody
 from .fields import FieldChecks
 from .file import DEFAULT_FILE_TYPE, FileAccount, sendable_filename
@@ -72,6 +72,7 @@ class FormReader:
         facts: RequestFacts | None = None,
         hash_audio: bool = False,
         expected_sha256: bytes | None = None,
+        task: Task = "transcription",
     ) -> None:
         self._request = request
         self._limits = limits
@@ -82,7 +83,7 @@ class FormReader:
         self._parser: FormParser  # made by read(), once the body's headers are checked
         #: Whether the parser has been fed the end of the body.
         self._fed_all = False
-        self._fields = FieldChecks(limits)
+        self._fields = FieldChecks(limits, task)
         self._file = FileAccount(metrics, facts, hash_audio, expected_sha256)
         self._file_seen = False
         self._form = TranscriptionForm()

@@ -13,7 +13,7 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from ..config import GovernanceConfig, VirtualKeyConfig
+from ..config import GovernanceConfig, ModelPrice, VirtualKeyConfig
 from ..errors import (
     BudgetExceededError,
     PermissionDeniedError,
@@ -21,11 +21,18 @@ from ..errors import (
     RateLimitedError,
     ServiceUnavailableError,
 )
-from ..models import RequestFacts
+from ..metrics import Metrics
+from ..models import RequestFacts, TokenUsage
 from ..router import Route
 from .counters import Counters, CounterStoreError
 from .credentials import Caller
-from .metering import seconds_used
+from .metering import audio_used
+
+#: What a second of speech comes to for a model priced by the token, to reserve
+#: a budget before the answer says (OpenAI's audio input runs about 10 tokens a
+#: second; speech about 3 text tokens). Settled on the answer's own count.
+AUDIO_TOKENS_PER_S = 10.0
+TEXT_TOKENS_PER_S = 3.0
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,19 @@ class AudioReservation:
     message: str
     #: Audio seconds already charged at an earlier rate (a session that changed model).
     base_seconds: float = 0.0
+    #: A budget's model price when it is by the token: settled on the answer's tokens.
+    token_price: ModelPrice | None = None
+
+    def used(self, audio_seconds: float, tokens: TokenUsage | None) -> float:
+        """What a request that used ``audio_seconds`` (and ``tokens``) takes from the counter."""
+        if self.token_price is not None and tokens is not None and not self.base_seconds:
+            price = self.token_price
+            return (
+                tokens.input_audio * price.input_audio_tokens
+                + tokens.input_text * price.input_text_tokens
+                + tokens.output_text * price.output_text_tokens
+            ) / 1e6
+        return max(0.0, audio_seconds - self.base_seconds) * self.rate
 
 
 @dataclass
@@ -69,10 +89,18 @@ class Admission:
 class Governor:
     """Applies a caller's permissions and limits."""
 
-    def __init__(self, config: GovernanceConfig, counters: Counters, *, fail_open: bool) -> None:
+    def __init__(
+        self,
+        config: GovernanceConfig,
+        counters: Counters,
+        *,
+        fail_open: bool,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._config = config
         self._counters = counters
         self._fail_open = fail_open
+        self._metrics = metrics
 
     def check_routes(self, caller: Caller, routes: Sequence[Route]) -> None:
         """403 unless the caller may use every provider and model it would be sent to."""
@@ -88,11 +116,23 @@ class Governor:
                     param="model",
                 )
 
-    def price_per_second(self, route: Route) -> float:
-        """USD per audio second for ``route``'s model (0 when unpriced)."""
+    def price_of(self, route: Route) -> ModelPrice | None:
+        """``route``'s model's price, named as ``provider/model`` or as the model alone."""
         prices = self._config.model_prices
-        per_minute = prices.get(f"{route.provider.name}/{route.model}", prices.get(route.model, 0))
-        return per_minute / 60
+        return prices.get(f"{route.provider.name}/{route.model}", prices.get(route.model))
+
+    def price_per_second(self, route: Route) -> float:
+        """USD per audio second for ``route``'s model (0 when unpriced); for a model
+        priced by the token, what a second of speech comes to."""
+        price = self.price_of(route)
+        if price is None:
+            return 0.0
+        if price.per_minute or not price.per_token:
+            return price.per_minute / 60
+        return (
+            AUDIO_TOKENS_PER_S * price.input_audio_tokens
+            + TEXT_TOKENS_PER_S * price.output_text_tokens
+        ) / 1e6
 
     async def admit(self, caller: Caller, route: Route, *, count_request: bool = True) -> Admission:
         """Reserve the request's share of the caller's limits, or refuse it."""
@@ -124,8 +164,11 @@ class Governor:
                 )
             )
         budget = key.budget
+        token_price: ModelPrice | None = None
         if budget is not None:
             rate = 1.0 if budget.unit == "audio_seconds" else self.price_per_second(route)
+            if budget.unit == "usd" and (price := self.price_of(route)) and price.per_token:
+                token_price = price
             if rate:
                 wanted.append(
                     (
@@ -162,6 +205,7 @@ class Governor:
                         rate=amount / reserve_s if reserve_s else 0.0,
                         refusal=type(refusal),
                         message=refusal.message,
+                        token_price=token_price if name.startswith("budget:") else None,
                     )
                 )
         return admission
@@ -211,24 +255,28 @@ class Governor:
         self, caller: Caller, route: Route, facts: RequestFacts
     ) -> AsyncIterator[Admission]:
         """The request admitted, and its reservations settled with the audio it used
-        (:func:`~.metering.seconds_used`) however it ends."""
+        (:func:`~.metering.audio_used`) however it ends."""
         admission = await self.admit(caller, route)
         try:
             yield admission
         finally:
-            await self.settle(admission, seconds_used(facts))
+            used = audio_used(facts, self._config.reserve_audio_seconds)
+            if self._metrics is not None and used.source != "none":
+                self._metrics.metered(used.source, used.seconds)
+            await self.settle(admission, used.seconds, used.tokens)
 
-    async def settle(self, admission: Admission, audio_seconds: float) -> None:
+    async def settle(
+        self, admission: Admission, audio_seconds: float, tokens: TokenUsage | None = None
+    ) -> None:
         """Replace the reservations with what the request really used."""
         if admission.settled:
             return
         admission.settled = True
         for reservation in admission.by_audio:
             try:
-                used = max(0.0, audio_seconds - reservation.base_seconds)
                 await self._counters.adjust(
                     reservation.name,
-                    used * reservation.rate - reservation.reserved,
+                    reservation.used(audio_seconds, tokens) - reservation.reserved,
                     reservation.window,
                 )
             except CounterStoreError as exc:

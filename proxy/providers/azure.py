@@ -5,11 +5,13 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from ..config import KeyConfig
+from ..models import TASK_PATHS, Task
 from .http import HttpProvider, websocket_url
 
 
 class AzureProvider(HttpProvider):
-    """``POST {endpoint}/openai/deployments/{deployment}/audio/transcriptions?api-version=``;
+    """``POST {endpoint}/openai/deployments/{deployment}/audio/transcriptions?api-version=``
+    (and ``.../audio/translations``);
     realtime sessions on Azure's own Realtime API.
 
     The endpoint, the deployment names and the API version come from the
@@ -23,14 +25,16 @@ class AzureProvider(HttpProvider):
                 return key.azure.deployments[model]
         return model
 
-    def target(self, model: str, key: KeyConfig | None) -> tuple[str, dict[str, str]]:
+    def target(
+        self, model: str, key: KeyConfig | None, task: Task = "transcription"
+    ) -> tuple[str, dict[str, str]]:
         # The config loader refuses an Azure provider without keys or endpoint.
         assert key is not None
         azure = key.azure
         assert azure is not None
         deployment = quote(azure.deployments.get(model, model), safe="")
         url = (
-            f"{azure.endpoint}/openai/deployments/{deployment}/audio/transcriptions"
+            f"{azure.endpoint}/openai/deployments/{deployment}/{TASK_PATHS[task]}"
             f"?api-version={quote(azure.api_version, safe='')}"
         )
         return url, {"api-key": key.value}

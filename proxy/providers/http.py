@@ -20,7 +20,7 @@ from ..answers.sse import read_events
 from ..config import KeyConfig, NetworkConfig, ProviderConfig
 from ..errors import BadGatewayError, GatewayTimeoutError, UpstreamError
 from ..metrics import Metrics
-from ..models import TranscriptDone, TranscriptEvent, UpstreamCall
+from ..models import Task, TranscriptDone, TranscriptEvent, UpstreamCall
 from .key_pool import KeyPool
 from .stream_events import StreamTranslator
 from .upstream_form import UpstreamBody
@@ -101,8 +101,10 @@ class HttpProvider:
     async def aclose(self) -> None:
         """Nothing to release: the app closes its session."""
 
-    def target(self, model: str, key: KeyConfig | None) -> tuple[str, dict[str, str]]:
-        """The URL to post to and the headers that carry ``key``."""
+    def target(
+        self, model: str, key: KeyConfig | None, task: Task = "transcription"
+    ) -> tuple[str, dict[str, str]]:
+        """The URL to post ``task`` to and the headers that carry ``key``."""
         raise NotImplementedError
 
     @property
@@ -152,7 +154,7 @@ class HttpProvider:
         key = self._keys.pick(call.model) if self._keys else None
         if call.api_key is not None:
             key = replace(key or KeyConfig(value=""), value=call.api_key)
-        url, headers = self.target(call.model, key)
+        url, headers = self.target(call.model, key, call.task)
         deadline = _Deadline(self._idle_s, self._per_mib_s)
         body = UpstreamBody(call, pacer=deadline)
         headers[aiohttp.hdrs.CONTENT_TYPE] = body.content_type

@@ -34,7 +34,14 @@ class KeyPool:
         return bool(self._keys)
 
     def _serving(self, model: str) -> list[int]:
-        return [i for i, key in enumerate(self._keys) if key.serves(model)]
+        serving = [i for i, key in enumerate(self._keys) if key.serves(model)]
+        if not serving:
+            # An Azure deployment route may name a deployment no key's map names
+            # as a model: it is the deployment itself (DESIGN.md section 1), for
+            # any Azure key not limited to ``models``. The router has refused such
+            # a name on /v1 already.
+            serving = [i for i, k in enumerate(self._keys) if k.azure is not None and not k.models]
+        return serving
 
     def _rested(self, indexes: list[int]) -> list[int]:
         now = self._clock()

@@ -109,7 +109,7 @@ class UpstreamBody:
         self.audio_bytes = 0
         audio = call.audio
         self._head = self._encoder.fields(
-            [FormField("model", call.model), *forwarded(call.fields)]
+            [FormField("model", call.model), *forwarded(call.fields, call.task)]
         ) + self._encoder.file_head("file", audio.filename, audio.content_type)
 
     @property
@@ -127,7 +127,7 @@ class UpstreamBody:
         audio = self._call.audio
         if audio.size is None:
             return None
-        trailing = self._encoder.fields(forwarded(audio.trailing_fields))
+        trailing = self._encoder.fields(forwarded(audio.trailing_fields, self._call.task))
         return (
             len(self._head) + audio.size + len(CRLF) + len(trailing) + len(self._encoder.closing())
         )
@@ -163,7 +163,8 @@ class UpstreamBody:
         except ProxyError as exc:
             self.failure = exc
             raise
-        gathered.append(CRLF + self._encoder.fields(forwarded(audio.trailing_fields)))
+        trailing = forwarded(audio.trailing_fields, self._call.task)
+        gathered.append(CRLF + self._encoder.fields(trailing))
         gathered.append(self._encoder.closing())
         pacer.waiting_for_upstream()
         yield b"".join(gathered)

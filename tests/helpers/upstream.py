@@ -73,7 +73,7 @@ async def transcript_json(request: web.Request, received: ReceivedRequest) -> we
     document: dict[str, Any] = {"text": text, "usage": {"type": "duration", "seconds": 2}}
     if fmt == "verbose_json":
         document = {
-            "task": "transcribe",
+            "task": "translate" if received.path.endswith("translations") else "transcribe",
             "language": "english",
             "duration": 2.0,
             "text": text,
@@ -118,10 +118,11 @@ class FakeUpstream:
         #: Refuse files larger than this with OpenAI's own 413 answer.
         self.max_file_bytes: int | None = None
         self.app = web.Application()
-        self.app.router.add_post("/v1/audio/transcriptions", self._handle)
-        self.app.router.add_post(
-            "/openai/deployments/{deployment}/audio/transcriptions", self._handle
-        )
+        for task in ("transcriptions", "translations"):
+            self.app.router.add_post(f"/v1/audio/{task}", self._handle)
+            self.app.router.add_post(
+                f"/openai/deployments/{{deployment}}/audio/{task}", self._handle
+            )
         self.server: TestServer | None = None
 
     @property

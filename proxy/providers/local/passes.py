@@ -48,9 +48,13 @@ class DecodeOptions:
     temperature: float | None = None
     word_timestamps: bool = False
     vad_filter: bool = False
+    #: Whisper's ``task``: ``transcribe``, or ``translate`` (into English).
+    task: str = "transcribe"
 
     @classmethod
-    def of(cls, fields: Sequence[FormField], settings: LocalSettings) -> DecodeOptions:
+    def of(
+        cls, fields: Sequence[FormField], settings: LocalSettings, *, translate: bool = False
+    ) -> DecodeOptions:
         """The options the form's fields and the settings give."""
         language = first_value(fields, "language")
         temperature = first_value(fields, "temperature")
@@ -66,6 +70,7 @@ class DecodeOptions:
             temperature=parse_temperature(temperature) if temperature is not None else None,
             word_timestamps="word" in granularities,
             vad_filter=settings.vad_filter,
+            task="translate" if translate else "transcribe",
         )
 
 
@@ -186,6 +191,7 @@ class RecordingDecode:
             "beam_size": options.beam_size,
             "language": self.language,
             "word_timestamps": options.word_timestamps,
+            "task": options.task,
         }
         if options.temperature is not None:
             kwargs["temperature"] = options.temperature

@@ -235,9 +235,18 @@ class LocalProvider:
                 f"the local model cannot tell speakers apart ({response_format})",
                 param="response_format",
             )
-        options = DecodeOptions.of(fields, self._settings)
+        translating = call.task == "translation"
+        options = DecodeOptions.of(fields, self._settings, translate=translating)
         streaming = (first_value(fields, "stream") or "").lower() == "true"
         whisper = await self._model.get()
+        if translating and not whisper.model.is_multilingual:
+            raise InvalidRequestError(
+                "the local model is English-only and cannot translate; set "
+                "proxy.local.model_path to a multilingual Whisper model (CTranslate2 format, "
+                "for example a conversion of openai/whisper-small) to translate locally",
+                code="model_cannot_translate",
+                param="model",
+            )
         decode = _WindowedDecode(
             call.audio,
             RecordingDecode(whisper, options),
@@ -270,7 +279,8 @@ class LocalProvider:
         yield transcript(
             segments,
             response_format=response_format,
-            language=decode.language,
+            # A translation is English, whatever it was spoken in (as OpenAI reports it).
+            language="en" if translating else decode.language,
             duration=decode.seconds,
             with_words=options.word_timestamps,
         )
