@@ -564,3 +564,20 @@ async def test_an_unknown_container_settles_on_the_reservation(
     )
     assert status == 200
     assert await metered(server) == {"reservation": 7.0}
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "ogg", "flac", "m4a"])
+async def test_every_container_settles_on_its_own_length(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, fmt: str
+) -> None:
+    spoken = pytest.importorskip("tests.helpers.spoken", reason="PyAV is not installed")
+    upstream.respond = reports_tokens(1000, 0, 10)
+    server = await make_proxy(governed(upstream))
+    data = spoken.encode(7, fmt)
+    status, _, _ = await post(
+        server,
+        form(("model", "whisper-1"), ("file", data), filename=f"talk.{fmt}"),
+        {"x-bf-vk": VK},
+    )
+    assert status == 200
+    assert abs((await metered(server))["container"] - 7.0) < 0.05
