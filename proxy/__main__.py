@@ -11,11 +11,9 @@ import signal
 import sys
 from types import FrameType
 
-from aiohttp import web
-
 from . import logs
-from .app import DRAIN_GRACE_S, SERVER_SETTINGS, create_app
 from .config import Config, ConfigError, load_config
+from .serving import serve
 
 log = logging.getLogger("proxy")
 
@@ -60,18 +58,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(config: Config, host: str, port: int, *, reuse_port: bool) -> None:
-    # run_app stops accepting on SIGTERM/SIGINT, lets what is in flight
-    # finish for drain_timeout_s, then cancels the rest and returns.
-    web.run_app(
-        create_app(config),
-        host=host,
-        port=port,
-        reuse_port=reuse_port,
-        shutdown_timeout=config.proxy.drain_timeout_s + DRAIN_GRACE_S,
-        keepalive_timeout=config.proxy.keepalive_timeout_s,
-        print=lambda message: log.info("%s", message),
-        **SERVER_SETTINGS,  # type: ignore[arg-type]
-    )
+    # Stops accepting on SIGTERM/SIGINT, serves what is in flight (bodies
+    # still arriving included) for up to drain_timeout_s, then exits.
+    serve(config, host, port, reuse_port=reuse_port)
 
 
 def _supervise(config: Config, host: str, port: int, workers: int) -> int:

@@ -107,7 +107,8 @@ def create_app(config: Config, providers: Mapping[str, Provider] | None = None) 
     """
     app = web.Application(middlewares=[observe_middleware, error_middleware])
     app[CONFIG_KEY] = config
-    app[STATE_KEY] = ServerState()
+    app[STATE_KEY] = state = ServerState()
+    state.idle.set()
     app[METRICS_KEY] = metrics = Metrics(
         providers=[*config.providers, *(providers or {})],
         models=[
@@ -142,8 +143,12 @@ def create_app(config: Config, providers: Mapping[str, Provider] | None = None) 
     app.cleanup_ctx.append(_stores)
     app.cleanup_ctx.append(_upstreams(providers))
     app.on_response_prepare.append(_tag_response)
-    app.on_shutdown.append(_start_draining)
+    # Our own serving loop starts the drain at SIGTERM; a runner that only has
+    # on_shutdown (a test server, say) starts it there. Either way, once.
+    app.on_shutdown.append(start_draining)
     app.router.add_get("/health", handlers.health)
+    app.router.add_get("/health/live", handlers.health)
+    app.router.add_get("/health/ready", handlers.ready)
     app.router.add_get("/metrics", handlers.metrics_page)
     app.router.add_get("/v1/models", handlers.list_models)
     if proxy.web_ui:
@@ -168,6 +173,7 @@ async def _stores(app: web.Application) -> AsyncIterator[None]:
     must share them (one connection pool for all), this process otherwise."""
     proxy = app[CONFIG_KEY].proxy
     redis = connect_redis(proxy.redis_url) if proxy.redis_url is not None else None
+    app[STATE_KEY].redis = redis
     counters: Counters = RedisCounters(redis) if redis is not None else MemoryCounters()
     app[GOVERNOR_KEY] = Governor(
         app[CONFIG_KEY].governance,
@@ -258,18 +264,28 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
 async def _tag_response(request: web.Request, response: web.StreamResponse) -> None:
     # Every response, errors and event streams included, says which request it answers.
     response.headers["x-request-id"] = logs.request_id.get()
+    if request.app[STATE_KEY].draining and not isinstance(response, web.WebSocketResponse):
+        # A keep-alive connection carries no request after this one: the
+        # client's next goes to a replica that is staying. (The header is
+        # already made by now, so it is set here as well as forced.)
+        response.force_close()
+        response.headers[aiohttp.hdrs.CONNECTION] = "close"
 
 
-async def _start_draining(app: web.Application) -> None:
-    """On SIGTERM: new connections are refused; what is in flight gets the drain time.
+async def start_draining(app: web.Application) -> None:
+    """On SIGTERM: readiness fails and answers close their connections; what is in flight
+    gets the drain time (the caller has stopped accepting connections).
 
     Streams still open at the deadline are ended by us, with an error event
     and ``[DONE]``, before aiohttp's own (slightly later) deadline cancels
     whatever is left.
     """
+    state = app[STATE_KEY]
+    if state.draining:
+        return
+    state.draining = True
     timeout = app[CONFIG_KEY].proxy.drain_timeout_s
     log.info("shutting down: serving what is in flight for up to %s s", timeout)
-    state = app[STATE_KEY]
     streams = state.streams
 
     def cut_streams() -> None:
@@ -305,6 +321,8 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     state = request.app[STATE_KEY]
     metrics = request.app[METRICS_KEY]
     response: web.StreamResponse | None = None
+    state.handling += 1
+    state.idle.clear()
     try:
         if transcription and state.in_flight >= request.app[CONFIG_KEY].proxy.max_in_flight:
             # Refused before a byte of the body is read.
@@ -334,6 +352,9 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         # metrics are work the client need not wait for. The callback runs
         # in a copy of this context, so the line keeps the request's id.
         asyncio.get_running_loop().call_soon(_access_log, request, facts, response)
+        state.handling -= 1
+        if not state.handling:
+            state.idle.set()
 
 
 def _access_log(

@@ -24,7 +24,16 @@ from .router import Router
 class ServerState:
     """What the app knows of its own load."""
 
+    #: Transcriptions in flight (held to ``max_in_flight``).
     in_flight: int = 0
+    #: Every handler running, WebSocket sessions included: a drain ends when it is 0.
+    handling: int = 0
+    #: Set whenever ``handling`` is 0.
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set once a shutdown has begun: readiness fails, answers close their connections.
+    draining: bool = False
+    #: The Redis client replicas share, when one is configured (for readiness).
+    redis: Any = None
     #: The tasks relaying streams, so a shutdown can end them properly.
     streams: set[asyncio.Task[Any]] = field(default_factory=set)
     #: Realtime sessions open, so a shutdown can drain them.

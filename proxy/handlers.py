@@ -7,6 +7,7 @@ A transcription: who is asking (governance), the form (form), which routes
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from typing import Any
@@ -48,9 +49,33 @@ RAW_REQUEST_HEADER = "x-bf-send-back-raw-request"
 RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
 
 
+#: How long readiness waits for Redis before calling it down.
+READY_REDIS_TIMEOUT_S = 0.5
+
+
 async def health(request: web.Request) -> web.Response:
-    """Liveness: the process is up and serving."""
+    """Liveness (``/health``, ``/health/live``): the process is up and serving."""
     return json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness (``/health/ready``): whether a balancer should send requests here.
+
+    Unready from the moment a drain begins (the balancer stops sending before
+    the process stops accepting), and while the Redis that limits depend on is
+    down, unless the config serves without it (``redis_fail_open``).
+    """
+    state = request.app[STATE_KEY]
+    if state.draining:
+        return json_response({"status": "draining"}, status=503)
+    proxy = request.app[CONFIG_KEY].proxy
+    if state.redis is not None and not proxy.redis_fail_open:
+        try:
+            async with asyncio.timeout(READY_REDIS_TIMEOUT_S):
+                await state.redis.ping()
+        except Exception:
+            return json_response({"status": "redis_unreachable"}, status=503)
+    return json_response({"status": "ready"})
 
 
 async def metrics_page(request: web.Request) -> web.Response:

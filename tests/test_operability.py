@@ -7,6 +7,7 @@ import gc
 import logging
 import re
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -357,3 +358,80 @@ def _of_the_proxy(thing: object) -> bool:
         return True
     code = getattr(thing, "gi_code", None) or getattr(thing, "ag_code", None)
     return code is not None and "/proxy/" in code.co_filename
+
+
+async def test_sigterm_keeps_reading_a_body_still_arriving(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """An upload begun before SIGTERM completes; new connections are refused, a request
+    on a kept-alive connection is answered ``Connection: close``, readiness is 503,
+    and the process exits as soon as the upload is answered."""
+    config = provider_config(upstream)
+    config["proxy"] = {"drain_timeout_s": 20}
+    process, url = await start_proxy_process(config, tmp_path)
+    audio = bytes(range(256)) * 4096  # 1 MiB
+    sent_half = asyncio.Event()
+
+    async def paced() -> AsyncIterator[bytes]:
+        boundary = "drain-test"
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        for k in range(16):
+            if k == 8:
+                sent_half.set()
+            yield audio[k * 65536 : (k + 1) * 65536]
+            await asyncio.sleep(0.1)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    async def upload() -> tuple[int, dict[str, Any]]:
+        headers = {"Content-Type": "multipart/form-data; boundary=drain-test"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}{URL}", data=paced(), headers=headers) as response,
+        ):
+            return response.status, await response.json()
+
+    async with aiohttp.ClientSession() as kept_alive:
+        async with kept_alive.get(f"{url}/health/ready") as response:
+            assert response.status == 200
+            assert (await response.json())["status"] == "ready"
+        uploading = asyncio.create_task(upload())
+        await asyncio.wait_for(sent_half.wait(), 10)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        # The same kept-alive connection: told it is not ready, and to go away.
+        async with kept_alive.get(f"{url}/health/ready") as response:
+            assert response.status == 503
+            assert (await response.json())["status"] == "draining"
+            assert response.headers["Connection"] == "close"
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as fresh, fresh.get(f"{url}/health") as response:
+            pass
+    status, document = await asyncio.wait_for(uploading, 15)
+    answered = time.monotonic()
+    assert status == 200, document
+    assert document["text"] == f"heard {len(audio)} bytes"
+    assert upstream.last.complete
+    assert await asyncio.wait_for(process.wait(), 10) == 0
+    assert time.monotonic() - answered < 3  # not the drain timeout's 20 s
+
+
+@pytest.mark.parametrize(("fail_open", "status"), [(False, 503), (True, 200)])
+async def test_readiness_needs_the_redis_limits_depend_on(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, fail_open: bool, status: int
+) -> None:
+    pytest.importorskip("redis", reason="the redis extra is not installed")
+    config = provider_config(upstream)
+    # A port nothing listens on: Redis is down.
+    config["proxy"] = {"redis_url": "redis://127.0.0.1:9/0", "redis_fail_open": fail_open}
+    server = await make_proxy(config)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base_url(server)}/health/ready") as response:
+            assert response.status == status
+            expected = "ready" if status == 200 else "redis_unreachable"
+            assert (await response.json())["status"] == expected
+        async with session.get(f"{base_url(server)}/health/live") as response:
+            assert response.status == 200
