@@ -35,15 +35,17 @@ async def start_proxy_process(
     name: str = "proxy",
     env: dict[str, str] | None = None,
     limits: dict[int, int] | None = None,
+    port: int | None = None,
 ) -> tuple[asyncio.subprocess.Process, str]:
-    """``python -m proxy`` with ``config`` on a free port, once it answers ``/health``.
+    """``python -m proxy`` with ``config`` on ``port`` (a free one by default), once it
+    answers ``/health``.
 
     Its stderr (the JSON log lines) is a pipe the caller may read. ``limits``
     are resource limits (``resource.RLIMIT_*``: soft and hard) it starts with.
     """
     path = directory / f"{name}.json"
     await asyncio.to_thread(path.write_bytes, orjson.dumps(config))
-    port = free_port()
+    port = port or free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
