@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai.types.realtime import ConversationItemInputAudioTranscriptionCompletedEvent
 
+from proxy.app import start_draining
 from tests.helpers.client import ProxyFactory, base_url
 from tests.helpers.processes import start_proxy_process
 from tests.helpers.realtime import (
@@ -502,3 +503,15 @@ async def test_a_session_on_an_azure_deployment_stays_on_azure(
         await client.wait_for(f"{TRANSCRIPTION}.completed")
     assert upstream.last.path == "/openai/deployments/my-whisper/audio/transcriptions"
     assert upstream.last.field("language") == "nl"
+
+
+async def test_a_draining_server_sends_new_sessions_elsewhere(proxy: TestServer) -> None:
+    # A balancer's kept-alive connection can still bring an upgrade after the
+    # listening socket has closed: a session outlives the drain, so it is refused.
+    await start_draining(proxy.app)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        async with session(proxy):
+            pass
+    assert refused.value.status == 503
+    assert refused.value.headers is not None
+    assert refused.value.headers["Retry-After"] == "0"

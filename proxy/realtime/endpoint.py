@@ -79,6 +79,15 @@ async def realtime_session(request: web.Request) -> web.StreamResponse:
             "this endpoint is a WebSocket: connect with an Upgrade: websocket request",
             code="websocket_required",
         )
+    if app[STATE_KEY].draining:
+        # A session lasts minutes, longer than the drain: it belongs on a replica
+        # that is staying. (A balancer reaches here on a kept-alive connection
+        # after the listening socket has closed; nginx passes a 503 GET on.)
+        raise ServiceUnavailableError(
+            "this server is restarting; connect again",
+            code="server_restarting",
+            headers={"Retry-After": "0"},
+        )
     if len(app[STATE_KEY].sessions) >= app[CONFIG_KEY].proxy.realtime.max_sessions:
         raise ServiceUnavailableError(
             "too many realtime sessions open; try again shortly",
