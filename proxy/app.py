@@ -12,7 +12,6 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from . import handlers, logs
-from .answers.relay import DRAIN_DEADLINE
 from .answers.responses import error_response
 from .app_state import (
     AUTH_KEY,
@@ -286,18 +285,12 @@ async def start_draining(app: web.Application) -> None:
     state.draining = True
     timeout = app[CONFIG_KEY].proxy.drain_timeout_s
     log.info("shutting down: serving what is in flight for up to %s s", timeout)
-    streams = state.streams
-
-    def cut_streams() -> None:
-        for task in list(streams):
-            task.cancel(DRAIN_DEADLINE)
-
-    asyncio.get_running_loop().call_later(timeout, cut_streams)
+    loop = asyncio.get_running_loop()
+    state.drain_deadline = loop.time() + timeout
+    loop.call_later(timeout, state.cut_streams)
     # Realtime sessions are told to reconnect now, and closed at the deadline.
     for session in list(state.sessions):
-        task = asyncio.ensure_future(session.drain(timeout))
-        state.drains.add(task)
-        task.add_done_callback(state.drains.discard)
+        state.drain_session(session)
 
 
 #: Client secrets in Redis are kept under this prefix; in memory, in at most this much.
@@ -315,6 +308,8 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         started=time.monotonic(),
         request_id=logs.new_request_id(request.headers.get("x-request-id")),
     )
+    if request.path.endswith("/audio/translations"):
+        facts.request_type = "translation"  # for an error answered before the handler runs
     request[FACTS_KEY] = facts
     logs.request_id.set(facts.request_id)
     transcription = request.method == "POST"

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .answers.relay import DRAIN_DEADLINE
 from .cache.lookup import TranscriptCache
 from .config import Config
 from .dispatch import Dispatcher
@@ -32,6 +33,8 @@ class ServerState:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set once a shutdown has begun: readiness fails, answers close their connections.
     draining: bool = False
+    #: When the drain ends (the event loop's clock), once it has begun.
+    drain_deadline: float = 0.0
     #: The Redis client replicas share, when one is configured (for readiness).
     redis: Any = None
     #: The tasks relaying streams, so a shutdown can end them properly.
@@ -40,6 +43,18 @@ class ServerState:
     sessions: set[Any] = field(default_factory=set)
     #: The tasks draining them.
     drains: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def cut_streams(self) -> None:
+        """End the streams still open: each sends an error event and ``[DONE]``."""
+        for task in list(self.streams):
+            task.cancel(DRAIN_DEADLINE)
+
+    def drain_session(self, session: Any) -> None:
+        """Have a realtime ``session`` told to reconnect, and closed by the drain's deadline."""
+        remaining = max(0.0, self.drain_deadline - asyncio.get_running_loop().time())
+        task = asyncio.ensure_future(session.drain(remaining))
+        self.drains.add(task)
+        task.add_done_callback(self.drains.discard)
 
 
 CONFIG_KEY = web.AppKey("config", Config)

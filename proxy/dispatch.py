@@ -297,6 +297,7 @@ class RouteDispatch:
                     request_id=job.request_id,
                     api_key=job.api_key,
                     task=job.task,
+                    named_deployment=route.named_deployment,
                 )
             )
             async with aclosing(events):

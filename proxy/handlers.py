@@ -61,19 +61,26 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Readiness (``/health/ready``): whether a balancer should send requests here.
 
-    Unready from the moment a drain begins (the balancer stops sending before
-    the process stops accepting), and while the Redis that limits depend on is
-    down, unless the config serves without it (``redis_fail_open``).
+    Unready from the moment a drain begins (a balancer that polls it stops
+    sending; new connections are refused already), and while the Redis that
+    rate limits and budgets are kept in is down, when there are any and the
+    config does not serve without them (``redis_fail_open``). The cache and
+    client secrets do without Redis for a while, so they alone do not count.
     """
-    state = request.app[STATE_KEY]
+    app = request.app
+    state = app[STATE_KEY]
     if state.draining:
         return json_response({"status": "draining"}, status=503)
-    proxy = request.app[CONFIG_KEY].proxy
-    if state.redis is not None and not proxy.redis_fail_open:
+    config = app[CONFIG_KEY]
+    limited = any(
+        key.rate_limit is not None or key.budget is not None
+        for key in config.governance.virtual_keys
+    )
+    if state.redis is not None and limited and not config.proxy.redis_fail_open:
         try:
             async with asyncio.timeout(READY_REDIS_TIMEOUT_S):
                 await state.redis.ping()
-        except Exception:
+        except Exception:  # whatever the client raises, Redis is not there
             return json_response({"status": "redis_unreachable"}, status=503)
     return json_response({"status": "ready"})
 
@@ -178,7 +185,7 @@ async def _transcribe(
             )
             dispatch = await app[DISPATCHER_KEY].dispatch(job, request.content_length)
             try:
-                return await _answer(request, dispatch, form, lookup)
+                return await _answer(request, dispatch, form, lookup, task)
             except AnsweredFromCacheError:
                 assert lookup is not None
                 assert lookup.hit is not None
@@ -190,6 +197,7 @@ async def _answer(
     dispatch: Dispatch,
     form: TranscriptionForm,
     lookup: CacheLookup | None,
+    task: Task,
 ) -> web.StreamResponse:
     """The dispatch's answer: relayed as events, or one complete document."""
     facts = request[FACTS_KEY]
@@ -229,7 +237,7 @@ async def _answer(
         facts,
         response_format=first_value(fields, "response_format") or "json",
         raw_request=(
-            _raw_request(served.route.model, fields, form.audio)
+            _raw_request(served.route.model, fields, form.audio, task)
             if _header_is_true(request, RAW_REQUEST_HEADER)
             else None
         ),
@@ -313,13 +321,15 @@ def _header_is_true(request: web.Request, name: str) -> bool:
     return request.headers.get(name, "").strip().lower() == "true"
 
 
-def _raw_request(model: str, fields: Sequence[FormField], audio: AudioSource) -> dict[str, Any]:
+def _raw_request(
+    model: str, fields: Sequence[FormField], audio: AudioSource, task: Task
+) -> dict[str, Any]:
     """The upstream request's fields, without the audio bytes or any credential.
 
     A field sent once is a string; a repeated one (``include[]``) a list.
     """
     values: dict[str, list[str]] = {"model": [model]}
-    for field in forwarded(fields):
+    for field in forwarded(fields, task):
         values.setdefault(field.name, []).append(field.value)
     document: dict[str, Any] = {
         name: found[0] if len(found) == 1 else found for name, found in values.items()

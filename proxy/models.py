@@ -69,6 +69,8 @@ class UpstreamCall:
     #: A provider key the client brought (``allow_direct_keys``), used instead of ours.
     api_key: str | None = field(default=None, repr=False)
     task: Task = "transcription"
+    #: An Azure deployment a path named (any Azure key may serve it).
+    named_deployment: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ class Route:
     model: str
     #: The model as the client wrote it.
     requested: str
+    #: An Azure deployment a path named: served as the deployment itself when no
+    #: key's ``deployments`` map names it (DESIGN.md section 1), never on /v1.
+    named_deployment: bool = False
 
 
 #: Model strings whose routes are remembered: more than any deployment serves,
@@ -115,7 +118,7 @@ class Router:
                 f"(deployment {deployment}); send it to /v1 with a model instead",
                 code="azure_not_configured",
             )
-        return Route(provider, deployment, deployment)
+        return Route(provider, deployment, deployment, named_deployment=True)
 
     def plan(
         self, requested: str, fallbacks: Sequence[str], *, azure_deployment: bool = False

@@ -68,13 +68,16 @@ async def _serve(config: Config, host: str, port: int, *, reuse_port: bool) -> N
         for listening in list(runner.sites):
             await listening.stop()  # the listening socket only; connections read on
         await start_draining(app)
-        await _drained(app, config.proxy.drain_timeout_s, stop)
+        if not await _drained(app, config.proxy.drain_timeout_s, stop):
+            # Cut short by a second signal: streams end properly now, not mid-frame.
+            app[STATE_KEY].cut_streams()
     finally:
         await runner.cleanup()
 
 
-async def _drained(app: web.Application, drain_s: float, stop: asyncio.Event) -> None:
-    """Wait until no handler runs, ``drain_s`` passes, or ``stop`` is set again."""
+async def _drained(app: web.Application, drain_s: float, stop: asyncio.Event) -> bool:
+    """Wait until no handler runs, ``drain_s`` passes, or ``stop`` is set again; whether
+    the wait ended before the deadline's own end of streams (a second signal)."""
     state = app[STATE_KEY]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + drain_s
@@ -83,7 +86,7 @@ async def _drained(app: web.Application, drain_s: float, stop: asyncio.Event) ->
             await asyncio.sleep(_SETTLE_S)
             if not state.handling:
                 log.info("drained: nothing in flight")
-                return
+                return True
             continue
         waits = [asyncio.ensure_future(state.idle.wait()), asyncio.ensure_future(stop.wait())]
         try:
@@ -96,3 +99,4 @@ async def _drained(app: web.Application, drain_s: float, stop: asyncio.Event) ->
                 with contextlib.suppress(asyncio.CancelledError):
                     await wait
     log.info("drain ended with %d handlers still running", state.handling)
+    return not stop.is_set()

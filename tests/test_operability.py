@@ -427,6 +427,10 @@ async def test_readiness_needs_the_redis_limits_depend_on(
     config = provider_config(upstream)
     # A port nothing listens on: Redis is down.
     config["proxy"] = {"redis_url": "redis://127.0.0.1:9/0", "redis_fail_open": fail_open}
+    config["governance"] = {
+        "virtual_keys": [{"id": "team", "value": "sk-bf-team-000000001", "rate_limit_id": "r"}],
+        "rate_limits": [{"id": "r", "request_max_limit": 10, "request_reset_duration": "1m"}],
+    }
     server = await make_proxy(config)
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base_url(server)}/health/ready") as response:
@@ -435,3 +439,18 @@ async def test_readiness_needs_the_redis_limits_depend_on(
             assert (await response.json())["status"] == expected
         async with session.get(f"{base_url(server)}/health/live") as response:
             assert response.status == 200
+
+
+async def test_readiness_without_limits_does_not_hang_on_redis(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    pytest.importorskip("redis", reason="the redis extra is not installed")
+    config = provider_config(upstream)
+    config["proxy"] = {"redis_url": "redis://127.0.0.1:9/0", "cache": {"store": "redis"}}
+    server = await make_proxy(config)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{base_url(server)}/health/ready") as response,
+    ):
+        # Nothing is limited: a cache without its store is only a miss.
+        assert response.status == 200

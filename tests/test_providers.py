@@ -395,3 +395,14 @@ async def test_remembered_routes_are_the_routes_worked_out() -> None:
         )
         for model in models * 2:  # the second time round, from memory
             assert outcome(router.resolve, model) == outcome(router.work_out, model), model
+
+
+async def test_on_v1_an_azure_deployment_map_still_limits_the_models(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    # Only the deployment route takes an unmapped name as the deployment itself.
+    server = await make_proxy(azure_config(upstream))
+    status, body, _ = await post(server, form(("model", "azure/other"), ("file", b"RIFF")))
+    assert status == 400
+    assert_error(body, status=400, code="model_not_found", param="model")
+    assert upstream.requests == []

@@ -45,6 +45,28 @@ def test_json_answers_are_joined_and_their_usage_summed() -> None:
     }
 
 
+def test_token_usage_is_summed_with_its_details() -> None:
+    def usage(audio: int, text: int, output: int) -> dict[str, Any]:
+        return {
+            "type": "tokens",
+            "input_tokens": audio + text,
+            "input_token_details": {"audio_tokens": audio, "text_tokens": text},
+            "output_tokens": output,
+            "total_tokens": audio + text + output,
+        }
+
+    stitched = stitch(
+        [
+            ChunkAnswer(k * 10, k * 10 + 10, document(text="x", usage=usage(1000, 5, 40)))
+            for k in range(4)
+        ],
+        response_format="json",
+        duration_s=40,
+    )
+    assert stitched.document is not None
+    assert stitched.document["usage"] == usage(4000, 20, 160)
+
+
 def test_verbose_json_segments_and_words_are_shifted_and_renumbered() -> None:
     def chunk(start: float, words: str) -> ChunkAnswer:
         return ChunkAnswer(

@@ -25,8 +25,9 @@ SINGULAR_FIELDS = frozenset(
 PROXY_ONLY_FIELDS = frozenset({"fallbacks", "fallbacks[]"})
 
 #: Fields a translation does not take: it is always into English (OpenAI refuses
-#: ``language`` there too), and its upstream has no streaming of its own, so a
-#: translation's ``stream`` is the proxy's to answer.
+#: ``language`` there too). OpenAI's translations do not stream (some servers'
+#: do, but not all alike), so a translation's ``stream`` is the proxy's to answer
+#: and is never sent upstream.
 _NOT_TRANSLATION_FIELDS = frozenset({"language"})
 _NOT_SENT_FOR_TRANSLATION = frozenset({"stream"})
 

@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeGuard
 from ..models import RequestFacts, TokenUsage, TranscriptDone
 
 #: Where a settled length came from (``none``: no answer, or one from the cache).
-AudioSource = Literal["answer", "container", "reservation", "none"]
+LengthSource = Literal["answer", "container", "reservation", "none"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class AudioUsed:
     """What one request is charged for."""
 
     seconds: float
-    source: AudioSource
+    source: LengthSource
     tokens: TokenUsage | None = None
 
 

@@ -121,11 +121,25 @@ def _summed_usage(usages: list[Any]) -> dict[str, Any] | None:
     found = [u for u in usages if isinstance(u, dict)]
     if not found:
         return None
-    total: dict[str, Any] = dict(found[0])
-    for usage in found[1:]:
-        for key, value in usage.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                previous = total.get(key, 0)
-                if isinstance(previous, int | float) and not isinstance(previous, bool):
-                    total[key] = previous + value
+    total: dict[str, Any] = {}
+    for usage in found:
+        _add_usage(total, usage)
     return total
+
+
+def _add_usage(total: dict[str, Any], usage: dict[str, Any]) -> None:
+    """Add ``usage``'s numbers into ``total``, nested ones too (``input_token_details``:
+    what token prices are charged on); anything else is kept as first seen."""
+    for key, value in usage.items():
+        previous = total.get(key)
+        if _is_number(value) and (previous is None or _is_number(previous)):
+            total[key] = (previous or 0) + value
+        elif isinstance(value, dict) and (previous is None or isinstance(previous, dict)):
+            nested: dict[str, Any] = total.setdefault(key, {})
+            _add_usage(nested, value)
+        else:
+            total.setdefault(key, value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -117,11 +117,11 @@ class HttpProvider:
         raise NotImplementedError
 
     async def open_realtime(
-        self, model: str, api_key: str | None = None
+        self, model: str, api_key: str | None = None, *, named_deployment: bool = False
     ) -> aiohttp.ClientWebSocketResponse:
         """A transcription session of the upstream's own, opened with our key (or the
         client's, with ``allow_direct_keys``). Its refusal is raised with its status."""
-        key = self._keys.pick(model) if self._keys else None
+        key = self._keys.pick(model, named_deployment=named_deployment) if self._keys else None
         if api_key is not None:
             key = replace(key or KeyConfig(value=""), value=api_key)
         url, headers = self.realtime_target(model, key)
@@ -151,7 +151,11 @@ class HttpProvider:
             ) from exc
 
     async def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptEvent, None]:
-        key = self._keys.pick(call.model) if self._keys else None
+        key = (
+            self._keys.pick(call.model, named_deployment=call.named_deployment)
+            if self._keys
+            else None
+        )
         if call.api_key is not None:
             key = replace(key or KeyConfig(value=""), value=call.api_key)
         url, headers = self.target(call.model, key, call.task)

@@ -33,13 +33,12 @@ class KeyPool:
     def __bool__(self) -> bool:
         return bool(self._keys)
 
-    def _serving(self, model: str) -> list[int]:
+    def _serving(self, model: str, named_deployment: bool = False) -> list[int]:
         serving = [i for i, key in enumerate(self._keys) if key.serves(model)]
-        if not serving:
+        if not serving and named_deployment:
             # An Azure deployment route may name a deployment no key's map names
             # as a model: it is the deployment itself (DESIGN.md section 1), for
-            # any Azure key not limited to ``models``. The router has refused such
-            # a name on /v1 already.
+            # any Azure key not limited to ``models``. On /v1 the map still rules.
             serving = [i for i, k in enumerate(self._keys) if k.azure is not None and not k.models]
         return serving
 
@@ -47,9 +46,10 @@ class KeyPool:
         now = self._clock()
         return [i for i in indexes if self._resting_until.get(i, 0.0) <= now]
 
-    def pick(self, model: str) -> KeyConfig:
-        """A key for ``model``, chosen by weight among the ones not resting."""
-        serving = self._serving(model)
+    def pick(self, model: str, *, named_deployment: bool = False) -> KeyConfig:
+        """A key for ``model`` (an Azure deployment a path named, with
+        ``named_deployment``), chosen by weight among the ones not resting."""
+        serving = self._serving(model, named_deployment)
         if not serving:
             raise InvalidRequestError(
                 f"model {model} is not available on provider {self._provider}",

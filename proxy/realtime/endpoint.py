@@ -188,7 +188,9 @@ async def _open_upstream(
     """The provider's own session, opened before the client's upgrade (so its refusal
     reaches the client as an HTTP error with its status)."""
     started = time.monotonic()
-    upstream = await provider.open_realtime(route.model, caller.direct_key)
+    upstream = await provider.open_realtime(
+        route.model, caller.direct_key, named_deployment=route.named_deployment
+    )
     services.metrics.realtime_upstream_connect.observe(time.monotonic() - started)
     return upstream
 
@@ -197,10 +199,14 @@ async def _serve(
     request: web.Request, ws: web.WebSocketResponse, session: RealtimeSession | RelaySession
 ) -> None:
     """Upgrade, and serve the session; a shutdown can drain it meanwhile."""
-    sessions = request.app[STATE_KEY].sessions
+    state = request.app[STATE_KEY]
+    sessions = state.sessions
     try:
         await ws.prepare(request)
         sessions.add(session)
+        if state.draining:
+            # Admitted before the drain began, opened after it had told the others.
+            state.drain_session(session)
         await session.run()
     finally:
         sessions.discard(session)

@@ -40,10 +40,10 @@ def nginx_binary() -> str | None:
 def site_config(replica_ports: Sequence[int], listen_port: int) -> str:
     """deploy/nginx.conf with its servers and listen address put on 127.0.0.1 ports."""
     text = DEPLOY_CONF.read_text()
-    servers = "".join(
-        f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;\n" for port in replica_ports
-    )
-    text = re.sub(r"(?m)^    server 127\.0\.0\.1:\d+ .*\n", "", text, count=0)
+    options = re.search(r"(?m)^    server 127\.0\.0\.1:\d+( [^;]*);$", text)
+    assert options is not None, "deploy/nginx.conf no longer has the server lines"
+    servers = "".join(f"    server 127.0.0.1:{port}{options[1]};\n" for port in replica_ports)
+    text = re.sub(r"(?m)^    server 127\.0\.0\.1:\d+ .*\n", "", text)
     text = text.replace("    keepalive 64;", servers + "    keepalive 64;", 1)
     return text.replace("listen 8080;", f"listen 127.0.0.1:{listen_port};", 1)
 

@@ -41,6 +41,8 @@ class DurationReader:
         self._tail_bytes = 0
         self._boxes: Boxes | None = None
         self._dropped_cluster: int | None = None  # timecode of the last one to leave the tail
+        # WAV and MP4 are read by their walk alone: no head or tail is kept for them.
+        self._keeps_ends = True
 
     @property
     def container(self) -> str | None:
@@ -55,13 +57,14 @@ class DurationReader:
             return
         base = self._seen
         self._seen += len(data)
-        if len(self._head) < HEAD_BYTES:
+        if self._keeps_ends and len(self._head) < HEAD_BYTES:
             self._keep_head(data, base)
         if self._sniffing:
             self._sniff(data, base)
         if self._boxes is not None:
             self._boxes.feed(data, base)
-        self._keep_tail(data)
+        if self._keeps_ends:
+            self._keep_tail(data)
 
     def finish(self) -> float | None:
         """The duration in seconds, or None for an unknown or unreadable container."""
@@ -105,6 +108,11 @@ class DurationReader:
         if self._boxes is not None:
             # Sniffing waits for 12 bytes, so all that came before this chunk is in the head.
             self._boxes.feed(bytes(head[:base]), 0)
+        if self._container in ("wav", "mp4"):
+            self._keeps_ends = False
+            self._head = bytearray()
+            self._tail.clear()
+            self._tail_bytes = 0
 
     def _keep_tail(self, data: bytes) -> None:
         tail = self._tail

@@ -13,8 +13,10 @@ import struct
 from .boxes import Boxes
 from .buffers import Buf
 
-#: The largest MP4 moov box kept; mvhd comes first in it, so a cut one still serves.
-_MOOV_BYTES = 16 * 1024 * 1024
+#: How much of an MP4's moov box is kept: mvhd comes first in it, and a fragmented
+#: file's moov (where mehd is) has no sample tables, so its start is enough; a moov of
+#: megabytes (long files, or one built to be) is not held.
+_MOOV_BYTES = 64 * 1024
 
 
 def walker() -> Boxes:
