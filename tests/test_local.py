@@ -24,6 +24,7 @@ from proxy.providers.local import PACKAGED_MODEL_SHA256, packaged_model_path, ve
 from proxy.providers.local.passes import DecodeOptions
 from tests.helpers.client import URL, ProxyFactory, base_url, form, json_of, post
 from tests.helpers.errors import assert_error
+from tests.helpers.upstream import FakeUpstream, provider_config
 
 SAMPLE = Path(__file__).parent / "data" / "sample.wav"
 KEY_WORDS = ("weather", "sunny", "apples", "friday")
@@ -277,3 +278,24 @@ async def test_the_english_only_model_says_it_cannot_translate(local: TestServer
     assert status == 400
     assert "proxy.local.model_path" in message
     assert "multilingual" in message
+
+
+async def test_a_translation_the_local_model_cannot_do_falls_back(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    config = provider_config(upstream)
+    config["providers"]["local"] = {}
+    server = await make_proxy(config)
+    status, document, _ = await post(
+        server,
+        form(
+            ("model", "local/tiny.en"),
+            ("fallbacks", "openai/whisper-1"),
+            ("file", sample()),
+        ),
+        path="/v1/audio/translations",
+    )
+    assert status == 200, document
+    assert document["extra_fields"]["provider"] == "openai"
+    assert document["extra_fields"]["request_type"] == "translation"
+    assert upstream.last.path == "/v1/audio/translations"

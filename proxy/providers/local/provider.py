@@ -35,6 +35,7 @@ from ...errors import (
     InvalidRequestError,
     ProxyError,
     ServiceUnavailableError,
+    UpstreamError,
 )
 from ...form.fields import first_value
 from ...metrics import Metrics
@@ -240,7 +241,10 @@ class LocalProvider:
         streaming = (first_value(fields, "stream") or "").lower() == "true"
         whisper = await self._model.get()
         if translating and not whisper.model.is_multilingual:
-            raise InvalidRequestError(
+            # Answered as an upstream that cannot serve the model would be: a
+            # fallback the client named may translate instead.
+            raise UpstreamError(
+                400,
                 "the local model is English-only and cannot translate; set "
                 "proxy.local.model_path to a multilingual Whisper model (CTranslate2 format, "
                 "for example a conversion of openai/whisper-small) to translate locally",
