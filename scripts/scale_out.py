@@ -59,6 +59,10 @@ import orjson
 from aiohttp import web
 from benchlib import ROOT, cpu_seconds, free_port, main, one_provider, running, system_binary
 
+sys.path.insert(0, str(ROOT))
+# The one rewrite of deploy/nginx.conf for 127.0.0.1, shared with tests/test_scale_out.py.
+from tests.helpers.nginx import site_config
+
 PATH = "/v1/audio/transcriptions"
 REALTIME_PATH = "/v1/realtime?intent=transcription"
 BOUNDARY = "scale-out-boundary"
@@ -357,7 +361,6 @@ async def replicas_running(
         await asyncio.gather(*(replica.stop() for replica in replicas))
 
 
-DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
 #: The main config deploy/nginx.conf is included into, everything under ``prefix``.
 #: The access log names the replica each request id went to, for phase 3's
 #: failures that never reached the upstream.
@@ -376,23 +379,6 @@ http {{
   include {prefix}/site.conf;
 }}
 """
-
-
-def site_config(replica_ports: Iterable[int], listen_port: int) -> str:
-    """deploy/nginx.conf with its upstream's servers on ``replica_ports`` (their options
-    kept) and listening on 127.0.0.1:``listen_port``."""
-    text = DEPLOY_CONF.read_text()
-
-    def servers(match: re.Match[str]) -> str:
-        indent, options = match[1], match[2]
-        return "".join(f"{indent}server 127.0.0.1:{port}{options};\n" for port in replica_ports)
-
-    text, found = re.subn(
-        r"(?:^( *)server 127\.0\.0\.1:\d+([^;\n]*);\n)+", servers, text, flags=re.M
-    )
-    if found != 1 or "listen 8080;" not in text:
-        raise RuntimeError(f"{DEPLOY_CONF} no longer has the lines this script rewrites")
-    return text.replace("listen 8080;", f"listen 127.0.0.1:{listen_port};")
 
 
 def write_nginx_conf(prefix: Path, replica_ports: Iterable[int], listen_port: int) -> Path:

@@ -266,6 +266,17 @@ async def test_rate_limit(make_proxy: ProxyFactory, upstream: FakeUpstream) -> N
     assert 0 < int(headers["Retry-After"]) <= 60
 
 
+async def statuses_in_turn(server: TestServer, count: int, audio: bytes = b"RIFF") -> list[int]:
+    """The statuses of ``count`` requests sent one after another on the team's key."""
+    statuses = []
+    for _ in range(count):
+        status, _, _ = await post(
+            server, form(("model", "whisper-1"), ("file", audio)), {"x-bf-vk": VK}
+        )
+        statuses.append(status)
+    return statuses
+
+
 def reports_seconds(seconds: float, delay: float = 0.2) -> Any:
     async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
         await asyncio.sleep(delay)
@@ -405,12 +416,7 @@ async def test_audio_is_metered_from_a_wav_header_when_the_answer_says_nothing(
     config["governance"]["virtual_keys"][0]["budget_id"] = "b"
     server = await make_proxy(config)
     sample = (Path(__file__).parent / "data" / "sample.wav").read_bytes()
-    statuses = []
-    for _ in range(4):
-        status, _, _ = await post(
-            server, form(("model", "whisper-1"), ("file", sample)), {"x-bf-vk": VK}
-        )
-        statuses.append(status)
+    statuses = await statuses_in_turn(server, 4, sample)
     # 9.08 s each: the third would pass 20 s only after being admitted with 1 s
     # reserved; it is settled to 27.2 s, so the fourth is refused.
     assert statuses == [200, 200, 200, 402]
@@ -450,12 +456,7 @@ async def test_a_request_that_fails_after_admission_gives_its_reservation_back(
         )
         assert status == 503
     spool_dir.mkdir()
-    statuses = []
-    for _ in range(3):
-        status, _, _ = await post(
-            server, form(("model", "whisper-1"), ("file", b"RIFF")), {"x-bf-vk": VK}
-        )
-        statuses.append(status)
+    statuses = await statuses_in_turn(server, 3)
     assert statuses == [200, 200, 402]  # the failed ones cost nothing
 
 
@@ -493,12 +494,7 @@ async def test_a_budget_priced_by_the_token_settles_on_the_answers_tokens(
     config = governed(upstream, budgets=[budget], model_prices=prices, reserve_audio_seconds=30)
     config["governance"]["virtual_keys"][0]["budget_id"] = "b"
     server = await make_proxy(config)
-    statuses = []
-    for _ in range(3):
-        status, _, _ = await post(
-            server, form(("model", "whisper-1"), ("file", b"RIFF")), {"x-bf-vk": VK}
-        )
-        statuses.append(status)
+    statuses = await statuses_in_turn(server, 3)
     # $0.007125 spent after one; the second is admitted at $0.009825 and
     # settles to $0.01425; the third is refused.
     assert statuses == [200, 200, 402]
@@ -528,12 +524,7 @@ async def test_an_answer_without_seconds_settles_on_the_containers_length(
     config["governance"]["virtual_keys"][0]["budget_id"] = "b"
     server = await make_proxy(config)
     sample = (Path(__file__).parent / "data" / "sample.wav").read_bytes()  # 9.08 s
-    statuses = []
-    for _ in range(4):
-        status, _, _ = await post(
-            server, form(("model", "whisper-1"), ("file", sample)), {"x-bf-vk": VK}
-        )
-        statuses.append(status)
+    statuses = await statuses_in_turn(server, 4, sample)
     assert statuses == [200, 200, 200, 402]
     seconds = await metered(server)
     assert abs(seconds["container"] - 3 * 9.08) < 0.05

@@ -25,28 +25,10 @@ from tests.helpers.upstream import (
     FakeUpstream,
     ReceivedRequest,
     Responder,
+    azure_config,
     provider_config,
     transcript_json,
 )
-
-
-def azure_config(upstream: FakeUpstream) -> dict[str, Any]:
-    return {
-        "providers": {
-            "azure": {
-                "keys": [
-                    {
-                        "value": "azure-secret-key",
-                        "azure_key_config": {
-                            "endpoint": upstream.base_url,
-                            "deployments": {"whisper-1": "my-whisper"},
-                            "api_version": "2024-10-21",
-                        },
-                    }
-                ]
-            }
-        }
-    }
 
 
 @pytest.mark.parametrize("endpoint_suffix", ["/openai", ""])

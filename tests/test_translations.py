@@ -14,7 +14,13 @@ from aiohttp.test_utils import TestServer
 from tests.helpers.client import ProxyFactory, audio_bytes, base_url, form, json_of, payloads, post
 from tests.helpers.errors import assert_error
 from tests.helpers.spoken import encode, listening
-from tests.helpers.upstream import FakeUpstream, failing, provider_config, two_providers
+from tests.helpers.upstream import (
+    FakeUpstream,
+    azure_config,
+    failing,
+    provider_config,
+    two_providers,
+)
 
 PATH = "/v1/audio/translations"
 
@@ -211,26 +217,6 @@ async def test_long_translation_is_chunked_and_stitched(
     assert document["extra_fields"]["request_type"] == "translation"
     assert document["extra_fields"]["audio_chunks"] == len(upstream.requests) > 1
     assert {r.path for r in upstream.requests} == {"/v1/audio/translations"}
-
-
-def azure_config(upstream: FakeUpstream) -> dict[str, Any]:
-    return {
-        "providers": {
-            "openai": provider_config(upstream)["providers"]["openai"],
-            "azure": {
-                "keys": [
-                    {
-                        "value": "azure-secret-key",
-                        "azure_key_config": {
-                            "endpoint": upstream.base_url,
-                            "deployments": {"whisper-1": "my-whisper"},
-                            "api_version": "2024-10-21",
-                        },
-                    }
-                ]
-            },
-        }
-    }
 
 
 @pytest.mark.parametrize("endpoint_suffix", ["/openai", ""])

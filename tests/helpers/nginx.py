@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -37,15 +37,21 @@ def nginx_binary() -> str | None:
     )
 
 
-def site_config(replica_ports: Sequence[int], listen_port: int) -> str:
-    """deploy/nginx.conf with its servers and listen address put on 127.0.0.1 ports."""
+def site_config(replica_ports: Iterable[int], listen_port: int) -> str:
+    """deploy/nginx.conf with its upstream's servers on ``replica_ports`` (their options
+    kept) and listening on 127.0.0.1:``listen_port``."""
     text = DEPLOY_CONF.read_text()
-    options = re.search(r"(?m)^    server 127\.0\.0\.1:\d+( [^;]*);$", text)
-    assert options is not None, "deploy/nginx.conf no longer has the server lines"
-    servers = "".join(f"    server 127.0.0.1:{port}{options[1]};\n" for port in replica_ports)
-    text = re.sub(r"(?m)^    server 127\.0\.0\.1:\d+ .*\n", "", text)
-    text = text.replace("    keepalive 64;", servers + "    keepalive 64;", 1)
-    return text.replace("listen 8080;", f"listen 127.0.0.1:{listen_port};", 1)
+
+    def servers(match: re.Match[str]) -> str:
+        indent, options = match[1], match[2]
+        return "".join(f"{indent}server 127.0.0.1:{port}{options};\n" for port in replica_ports)
+
+    text, found = re.subn(
+        r"(?:^( *)server 127\.0\.0\.1:\d+([^;\n]*);\n)+", servers, text, flags=re.M
+    )
+    if found != 1 or "listen 8080;" not in text:
+        raise RuntimeError(f"{DEPLOY_CONF} no longer has the lines rewritten here")
+    return text.replace("listen 8080;", f"listen 127.0.0.1:{listen_port};")
 
 
 @asynccontextmanager

@@ -205,6 +205,27 @@ def provider_config(upstream: FakeUpstream, **network: Any) -> dict[str, Any]:
     }
 
 
+def azure_config(upstream: FakeUpstream) -> dict[str, Any]:
+    """A config with one Azure provider in front of ``upstream``: whisper-1 deployed as
+    my-whisper."""
+    return {
+        "providers": {
+            "azure": {
+                "keys": [
+                    {
+                        "value": "azure-secret-key",
+                        "azure_key_config": {
+                            "endpoint": upstream.base_url,
+                            "deployments": {"whisper-1": "my-whisper"},
+                            "api_version": "2024-10-21",
+                        },
+                    }
+                ]
+            }
+        }
+    }
+
+
 def two_providers(
     primary: FakeUpstream, backup: FakeUpstream, spool_dir: Path | None = None, **network: Any
 ) -> dict[str, Any]:
