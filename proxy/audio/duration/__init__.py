@@ -9,6 +9,11 @@ at the head and at the end. This module sniffs the container and keeps the bytes
 each container's own module reads them.
 Where the container allows, the bytes actually sent outrank what a header
 claims: a WAV that declares an hour and ends after two seconds lasts two.
+
+Before the rest has come, the head tells what the header declares (:meth:`declared`,
+what a request reserves before it sends anything); and whatever any header claims, the
+bytes can hold no fewer seconds than their count over the codec's highest rate
+(:meth:`floor`, :mod:`.rates`), below which a length is never charged.
 """
 
 from __future__ import annotations
@@ -16,15 +21,22 @@ from __future__ import annotations
 import math
 import struct
 from collections import deque
+from collections.abc import Callable
 
 from . import flac, mp3, mp4, ogg, wav, webm
 from .boxes import Boxes
 from .buffers import HEAD_BYTES, TAIL_BYTES, Buf
+from .rates import MAX_BYTES_PER_S, MPEG_LAYERS
 
 __all__ = ["DurationReader"]
 
 #: Chunks shorter than this are merged in the tail, so that it holds few objects.
 _SMALL = 4096
+#: Containers whose length is a claim (a header's count, a page's or a block's number)
+#: that the bytes can contradict: :meth:`DurationReader.finish` holds them to the floor.
+#: Not WAV: its length is its data bytes over the PCM rate, the floor's own sum, and a
+#: floor from the whole upload would count its header and other chunks as audio too.
+_CLAIMED = {"mp3", "flac", "ogg", "webm", "mp4"}
 
 
 class DurationReader:
@@ -67,17 +79,41 @@ class DurationReader:
             self._keep_tail(data)
 
     def finish(self) -> float | None:
-        """The duration in seconds, or None for an unknown or unreadable container."""
+        """The duration in seconds, or None for an unknown or unreadable container.
+
+        Never less than :meth:`floor` of the bytes seen where the length is a claim the
+        bytes can contradict (a Xing count, STREAMINFO, a granule, a Duration, an mvhd).
+        """
         if self._sniffing:
             self._sniff(b"", self._seen, final=True)
-        try:
-            seconds = self._measure()
-        except (ValueError, IndexError, KeyError, struct.error, ZeroDivisionError, OverflowError):
-            # The parsers check what they read; this is the net under a file built to trip them.
-            return None
-        if seconds is None or not math.isfinite(seconds) or seconds < 0:
-            return None
+        seconds = _checked(self._measure)
+        if seconds is not None and self._container in _CLAIMED:
+            seconds = max(seconds, self.floor(self._seen))
         return seconds
+
+    def declared(self) -> float | None:
+        """The length in seconds the container's header declares, from the bytes fed so far.
+
+        Read from the head (the first ``HEAD_BYTES`` past any ID3v2 tag), it does not
+        change with how many bytes follow: what a request reserves before it sends any.
+        None when the container declares no length (Ogg; a WAV or FLAC written as it
+        streamed; an MP3 without a VBR header; an MP4 whose moov has not come) or its
+        header has not been fed yet. A header can claim anything: see :meth:`floor`.
+        """
+        if self._sniffing:
+            return None
+        return _checked(self._declare)
+
+    def floor(self, size: int) -> float:
+        """The fewest seconds ``size`` bytes of this container can hold at its codec's
+        highest byte rate (:data:`.rates.MAX_BYTES_PER_S`; for WAV and FLAC, the PCM rate
+        their header declares); before the container is known, 48 kHz 16-bit stereo PCM's.
+
+        What comes before the audio is not counted once it is known: ID3v2 tags (cover
+        art, megabytes of it), a WAV's chunks before its data, a FLAC's metadata blocks.
+        Decoders skip them by their sizes, as :meth:`finish` does.
+        """
+        return max(size - self._lead(), 0) / self._max_bytes_per_s()
 
     def _keep_head(self, data: bytes, base: int) -> None:
         start = self._head_at + len(self._head) - base
@@ -153,6 +189,53 @@ class DurationReader:
             window += item[: size - len(window)]
         return bytes(window)
 
+    def _declare(self) -> float | None:
+        kind, head = self._container, self._head
+        if kind == "wav":
+            return wav.declared(self._boxes)
+        if kind == "mp4":  # an MP4's length is only ever the one it declares
+            return mp4.seconds(self._boxes)
+        if kind == "flac":
+            return flac.declared(head)
+        if kind == "webm":
+            return webm.declared(head)
+        if kind == "ogg" or not head:  # Ogg declares no length anywhere
+            return None
+        return mp3.declared(head, self._mp3_chain())
+
+    def _lead(self) -> int:
+        """How many of the first bytes are known not to be audio, skipped by their sizes."""
+        if self._sniffing:  # nothing has followed the ID3v2 tags yet: they may be all there is
+            return 0
+        if self._container == "wav":
+            return wav.audio_at(self._boxes)
+        if self._container == "flac":
+            return self._head_at + flac.audio_at(self._head)
+        return self._head_at
+
+    def _max_bytes_per_s(self) -> int:
+        kind = self._container
+        if kind in ("wav", "flac"):
+            pcm = wav.pcm_rate(self._boxes) if kind == "wav" else flac.pcm_rate(self._head)
+            if pcm is None:  # its header has not come: no better known than any upload
+                return MAX_BYTES_PER_S[None]
+            return min(pcm, MAX_BYTES_PER_S[kind]) if pcm > 0 else MAX_BYTES_PER_S[kind]
+        if kind in (None, "mp3") and not self._sniffing and self._head:
+            # MPEG audio has no magic: frames that run in the head are what finish() counts
+            # as MPEG audio, and their layer sets the rate.
+            layer = mp3.layer(self._head, self._mp3_chain())
+            if layer is not None:
+                return MAX_BYTES_PER_S[MPEG_LAYERS[layer]]
+        return MAX_BYTES_PER_S[kind]
+
+    def _mp3_chain(self) -> int:
+        """How many frames alike in a row make MPEG audio of the head.
+
+        Bytes without magic may be MP3 after some junk: a run of frames says so, and a
+        shorter one will do when the name or type agrees, or after an ID3v2 tag.
+        """
+        return 2 if self._container == "mp3" else 3 if self._mp3_hint or self._head_at else 5
+
     def _measure(self) -> float | None:
         kind = self._container
         if kind == "wav":
@@ -168,13 +251,22 @@ class DurationReader:
             return flac.seconds(head, tail)
         if kind is None and not head:
             return None
-        # Bytes without magic may be MP3 after some junk: a run of frames says so, and a
-        # shorter one will do when the name or type agrees, or after an ID3v2 tag.
-        chain = 2 if kind == "mp3" else 3 if self._mp3_hint or self._head_at else 5
-        seconds = mp3.seconds(head, self._head_at, tail, self._seen, chain)
+        seconds = mp3.seconds(head, self._head_at, tail, self._seen, self._mp3_chain())
         if seconds is not None:
             self._container = "mp3"
         return seconds
+
+
+def _checked(measure: Callable[[], float | None]) -> float | None:
+    """What ``measure`` finds, if it is a length: None if not, or if the file trips it."""
+    try:
+        seconds = measure()
+    except (ValueError, IndexError, KeyError, struct.error, ZeroDivisionError, OverflowError):
+        # The parsers check what they read; this is the net under a file built to trip them.
+        return None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
 
 
 def _hints_mp3(filename: str | None, content_type: str | None) -> bool:

@@ -9,27 +9,83 @@ far the stream got.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from .buffers import Buf
 
 
-def streaminfo(buf: Buf, i: int) -> tuple[int, int, int] | None:
-    """(sample rate, total samples, block size) from the STREAMINFO block at ``buf[i]``."""
+class StreamInfo(NamedTuple):
+    """What a FLAC's STREAMINFO block declares."""
+
+    rate: int  # samples a second; 0 is invalid
+    total: int  # samples in all; 0: not known when it was written
+    block: int  # the most samples a frame holds
+    channels: int
+    bits: int  # bits a sample
+
+
+def streaminfo(buf: Buf, i: int) -> StreamInfo | None:
+    """The STREAMINFO block at ``buf[i]``, if it is there whole."""
     if len(buf) < i + 38 or buf[i] & 0x7F != 0:
         return None
     packed = int.from_bytes(buf[i + 14 : i + 22], "big")
-    return packed >> 44, packed & (1 << 36) - 1, int.from_bytes(buf[i + 6 : i + 8], "big")
+    return StreamInfo(
+        rate=packed >> 44,
+        total=packed & (1 << 36) - 1,
+        block=int.from_bytes(buf[i + 6 : i + 8], "big"),
+        channels=(packed >> 41 & 7) + 1,
+        bits=(packed >> 36 & 31) + 1,
+    )
 
 
 def seconds(head: Buf, tail: bytes) -> float | None:
     """The samples STREAMINFO declares, or fewer if the last frame in ``tail`` ends sooner."""
-    info = streaminfo(head, 4) if head[:4] == b"fLaC" else None
-    if info is None or not info[0]:
+    info = _head_info(head)
+    if info is None:
         return None
-    rate, total, block = info
     # The last frame says where the stream got to, even when STREAMINFO was never filled in.
-    end = _flac_end(tail, block)
+    end = _flac_end(tail, info.block)
+    total = info.total
     samples = total if end is None else min(total, end) if total else end
-    return samples / rate if samples else None
+    return samples / info.rate if samples else None
+
+
+def declared(head: Buf) -> float | None:
+    """The samples STREAMINFO declares, in seconds, however many frames follow; None if it
+    declares none (an encoder that streamed its output leaves the count at 0)."""
+    info = _head_info(head)
+    return info.total / info.rate if info is not None and info.total else None
+
+
+def pcm_rate(head: Buf) -> int | None:
+    """The bytes a second of the PCM STREAMINFO declares (rate x channels x bytes a
+    sample): None before it has come, 0 if it is unreadable. Lossless, a FLAC never
+    takes more than its PCM."""
+    if len(head) < 42:
+        return None
+    info = _head_info(head)
+    return info.rate * info.channels * ((info.bits + 7) // 8) if info is not None else 0
+
+
+def audio_at(head: Buf) -> int:
+    """Where the frames start in ``head``, past the metadata blocks that decoders skip by
+    their sizes (a PICTURE can be megabytes), or as far as ``head`` shows them; 0 if it
+    is not a FLAC's."""
+    if head[:4] != b"fLaC":
+        return 0
+    i = 4
+    while i + 4 <= len(head):
+        last = head[i] & 0x80
+        i += 4 + int.from_bytes(head[i + 1 : i + 4], "big")
+        if last:
+            break
+    return i
+
+
+def _head_info(head: Buf) -> StreamInfo | None:
+    """The STREAMINFO a FLAC starts with, if it has a sample rate."""
+    info = streaminfo(head, 4) if head[:4] == b"fLaC" else None
+    return info if info is not None and info.rate else None
 
 
 def _flac_end(buf: bytes, block: int) -> int | None:

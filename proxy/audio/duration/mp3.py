@@ -111,11 +111,11 @@ def seconds(head: Buf, at: int, tail: bytes, seen: int, chain: int) -> float | N
     vbr = _vbr_header(head, i, frame)
     if vbr is not None and vbr[0]:
         frames, size, trim = vbr
-        samples = frames * frame.samples
-        seconds = (samples - trim if trim < samples else samples) / frame.rate
+        seconds = _counted(frame, frames, trim)
         if size and audio < size:  # cut short: the header describes more than was sent
             seconds *= audio / size
-        # A Xing header can claim anything: no MPEG audio is thinner than 8 kbit/s.
+        # A Xing header can claim anything: no MPEG audio is thinner than 8 kbit/s (nor
+        # thicker than its layer's top bitrate, which the reader's floor holds it to).
         return min(seconds, audio * 8 / 8000)
     if not frame.bitrate:
         return None
@@ -125,6 +125,33 @@ def seconds(head: Buf, at: int, tail: bytes, seen: int, chain: int) -> float | N
     # for layer III (most of it is LAME's; it adds 40 to 90 ms, too much to ignore).
     padding = frame.samples // 2 + (_MP3_PRIMING if frame.layer == 3 else 0)
     return max((audio * 8 / frame.bitrate) - padding / frame.rate, 0.0)
+
+
+def declared(head: Buf, chain: int) -> float | None:
+    """The length a Xing, Info or VBRI header declares, from ``head`` alone, or None.
+
+    None too if ``head`` holds no run of ``chain`` frames alike, or its first frame no
+    such header, or one that does not count its frames.
+    """
+    found = _first_frame(head, chain)
+    if found is None:
+        return None
+    i, frame = found
+    vbr = _vbr_header(head, i, frame)
+    return _counted(frame, vbr[0], vbr[2]) if vbr is not None and vbr[0] else None
+
+
+def layer(head: Buf, chain: int) -> int | None:
+    """The layer (1, 2 or 3) of the first run of ``chain`` frames alike in ``head``, or None."""
+    found = _first_frame(head, chain)
+    return found[1].layer if found is not None else None
+
+
+def _counted(frame: _Frame, frames: int, trim: int) -> float:
+    """The seconds ``frames`` frames like ``frame`` hold, less ``trim`` samples of priming
+    and padding (when the frames hold more than that)."""
+    samples = frames * frame.samples
+    return (samples - trim if trim < samples else samples) / frame.rate
 
 
 def _vbr_header(head: Buf, i: int, frame: _Frame) -> tuple[int, int, int] | None:

@@ -25,10 +25,13 @@ def walker() -> Boxes:
 
 
 def seconds(boxes: Boxes | None) -> float | None:
-    """The length declared by the moov box the walk kept: in mvhd, or mehd if fragmented."""
+    """The length declared by the moov box the walk kept: in mvhd, or mehd if fragmented.
+
+    It is also what the MP4 declares: None until its moov has come.
+    """
     moov = boxes.found.get(b"moov") if boxes is not None else None
     mvhd = _mp4_child(moov.body, b"mvhd") if moov is not None else None
-    if moov is None or mvhd is None or len(mvhd) < 20:
+    if moov is None or mvhd is None or len(mvhd) < (32 if mvhd[:1] == b"\x01" else 20):
         return None
     if mvhd[0] == 1:
         timescale, duration = struct.unpack_from(">IQ", mvhd, 20)
@@ -38,7 +41,7 @@ def seconds(boxes: Boxes | None) -> float | None:
         unknown = (1 << 32) - 1
     if duration in (0, unknown):  # fragmented: the movie may declare its whole length in mehd
         mehd = _mp4_child(_mp4_child(moov.body, b"mvex") or b"", b"mehd")
-        if mehd is None or len(mehd) < 8:
+        if mehd is None or len(mehd) < (12 if mehd[:1] == b"\x01" else 8):
             return None
         duration = int.from_bytes(mehd[4:12] if mehd[0] == 1 else mehd[4:8], "big")
     return duration / timescale if timescale else None

@@ -68,7 +68,8 @@ def _ogg_codec(packet: Buf) -> tuple[int, int] | None:
     if packet[:7] == b"\x01vorbis" and len(packet) >= 16:
         rate = int.from_bytes(packet[12:16], "little")
     elif packet[:5] == b"\x7fFLAC" and packet[9:13] == b"fLaC":
-        rate = (streaminfo(packet, 13) or (0, 0, 0))[0]
+        info = streaminfo(packet, 13)
+        rate = info.rate if info is not None else 0
     elif packet[:8] == b"Speex   " and len(packet) >= 40:
         rate = int.from_bytes(packet[36:40], "little")
     return (rate, 0) if rate else None

@@ -77,6 +77,15 @@ def seconds(head: Buf, tail: bytes, boxes: Boxes | None, dropped: int | None) ->
     return _matroska_seconds(head, tail, dropped)
 
 
+def declared(head: Buf) -> float | None:
+    """The Duration the Segment's Info declares, in seconds, however many blocks follow;
+    None without one (a streaming muxer writes none)."""
+    info = _head_info(head)
+    if info is None or info.duration is None:
+        return None
+    return _seconds(info.duration, info)
+
+
 class _Element(NamedTuple):
     id: int
     body: int
@@ -106,7 +115,17 @@ def _uint(buf: Buf, element: _Element) -> int:
     return int.from_bytes(buf[element.body : element.end], "big")
 
 
-def _matroska_seconds(head: Buf, tail: bytes, dropped: int | None) -> float | None:
+class _Info(NamedTuple):
+    """What the elements before the first cluster say: the Info's and the audio track's."""
+
+    scale: int  # nanoseconds a tick of the timecodes
+    duration: float | None  # in ticks
+    codec: bytes
+    delay: int  # the codec's, in nanoseconds
+
+
+def _head_info(head: Buf) -> _Info | None:
+    """The Info and audio track of the Segment ``head`` starts with, or None if none does."""
     header = _element(head, 0)
     segment = _element(head, header.end) if header and header.id == _EBML and header.end else None
     if segment is None or segment.id != _SEGMENT:
@@ -122,11 +141,23 @@ def _matroska_seconds(head: Buf, tail: bytes, dropped: int | None) -> float | No
                 duration = float(struct.unpack(">f" if len(raw) == 4 else ">d", raw)[0])
         elif child.id == _TRACKS:
             codec, delay = _audio_track(head, child)
-    ticks = _last_ticks(tail, dropped, codec == b"A_OPUS", scale)
+    return _Info(scale, duration, codec, delay)
+
+
+def _matroska_seconds(head: Buf, tail: bytes, dropped: int | None) -> float | None:
+    info = _head_info(head)
+    if info is None:
+        return None
+    ticks = _last_ticks(tail, dropped, info.codec == b"A_OPUS", info.scale)
     # A Duration written up front cannot know that the upload stopped early.
-    ends = [end for end in (duration, ticks) if end is not None]
-    # Block timecodes include the codec's delay (Opus's pre-skip), not part of the audio.
-    return max(min(ends) * scale - delay, 0) / 1e9 if ends else None
+    ends = [end for end in (info.duration, ticks) if end is not None]
+    return _seconds(min(ends), info) if ends else None
+
+
+def _seconds(ticks: float, info: _Info) -> float:
+    # Timecodes, and so the Duration, include the codec's delay (Opus's pre-skip), not
+    # part of the audio.
+    return max(ticks * info.scale - info.delay, 0) / 1e9
 
 
 def _fields(buf: Buf, parent: _Element) -> dict[int, Buf]:
