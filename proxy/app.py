@@ -22,11 +22,14 @@ from .app_state import (
     GOVERNOR_KEY,
     LIMITS_KEY,
     METRICS_KEY,
+    REQUEST_SLOTS_KEY,
     ROUTER_KEY,
     SECRETS_KEY,
+    SESSION_SLOTS_KEY,
     STATE_KEY,
     ServerState,
 )
+from .browser_boundary import BrowserBoundary, share_with_origin
 from .cache.lookup import TranscriptCache
 from .cache.stores import CacheStore, MemoryStore, RedisStore
 from .config import Config
@@ -39,13 +42,14 @@ from .errors import (
     ServiceUnavailableError,
 )
 from .form import FormLimits, check_content_type, check_declared_length
+from .governance.concurrency import KeySlots
 from .governance.counters import Counters, MemoryCounters, RedisCounters
 from .governance.credentials import Authenticator
 from .governance.governor import Governor
 from .long_audio.dispatch import LongAudio
 from .metrics import Metrics
 from .models import RequestFacts
-from .providers import Provider, create_provider
+from .providers import Provider, Redactor, create_provider
 from .realtime.client_secrets import ClientSecrets
 from .realtime.endpoint import (
     CLIENT_SECRET_PATHS,
@@ -104,7 +108,8 @@ def create_app(config: Config, providers: Mapping[str, Provider] | None = None) 
     ``MockTransport`` replaces the network): tests hand in providers of their
     own, and the app starts and closes them as it would its own.
     """
-    app = web.Application(middlewares=[observe_middleware, error_middleware])
+    boundary = BrowserBoundary(config)
+    app = web.Application(middlewares=[observe_middleware, error_middleware, boundary.middleware])
     app[CONFIG_KEY] = config
     app[STATE_KEY] = state = ServerState()
     state.idle.set()
@@ -125,8 +130,22 @@ def create_app(config: Config, providers: Mapping[str, Provider] | None = None) 
         max_field_bytes=proxy.max_field_bytes,
         spool_dir=proxy.spool_dir,
         body_idle_timeout_s=proxy.body_idle_timeout_s,
+        body_deadline_s=proxy.body_deadline_s,
+        body_min_bytes_per_s=proxy.body_min_bytes_per_s,
     )
     app[AUTH_KEY] = Authenticator(config.client, config.governance)
+    app[REQUEST_SLOTS_KEY] = KeySlots(
+        proxy.max_in_flight_per_key,
+        what="requests in flight",
+        setting="proxy.max_in_flight_per_key",
+        code="too_many_requests_in_flight",
+    )
+    app[SESSION_SLOTS_KEY] = KeySlots(
+        proxy.realtime.max_sessions_per_key,
+        what="realtime sessions open",
+        setting="proxy.realtime.max_sessions_per_key",
+        code="too_many_sessions",
+    )
     long_audio = LongAudio(
         proxy.chunking,
         asyncio.Semaphore(proxy.chunking.max_decoders),
@@ -142,6 +161,7 @@ def create_app(config: Config, providers: Mapping[str, Provider] | None = None) 
     app.cleanup_ctx.append(_stores)
     app.cleanup_ctx.append(_upstreams(providers))
     app.on_response_prepare.append(_tag_response)
+    app.on_response_prepare.append(share_with_origin)
     # Our own serving loop starts the drain at SIGTERM; a runner that only has
     # on_shutdown (a test server, say) starts it there. Either way, once.
     app.on_shutdown.append(start_draining)
@@ -189,7 +209,7 @@ async def _stores(app: web.Application) -> AsyncIterator[None]:
     secrets: CacheStore = (
         RedisStore(redis, prefix=SECRETS_PREFIX)
         if redis is not None
-        else MemoryStore(SECRETS_MEMORY_BYTES)
+        else MemoryStore(SECRETS_MEMORY_BYTES, evicts=False)
     )
     app[SECRETS_KEY] = ClientSecrets(secrets, app[AUTH_KEY])
     try:
@@ -221,7 +241,13 @@ def _upstreams(
                 dict(given)
                 if given is not None
                 else {
-                    name: create_provider(provider, session, config.proxy, app[METRICS_KEY])
+                    name: create_provider(
+                        provider,
+                        session,
+                        config.proxy,
+                        app[METRICS_KEY],
+                        Redactor.of(config.providers.values()),
+                    )
                     for name, provider in config.providers.items()
                 }
             )
@@ -312,7 +338,8 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         facts.request_type = "translation"  # for an error answered before the handler runs
     request[FACTS_KEY] = facts
     logs.request_id.set(facts.request_id)
-    transcription = request.method == "POST"
+    # Only transcription work holds a slot: a client secret's mint, say, does not.
+    transcription = _route_name(request) in _COUNTED_ROUTES
     state = request.app[STATE_KEY]
     metrics = request.app[METRICS_KEY]
     response: web.StreamResponse | None = None
@@ -356,8 +383,7 @@ def _access_log(
     request: web.Request, facts: RequestFacts, response: web.StreamResponse | None
 ) -> None:
     status = response.status if response is not None else 499  # the client left
-    route = request.match_info.route.resource
-    route_name = route.canonical if route is not None else "unmatched"
+    route_name = _route_name(request)
     metrics = request.app[METRICS_KEY]
     seconds = time.monotonic() - facts.started
     if route_name in _COUNTED_ROUTES:
@@ -383,6 +409,12 @@ def _access_log(
             "cache": ("hit" if facts.cache_hit else "miss") if facts.cache_debug else None,
         },
     )
+
+
+def _route_name(request: web.Request) -> str:
+    """The path pattern the request matched (``unmatched`` when none did)."""
+    route = request.match_info.route.resource
+    return route.canonical if route is not None else "unmatched"
 
 
 def _bytes_out(response: web.StreamResponse | None) -> int:

@@ -13,6 +13,7 @@ from .cache.lookup import TranscriptCache
 from .config import Config
 from .dispatch import Dispatcher
 from .form import FormLimits
+from .governance.concurrency import KeySlots
 from .governance.credentials import Authenticator
 from .governance.governor import Governor
 from .metrics import Metrics
@@ -70,3 +71,7 @@ CACHE_KEY = web.AppKey("transcript_cache", TranscriptCache)
 #: Realtime client secrets, kept where replicas share them when Redis is configured.
 SECRETS_KEY = web.AppKey("client_secrets", ClientSecrets)
 FACTS_KEY = web.RequestKey("facts", RequestFacts)
+#: Transcription requests each virtual key has in flight.
+REQUEST_SLOTS_KEY = web.AppKey("request_slots", KeySlots)
+#: Realtime sessions each virtual key has open (or being opened).
+SESSION_SLOTS_KEY = web.AppKey("session_slots", KeySlots)

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .form import PIECE_BYTES
 from .metrics import Metrics
-from .models import AudioSource, FormField, Task, TranscriptEvent, UpstreamCall
+from .models import Allowance, AudioSource, FormField, Task, TranscriptEvent, UpstreamCall
 from .router import Route
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class TranscriptionJob:
     #: A provider key the client brought (``allow_direct_keys``), used instead of ours.
     api_key: str | None = field(default=None, repr=False)
     task: Task = "transcription"
+    #: What the audio may come to: audio cut or decoded here is covered before it is sent.
+    allowance: Allowance | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ Cut = Callable[["TranscriptionJob", int], Dispatch]
 
 def upload_limit(routes: Sequence[Route]) -> int | None:
     """The smallest upload limit among ``routes`` (any of them may end up serving it)."""
-    limits = [r.provider.upload_limit for r in routes if r.provider.upload_limit is not None]
+    limits = [limit for r in routes if (limit := r.provider.capabilities.max_upload) is not None]
     return min(limits) if limits else None
 
 
@@ -298,6 +300,7 @@ class RouteDispatch:
                     api_key=job.api_key,
                     task=job.task,
                     named_deployment=route.named_deployment,
+                    allowance=job.allowance,
                 )
             )
             async with aclosing(events):

@@ -26,6 +26,7 @@ from .app_state import (
     GOVERNOR_KEY,
     LIMITS_KEY,
     METRICS_KEY,
+    REQUEST_SLOTS_KEY,
     ROUTER_KEY,
     STATE_KEY,
 )
@@ -34,6 +35,8 @@ from .dispatch import Dispatch, Served, TranscriptionJob
 from .errors import AnsweredFromCacheError, BadGatewayError, InvalidRequestError
 from .form import FormReader, TranscriptionForm, repr_digest_sha256
 from .form.fields import fallbacks_of, first_value, forwarded, parse_stream
+from .governance.allowance import metered_upload
+from .governance.credentials import Caller
 from .governance.metering import note_answer
 from .metrics import metrics_response
 from .models import (
@@ -44,6 +47,7 @@ from .models import (
     TranscriptDone,
     TranscriptEvent,
 )
+from .providers.azure import check_deployment_id
 
 RAW_REQUEST_HEADER = "x-bf-send-back-raw-request"
 RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
@@ -134,11 +138,22 @@ async def _transcribe(
     request: web.Request, task: Task, *, deployment: str | None
 ) -> web.StreamResponse:
     app = request.app
-    facts = request[FACTS_KEY]
-    facts.request_type = task
-    # Who is asking, and how the cache is to be used, are settled before a
-    # byte of the body is read.
+    request[FACTS_KEY].request_type = task
+    # Who is asking, and whether the path names a deployment that could be sent
+    # upstream, are settled before a byte of the body is read.
     caller = app[AUTH_KEY].identify(request.headers)
+    if deployment is not None:
+        check_deployment_id(deployment, param="deployment_id")
+    with app[REQUEST_SLOTS_KEY].hold(caller):
+        return await _serve(request, caller, task, deployment)
+
+
+async def _serve(
+    request: web.Request, caller: Caller, task: Task, deployment: str | None
+) -> web.StreamResponse:
+    app = request.app
+    facts = request[FACTS_KEY]
+    # How the cache is to be used is settled before a byte of the body is read.
     caching = app[CACHE_KEY].engage(request.headers)
     declared_sha256 = repr_digest_sha256(request.headers)
     async with FormReader(
@@ -164,9 +179,19 @@ async def _transcribe(
             requested, fallbacks_of(form.fields), azure_deployment=deployment is not None
         )
         facts.provider = routes[0].provider.name
+        facts.route = routes[0]
+        caller = app[AUTH_KEY].on_routes(caller, routes)
         governor = app[GOVERNOR_KEY]
         governor.check_routes(caller, routes)
-        async with governor.metered(caller, routes[0], facts):
+        async with metered_upload(
+            governor,
+            caller,
+            routes,
+            facts,
+            form.audio,
+            declared_bytes=request.content_length,
+            max_seconds=app[CONFIG_KEY].proxy.max_audio_seconds,
+        ) as allowance:
             lookup: CacheLookup | None = None
             if caching is not None:
                 lookup = app[CACHE_KEY].lookup(
@@ -182,6 +207,7 @@ async def _transcribe(
                 request_id=facts.request_id,
                 api_key=caller.direct_key,
                 task=task,
+                allowance=allowance,
             )
             dispatch = await app[DISPATCHER_KEY].dispatch(job, request.content_length)
             try:
@@ -251,6 +277,7 @@ async def _answer(
 def _note_served(facts: RequestFacts, served: Served) -> None:
     """Who answered, for the answer's ``extra_fields``, its headers and its log line."""
     facts.provider = served.route.provider.name
+    facts.route = served.route
     facts.model_deployment = served.route.provider.deployment_of(served.route.model)
     if served.attempts:
         facts.attempts = served.attempts

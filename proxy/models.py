@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from .router import Route
 
 #: What a request asks of the audio: its words as spoken, or in English.
 Task = Literal["transcription", "translation"]
@@ -57,6 +60,16 @@ class AudioSource(Protocol):
         spooled), for a library that wants one; None while it is still arriving."""
 
 
+class Allowance(Protocol):
+    """How much audio a request may still send (its reservations against its limits and
+    budgets, and the server's cap); audio the proxy decodes itself is covered before it
+    is sent on."""
+
+    async def cover(self, seconds: float) -> None:
+        """Make sure the first ``seconds`` of the audio are allowed, or raise the error
+        the client is told."""
+
+
 @dataclass(frozen=True)
 class UpstreamCall:
     """What a provider sends upstream: the model, the other fields, the audio."""
@@ -71,6 +84,8 @@ class UpstreamCall:
     task: Task = "transcription"
     #: An Azure deployment a path named (any Azure key may serve it).
     named_deployment: bool = False
+    #: What the audio may come to, for a provider that decodes it as it goes.
+    allowance: Allowance | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,14 @@ class AudioLength(Protocol):
     def finish(self) -> float | None:
         """The length in seconds of what has passed; None when the container does not say."""
 
+    def declared(self) -> float | None:
+        """The length the container's header declares, from its first bytes; None when
+        it declares none (or they have not passed yet)."""
+
+    def floor(self, size: int) -> float:
+        """The fewest seconds ``size`` bytes of this container hold at its codec's highest
+        rate: what a length it declares may never be charged below."""
+
 
 @dataclass
 class RequestFacts:
@@ -126,6 +149,8 @@ class RequestFacts:
     provider: str | None = None
     model_requested: str | None = None
     model_deployment: str | None = None
+    #: The route that answered (the primary until one has).
+    route: Route | None = None
     #: The attempts made, when the answer comes from a retry or a fallback.
     attempts: list[dict[str, Any]] | None = None
     #: Audio bytes read from the client, and events streamed back to it.

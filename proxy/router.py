@@ -11,7 +11,7 @@ from .errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
-from .providers.azure import AzureProvider
+from .providers.azure import AzureProvider, check_deployment_id
 from .providers.base import Provider
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,11 @@ class Router:
         A bare name goes to the provider whose keys list it, else ``openai``
         when configured, else the only provider. A name such as
         ``Systran/faster-whisper-small`` whose prefix is no provider is a bare
-        name too.
+        name too. A route to an Azure provider must name a valid deployment.
         """
+        return _with_valid_deployment(self._find(requested), param="model")
+
+    def _find(self, requested: str) -> Route:
         if not self._providers:
             raise ServiceUnavailableError("no provider is configured", code="no_provider")
         prefix, _, rest = requested.partition("/")
@@ -115,10 +118,13 @@ class Router:
             raise NotFoundError(
                 "the Azure deployment route needs the azure provider: none is configured, "
                 "or several are and none is named azure "
-                f"(deployment {deployment}); send it to /v1 with a model instead",
+                f"(deployment {deployment!r}); send it to /v1 with a model instead",
                 code="azure_not_configured",
             )
-        return Route(provider, deployment, deployment, named_deployment=True)
+        # The id itself, mapped or not: it is what the client put in a path.
+        check_deployment_id(deployment, param="deployment_id")
+        route = Route(provider, deployment, deployment, named_deployment=True)
+        return _with_valid_deployment(route, param="deployment_id")
 
     def plan(
         self, requested: str, fallbacks: Sequence[str], *, azure_deployment: bool = False
@@ -134,3 +140,11 @@ class Router:
                     f"fallback {fallback}: {exc.message}", code=exc.code, param="fallbacks"
                 ) from None
         return routes
+
+
+def _with_valid_deployment(route: Route, *, param: str) -> Route:
+    """``route``, refused (naming ``param``) when it is to an Azure provider and what
+    would go into the upstream's path is no valid deployment id (DESIGN.md section 21)."""
+    if isinstance(route.provider, AzureProvider):
+        check_deployment_id(route.provider.deployment_of(route.model), param=param)
+    return route

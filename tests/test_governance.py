@@ -417,9 +417,9 @@ async def test_audio_is_metered_from_a_wav_header_when_the_answer_says_nothing(
     server = await make_proxy(config)
     sample = (Path(__file__).parent / "data" / "sample.wav").read_bytes()
     statuses = await statuses_in_turn(server, 4, sample)
-    # 9.08 s each: the third would pass 20 s only after being admitted with 1 s
-    # reserved; it is settled to 27.2 s, so the fourth is refused.
-    assert statuses == [200, 200, 200, 402]
+    # 9.08 s each, reserved whole before it is sent (its header says how long it
+    # is): the third would take the total to 27.2 s, past 20, and is refused.
+    assert statuses == [200, 200, 402, 402]
 
 
 async def test_a_request_that_fails_after_admission_gives_its_reservation_back(
@@ -525,9 +525,9 @@ async def test_an_answer_without_seconds_settles_on_the_containers_length(
     server = await make_proxy(config)
     sample = (Path(__file__).parent / "data" / "sample.wav").read_bytes()  # 9.08 s
     statuses = await statuses_in_turn(server, 4, sample)
-    assert statuses == [200, 200, 200, 402]
+    assert statuses == [200, 200, 402, 402]
     seconds = await metered(server)
-    assert abs(seconds["container"] - 3 * 9.08) < 0.05
+    assert abs(seconds["container"] - 2 * 9.08) < 0.05
     assert "answer" not in seconds
 
 

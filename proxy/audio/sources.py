@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import IO
 
 from ..errors import UploadOverLimitError
@@ -85,6 +87,25 @@ class SpooledAudio(_WholeFile):
         self._spool.close()
 
 
+@dataclass(frozen=True)
+class Guard:
+    """A check a live upload's passes make each time they read past ``mark`` bytes."""
+
+    mark: int
+    passed: Callable[[int], Awaitable[int]]
+
+
+async def _after(
+    head: list[bytes], rest: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
+    """``head``'s pieces, then ``rest``'s (closed with this generator)."""
+    async with aclosing(rest):
+        while head:
+            yield head.pop(0)
+        async for piece in rest:
+            yield piece
+
+
 class LiveAudio:
     """The file as it arrives from the client, passed on as it is read.
 
@@ -94,9 +115,12 @@ class LiveAudio:
     is done. Read once,
     nothing of it is kept. For a request that may need it again (a retry, a
     fallback, an upload cut into chunks once it proves too long) it is
-    :meth:`record`-ed; :meth:`limit` makes a pass fail past a size, and
-    :meth:`hold_end` makes the end of each pass wait for a check (the
-    transcript cache's), which may fail it.
+    :meth:`record`-ed; :meth:`limit` makes a pass fail past a size,
+    :meth:`guard` makes a pass wait for a check each time it has read past a
+    mark (governance's, which may fail it), and :meth:`hold_end` makes the
+    end of each pass wait for a check (the transcript cache's), which may
+    fail it. :meth:`peek` reads the first bytes before any pass, so that what
+    the container declares is known before anything is sent.
     """
 
     def __init__(
@@ -113,6 +137,7 @@ class LiveAudio:
         self._passes = 0
         self._limit: int | None = None
         self._before_end: Callable[[], Awaitable[None]] | None = None
+        self._guard: Guard | None = None
         self.filename = filename
         self.content_type = content_type
 
@@ -137,6 +162,28 @@ class LiveAudio:
             raise RuntimeError("a live upload must be recorded before it is read")
         self._recording = Recording(self._client, spool, max_bytes)
 
+    async def peek(self, size: int) -> None:
+        """Read the file's first ``size`` bytes (all of it, if shorter) now; the first pass
+        hands them out before it reads on. Only before a pass or a recording."""
+        if self._passes or self._recording is not None:
+            raise RuntimeError("a live upload is peeked at before it is read")
+        head: list[bytes] = []
+        got = 0
+        while got < size:
+            piece = await anext(self._client, None)
+            if piece is None:
+                break
+            head.append(piece)
+            got += len(piece)
+        if head:
+            self._client = _after(head, self._client)
+
+    def guard(self, mark: int, passed: Callable[[int], Awaitable[int]]) -> None:
+        """Each pass, once it has read past ``mark`` bytes, awaits ``passed(bytes read)``
+        before handing on the piece that crossed it; ``passed`` returns the next mark, or
+        raises to fail the pass."""
+        self._guard = Guard(mark, passed)
+
     def limit(self, max_bytes: int | None) -> None:
         """Fail later passes with :class:`UploadOverLimitError` past ``max_bytes`` (None: not)."""
         self._limit = max_bytes
@@ -154,22 +201,26 @@ class LiveAudio:
         else:
             pieces = self._client
         self._passes += 1
-        if self._limit is None and self._before_end is None:
+        if self._limit is None and self._before_end is None and self._guard is None:
             return pieces  # nothing in between the client and the upstream
-        return self._checked(pieces, self._limit, self._before_end)
+        return self._checked(pieces, self._limit, self._before_end, self._guard)
 
     async def _checked(
         self,
         pieces: AsyncIterator[bytes],
         limit: int | None,
         before_end: Callable[[], Awaitable[None]] | None,
+        guard: Guard | None,
     ) -> AsyncIterator[bytes]:
         sent = 0
+        mark = guard.mark if guard is not None else None
         async for piece in pieces:
-            if limit is not None:
-                sent += len(piece)
-                if sent > limit:
-                    raise UploadOverLimitError(f"the upload is larger than {limit} bytes")
+            sent += len(piece)
+            if limit is not None and sent > limit:
+                raise UploadOverLimitError(f"the upload is larger than {limit} bytes")
+            if mark is not None and sent > mark:
+                assert guard is not None
+                mark = await guard.passed(sent)
             yield piece
         if before_end is not None:
             await before_end()

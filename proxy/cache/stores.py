@@ -21,6 +21,10 @@ class CacheStoreError(Exception):
     """The store cannot be reached or refused the operation."""
 
 
+class StoreFullError(CacheStoreError):
+    """A store that never evicts a live entry has no room for another."""
+
+
 class CacheStore(Protocol):
     """Expiring bytes by key."""
 
@@ -35,11 +39,19 @@ class CacheStore(Protocol):
 
 
 class MemoryStore:
-    """Entries in this process, least recently used evicted first, bounded by bytes."""
+    """Entries in this process, least recently used evicted first, bounded by bytes.
 
-    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+    With ``evicts`` false, a live entry is never pushed out to make room (what is kept
+    is another client's credential, not a copy of something): when expired entries
+    do not make room, :class:`StoreFullError` is raised instead.
+    """
+
+    def __init__(
+        self, max_bytes: int, clock: Callable[[], float] = time.monotonic, *, evicts: bool = True
+    ) -> None:
         self._max_bytes = max_bytes
         self._clock = clock
+        self._evicts = evicts
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._bytes = 0
 
@@ -66,6 +78,11 @@ class MemoryStore:
             return 0
         evicted = 0
         now = self._clock()
+        if not self._evicts and self._bytes + len(value) > self._max_bytes:
+            for expired in [k for k, (_, expires) in self._entries.items() if expires <= now]:
+                self._drop(expired)
+            if self._bytes + len(value) > self._max_bytes:
+                raise StoreFullError("the store is full of entries that have not expired")
         while self._bytes + len(value) > self._max_bytes:
             oldest, (_, expires) = next(iter(self._entries.items()))
             self._drop(oldest)

@@ -198,7 +198,11 @@ def _proxy(section: Section) -> ProxySettings:
         max_field_bytes=section.integer("max_field_bytes", 64 * 1024, minimum=1),
         sse_keepalive_s=section.number("sse_keepalive_s", 15.0, positive=True),
         max_in_flight=section.integer("max_in_flight", 256, minimum=1),
+        max_in_flight_per_key=section.integer("max_in_flight_per_key", 128, minimum=1),
+        max_audio_seconds=section.number("max_audio_seconds", 4 * 3600.0, positive=True),
         body_idle_timeout_s=section.number("body_idle_timeout_s", 30.0, positive=True),
+        body_deadline_s=section.number("body_deadline_s", 20.0, positive=True),
+        body_min_bytes_per_s=section.integer("body_min_bytes_per_s", 500, minimum=1),
         drain_timeout_s=section.number("drain_timeout_s", 30.0),
         keepalive_timeout_s=section.number("keepalive_timeout_s", 15.0, positive=True),
         redis_url=section.string("redis_url"),
@@ -208,6 +212,8 @@ def _proxy(section: Section) -> ProxySettings:
         chunking=_chunking(section.section("chunking")),
         realtime=_realtime(section.section("realtime")),
         web_ui=section.boolean("web_ui", True),
+        allowed_origins=tuple(_origin(section, o) for o in section.strings("allowed_origins")),
+        allowed_hosts=tuple(h.lower() for h in section.strings("allowed_hosts")),
     )
     section.warn_unused()
     if settings.redis_url is not None and importlib.util.find_spec("redis") is None:
@@ -218,6 +224,17 @@ def _proxy(section: Section) -> ProxySettings:
     if settings.cache.store == "redis" and settings.redis_url is None:
         raise ConfigError(f"{section.path}.cache.store: redis needs {section.path}.redis_url")
     return settings
+
+
+def _origin(section: Section, origin: str) -> str:
+    """An allowed origin as browsers send it: ``scheme://host[:port]``, lower case, no path."""
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep or scheme not in ("http", "https") or not rest or "/" in rest.rstrip("/"):
+        raise ConfigError(
+            f"{section.path}.allowed_origins: {origin!r} is not an origin "
+            "(scheme://host[:port], as https://app.example)"
+        )
+    return f"{scheme}://{rest.rstrip('/')}"
 
 
 def _chunking(section: Section) -> ChunkingSettings:
@@ -246,6 +263,8 @@ def _realtime(section: Section) -> RealtimeSettings:
         beam_size=section.integer("beam_size", 1, minimum=1),
         vad="silero" if vad == "silero" else "loudness" if vad == "loudness" else "auto",
         reserve_step_s=section.number("reserve_step_s", 30.0, positive=True),
+        max_sessions_per_key=section.integer("max_sessions_per_key", 250, minimum=1),
+        idle_timeout_s=section.number("idle_timeout_s", 300.0, positive=True),
         drain_pending_s=section.number("drain_pending_s", 1.5),
     )
     section.warn_unused()
@@ -387,11 +406,21 @@ def _key(section: Section, kind: ProviderKind) -> KeyConfig:
 
 
 def _azure_key(section: Section) -> AzureKeyConfig:
+    # Imported here: the providers package imports this one.
+    from ..providers.azure import DEPLOYMENT_ID, is_deployment_id
+
     endpoint = section.string("endpoint")
     if not endpoint:
         raise ConfigError(f"{section.path}.endpoint: required for an Azure key")
     deployments = section.section("deployments")
     mapping = {model: deployments.string(model) or model for model in deployments.names()}
+    for model, deployment in mapping.items():
+        # It goes into the upstream's URL path, with our key (DESIGN.md section 21).
+        if not is_deployment_id(deployment):
+            raise ConfigError(
+                f"{deployments.path}.{model}: {deployment!r} is not an Azure deployment id "
+                f"(one must match {DEPLOYMENT_ID.pattern})"
+            )
     config = AzureKeyConfig(
         endpoint=endpoint.rstrip("/"),
         api_version=section.string("api_version", "2024-10-21") or "2024-10-21",

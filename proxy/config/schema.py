@@ -181,6 +181,10 @@ class RealtimeSettings:
     beam_size: int = 1
     #: Audio seconds reserved against limits and budgets at a time, as a session goes.
     reserve_step_s: float = 30.0
+    #: Sessions one virtual key may hold open at once (so one tenant cannot take them all).
+    max_sessions_per_key: int = 250
+    #: A session the client sends no event for this long is closed.
+    idle_timeout_s: float = 300.0
     #: On shutdown, how long the turns committed at the deadline may take.
     drain_pending_s: float = 1.5
 
@@ -223,9 +227,19 @@ class ProxySettings:
     timeout_per_mib_s: float = 2.0
     #: Transcription requests served at once; past it, 503 before the body is read.
     max_in_flight: int = 256
+    #: Transcription requests one virtual key may have in flight at once.
+    max_in_flight_per_key: int = 128
+    #: The longest audio one request may carry; past it, refused before it is sent.
+    max_audio_seconds: float = 4 * 3600.0
     #: Longest wait for the next bytes of a client's body (a slow-drip
     #: client cannot hold a slot forever).
     body_idle_timeout_s: float = 30.0
+    #: A whole body must arrive within this, plus a second for every
+    #: ``body_min_bytes_per_s`` bytes received (Apache's mod_reqtimeout
+    #: ``body=20,MinRate=500``): a client dripping bytes just inside the idle
+    #: timeout is still cut off.
+    body_deadline_s: float = 20.0
+    body_min_bytes_per_s: int = 500
     #: On SIGTERM: how long in-flight uploads and streams may go on.
     drain_timeout_s: float = 30.0
     #: A new connection must send its request's headers within this, and a
@@ -242,6 +256,12 @@ class ProxySettings:
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     #: Serve the caption page at ``GET /``.
     web_ui: bool = True
+    #: Browser origins (``https://app.example``) besides the proxy's own that may
+    #: call it: WebSocket upgrades and CORS requests from any other are refused.
+    allowed_origins: tuple[str, ...] = ()
+    #: Host names the proxy answers to when no credential is required, besides
+    #: its listen address and loopback names (against DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,15 @@
 """The client's request body, read a piece at a time: each read timed, the total capped.
 
 Whatever goes wrong on the client's side of a read is said here, once, in
-the proxy's own errors: a client that stopped sending (408), one that went
-away (499), a body larger than allowed (413), a body the HTTP layer could
-not frame (400).
+the proxy's own errors: a client that stopped sending or sends too slowly
+(408), one that went away (499), a body larger than allowed (413), a body
+the HTTP layer could not frame (400).
+
+Two clocks bound a body. Each read may wait at most ``body_idle_timeout_s``;
+and all the reads together at most ``body_deadline_s`` plus a second for
+every ``body_min_bytes_per_s`` bytes received, so a client that drips a byte
+just inside the idle timeout is still cut off. Only time spent waiting for
+the client counts: while the upstream holds the upload back, nobody reads.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ class ClientBody:
         self._content = request.content
         self._limits = limits
         self._on_end: Callable[[], None] | None = on_end
+        #: Seconds spent waiting for the client's bytes so far.
+        self._waited = 0.0
 
     def arrived_whole(self) -> bool:
         """Whether the rest of a small body is already in aiohttp's buffer."""
@@ -57,7 +65,9 @@ class ClientBody:
         # HTTP chunk ends, with an empty piece that is not the end of the body.
         while True:
             data, end_of_http_chunk = await self._content.readchunk()
-            if data or not end_of_http_chunk:
+            # (A request with no body has aiohttp's empty stream, which says the same
+            # end of a chunk for ever: its end is the end.)
+            if data or not end_of_http_chunk or self._content.is_eof():
                 return data
 
     def read_rest(self) -> bytes:
@@ -69,18 +79,40 @@ class ClientBody:
         self._after_read()
         return data
 
+    async def read_all(self) -> bytes:
+        """The whole body (a small JSON document, say), held to the same caps and clocks."""
+        pieces = []
+        while data := await self.read():
+            pieces.append(data)
+        return b"".join(pieces)
+
     async def _reading(self, read: Awaitable[bytes]) -> bytes:
+        limits = self._limits
+        allowed = (
+            limits.body_deadline_s
+            + self._content.total_bytes / limits.body_min_bytes_per_s
+            - self._waited
+        )
+        idle = limits.body_idle_timeout_s
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
-            async with asyncio.timeout(self._limits.body_idle_timeout_s):
+            async with asyncio.timeout(max(0.0, min(idle, allowed))):
                 data = await read
         except TimeoutError:
-            raise RequestTimeoutError(
-                f"the client sent nothing for {self._limits.body_idle_timeout_s:g} s"
-            ) from None
+            if allowed < idle:
+                raise RequestTimeoutError(
+                    f"the client sent its body slower than {limits.body_min_bytes_per_s} "
+                    f"bytes a second (after the first {limits.body_deadline_s:g} s)",
+                    code="request_body_too_slow",
+                ) from None
+            raise RequestTimeoutError(f"the client sent nothing for {idle:g} s") from None
         except ConnectionError as exc:
             raise ClientGoneError("the client closed the connection") from exc
         except (ValueError, HttpProcessingError) as exc:
             raise self._malformed(exc) from exc
+        finally:
+            self._waited += loop.time() - began
         self._after_read()
         return data
 

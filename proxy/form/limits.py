@@ -29,6 +29,10 @@ class FormLimits:
     spool_dir: str | None = None
     #: Longest wait for the next bytes of the body.
     body_idle_timeout_s: float = 30.0
+    #: All the waits for the body together: this, plus a second per
+    #: ``body_min_bytes_per_s`` bytes received.
+    body_deadline_s: float = 20.0
+    body_min_bytes_per_s: int = 500
 
 
 def check_content_type(request: web.BaseRequest) -> None:

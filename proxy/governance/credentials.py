@@ -12,13 +12,16 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..config import ClientConfig, ConfigError, GovernanceConfig, JwtConfig, VirtualKeyConfig
 from ..errors import AuthenticationError, PermissionDeniedError
+
+if TYPE_CHECKING:
+    from ..router import Route
 
 VIRTUAL_KEY_PREFIX = "sk-bf-"
 #: Realtime client secrets (:mod:`proxy.realtime.client_secrets`) start so.
@@ -82,6 +85,26 @@ class Authenticator:
             raise AuthenticationError("the credential is not a known virtual key or token")
         # With nothing to enforce, a client's placeholder key (SDKs always
         # send one) is no reason to refuse it.
+        return ANONYMOUS
+
+    def on_routes(self, caller: Caller, routes: Sequence[Route]) -> Caller:
+        """``caller`` as ``routes`` may serve it: a provider key the client brought is a
+        credential only for providers that take one (HTTP upstreams with keys of ours
+        configured). Where credentials are required, it opens no other (401); where
+        they are not, the caller is anonymous there, as without it."""
+        if caller.kind != "direct_key":
+            return caller
+        refusing = [
+            r.provider.name for r in routes if not r.provider.capabilities.takes_client_keys
+        ]
+        if not refusing:
+            return caller
+        if self._client.enforce_auth_on_inference:
+            raise AuthenticationError(
+                "a provider key of your own is a credential only for providers that take "
+                f"one; {', '.join(sorted(refusing))} does not: use a virtual key",
+                code="direct_key_not_accepted",
+            )
         return ANONYMOUS
 
     def by_id(self, key_id: str) -> Caller:

@@ -102,6 +102,12 @@ class Governor:
         self._fail_open = fail_open
         self._metrics = metrics
 
+    @property
+    def reserve_step_s(self) -> float:
+        """Audio seconds reserved at a time: before a request's length is known, and
+        ahead of its audio as it proves longer."""
+        return self._config.reserve_audio_seconds
+
     def check_routes(self, caller: Caller, routes: Sequence[Route]) -> None:
         """403 unless the caller may use every provider and model it would be sent to."""
         key = caller.virtual_key
@@ -134,13 +140,44 @@ class Governor:
             + TEXT_TOKENS_PER_S * price.output_text_tokens
         ) / 1e6
 
-    async def admit(self, caller: Caller, route: Route, *, count_request: bool = True) -> Admission:
-        """Reserve the request's share of the caller's limits, or refuse it."""
+    def _budget_rate(self, key: VirtualKeyConfig, route: Route) -> tuple[float, ModelPrice | None]:
+        """What a second of ``route``'s audio takes from ``key``'s budget, and the model's
+        price when it is by the token (settled on the answer's tokens)."""
+        budget = key.budget
+        assert budget is not None
+        if budget.unit == "audio_seconds":
+            return 1.0, None
+        price = self.price_of(route)
+        return self.price_per_second(
+            route
+        ), price if price is not None and price.per_token else None
+
+    async def count_request(self, caller: Caller) -> None:
+        """Count a request that carries no audio (a client secret's mint) against the
+        caller's request limit, or refuse it."""
+        admission = await self.admit(caller, (), reserve_s=0.0)
+        await self.settle(admission, 0.0)
+
+    async def admit(
+        self,
+        caller: Caller,
+        routes: Sequence[Route],
+        *,
+        reserve_s: float | None = None,
+        count_request: bool = True,
+    ) -> Admission:
+        """Reserve the request's share of the caller's limits, or refuse it.
+
+        ``reserve_s`` audio seconds (``governance.reserve_audio_seconds`` when not
+        given) are reserved at the highest price among ``routes``: whichever of them
+        ends up serving, the reservation covers it (DESIGN section 21).
+        """
         key = caller.virtual_key
         admission = Admission(key=key)
         if key is None:
             return admission
-        reserve_s = self._config.reserve_audio_seconds
+        if reserve_s is None:
+            reserve_s = self._config.reserve_audio_seconds
         wanted: list[tuple[str, float, float, float, ProxyError]] = []
         limit = key.rate_limit
         if count_request and limit is not None and limit.request_max_limit:
@@ -153,7 +190,9 @@ class Governor:
                     RateLimitedError(f"virtual key {key.id} has used its requests for now"),
                 )
             )
-        if limit is not None and limit.audio_seconds_max_limit:
+        rates: dict[str, tuple[float, ModelPrice | None]] = {}
+        if limit is not None and limit.audio_seconds_max_limit and routes:
+            rates[f"rl:{key.id}:audio"] = (1.0, None)
             wanted.append(
                 (
                     f"rl:{key.id}:audio",
@@ -164,12 +203,12 @@ class Governor:
                 )
             )
         budget = key.budget
-        token_price: ModelPrice | None = None
-        if budget is not None:
-            rate = 1.0 if budget.unit == "audio_seconds" else self.price_per_second(route)
-            if budget.unit == "usd" and (price := self.price_of(route)) and price.per_token:
-                token_price = price
+        if budget is not None and routes:
+            rate, token_price = max(
+                (self._budget_rate(key, route) for route in routes), key=lambda r: r[0]
+            )
             if rate:
+                rates[f"budget:{key.id}"] = (rate, token_price)
                 wanted.append(
                     (
                         f"budget:{key.id}",
@@ -195,17 +234,18 @@ class Governor:
                 return admission
             raise _store_down() from exc
         for name, amount, maximum, window, refusal in wanted:
-            if not name.endswith(":requests"):
+            if name in rates:
+                rate, token_price = rates[name]
                 admission.by_audio.append(
                     AudioReservation(
                         name,
                         amount,
                         maximum,
                         window,
-                        rate=amount / reserve_s if reserve_s else 0.0,
+                        rate=rate,
                         refusal=type(refusal),
                         message=refusal.message,
-                        token_price=token_price if name.startswith("budget:") else None,
+                        token_price=token_price,
                     )
                 )
         return admission
@@ -216,7 +256,7 @@ class Governor:
         """A session now on ``route`` (its model changed), ``seconds`` of audio in: what it
         used is charged at the old route's rates, and the rest is reserved at the new
         one's (a model priced otherwise is charged as it is priced)."""
-        fresh = await self.admit(caller, route, count_request=False)  # refused: no change
+        fresh = await self.admit(caller, [route], count_request=False)  # refused: no change
         await self.settle(admission, seconds)
         for reservation in fresh.by_audio:
             reservation.base_seconds = seconds
@@ -252,27 +292,46 @@ class Governor:
 
     @contextlib.asynccontextmanager
     async def metered(
-        self, caller: Caller, route: Route, facts: RequestFacts
+        self,
+        caller: Caller,
+        routes: Sequence[Route],
+        facts: RequestFacts,
+        *,
+        reserve_s: float | None = None,
     ) -> AsyncIterator[Admission]:
-        """The request admitted, and its reservations settled with the audio it used
-        (:func:`~.metering.audio_used`) however it ends."""
-        admission = await self.admit(caller, route)
+        """The request admitted with ``reserve_s`` audio seconds reserved (never less
+        than ``governance.reserve_audio_seconds``), and its reservations settled with
+        the audio it used (:func:`~.metering.audio_used`), at the price of the route
+        that served it, however it ends."""
+        reserve = max(self._config.reserve_audio_seconds, reserve_s or 0.0)
+        admission = await self.admit(caller, routes, reserve_s=reserve)
         try:
             yield admission
         finally:
-            used = audio_used(facts, self._config.reserve_audio_seconds)
+            reserved = admission.reserved_seconds
+            used = audio_used(facts, reserved if math.isfinite(reserved) else reserve)
             if self._metrics is not None and used.source != "none":
                 self._metrics.metered(used.source, used.seconds)
-            await self.settle(admission, used.seconds, used.tokens)
+            await self.settle(admission, used.seconds, used.tokens, served=facts.route)
 
     async def settle(
-        self, admission: Admission, audio_seconds: float, tokens: TokenUsage | None = None
+        self,
+        admission: Admission,
+        audio_seconds: float,
+        tokens: TokenUsage | None = None,
+        *,
+        served: Route | None = None,
     ) -> None:
-        """Replace the reservations with what the request really used."""
+        """Replace the reservations with what the request really used; a budget is
+        charged at ``served``'s price when given (the route that answered), else at the
+        price it was reserved at."""
         if admission.settled:
             return
         admission.settled = True
+        key = admission.key
         for reservation in admission.by_audio:
+            if served is not None and key is not None and reservation.name.startswith("budget:"):
+                reservation.rate, reservation.token_price = self._budget_rate(key, served)
             try:
                 await self._counters.adjust(
                     reservation.name,

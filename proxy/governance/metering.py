@@ -3,7 +3,8 @@
 The answer's own figure comes first (``usage.seconds``, else ``duration``);
 an answer that reports tokens and no seconds (gpt-4o-transcribe's ``json``)
 settles on the length the upload's container declares, read as it passed
-(:mod:`proxy.audio.duration`); failing both, on what was reserved.
+(:mod:`proxy.audio.duration`), never below what its bytes hold at the codec's
+highest rate; failing both, on what was reserved.
 """
 
 from __future__ import annotations
@@ -72,10 +73,15 @@ def audio_used(facts: RequestFacts, reserved_s: float) -> AudioUsed:
     tokens = facts.answer_tokens
     if facts.audio_seconds:
         return AudioUsed(facts.audio_seconds, "answer", tokens)
-    container = facts.audio_length.finish() if facts.audio_length is not None else None
+    length = facts.audio_length
+    if length is None:
+        return AudioUsed(reserved_s, "reservation", tokens)
+    # A container's header can claim anything: never less than its bytes hold.
+    floor = length.floor(facts.audio_bytes)
+    container = length.finish()
     if container is not None:
-        return AudioUsed(container, "container", tokens)
-    return AudioUsed(reserved_s, "reservation", tokens)
+        return AudioUsed(max(container, floor), "container", tokens)
+    return AudioUsed(max(reserved_s, floor), "reservation", tokens)
 
 
 def _is_number(value: Any) -> TypeGuard[int | float]:

@@ -223,6 +223,10 @@ class LongAudioDispatch:
             if isinstance(item, BaseException):
                 raise item
             try:
+                if self._job.allowance is not None:
+                    # Reserved before the chunk goes: a recording that decodes far longer
+                    # than its bytes promised stops at its budget, or the server's cap.
+                    await self._job.allowance.cover(item.end_s)
                 await parallel.acquire()
                 prompt = None
                 if self._settings.carry_prompt and previous is not None:

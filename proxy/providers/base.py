@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import NetworkConfig
 from ..models import TranscriptEvent, UpstreamCall
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can do: the router, dispatch and realtime ask this, never its class."""
+
+    #: Answers ``stream=true`` with transcript events as they are made (an upstream that
+    #: does not is answered whole, and its answer turned into events here).
+    streams: bool = False
+    #: Has a Realtime API of its own: sessions on it are relayed, not synthesized.
+    relays_realtime: bool = False
+    #: Can transcribe a turn again and again while it is spoken, for partial captions.
+    live_passes: bool = False
+    #: Translates speech into English (``/v1/audio/translations``).
+    translates: bool = True
+    #: The largest upload it takes, in bytes (longer audio is cut into chunks); None: any.
+    max_upload: int | None = None
+    #: A provider key the client brings (``client.allow_direct_keys``) can be sent in
+    #: place of ours: an upstream that takes keys, with keys of ours configured.
+    takes_client_keys: bool = False
 
 
 class Provider(Protocol):
@@ -27,8 +48,8 @@ class Provider(Protocol):
         """Retry and timeout settings."""
 
     @property
-    def upload_limit(self) -> int | None:
-        """The largest upload the upstream takes, in bytes (longer audio is cut into chunks)."""
+    def capabilities(self) -> Capabilities:
+        """What the provider can do."""
 
     @property
     def sends_back_raw_response(self) -> bool:

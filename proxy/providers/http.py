@@ -15,13 +15,16 @@ from dataclasses import replace
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict
 
 from ..answers.sse import read_events
 from ..config import KeyConfig, NetworkConfig, ProviderConfig
 from ..errors import BadGatewayError, GatewayTimeoutError, UpstreamError
 from ..metrics import Metrics
 from ..models import Task, TranscriptDone, TranscriptEvent, UpstreamCall
+from .base import Capabilities
 from .key_pool import KeyPool
+from .redaction import Redactor
 from .stream_events import StreamTranslator
 from .upstream_form import UpstreamBody
 
@@ -42,7 +45,12 @@ def websocket_url(base_url: str) -> str:
 
 
 class HttpProvider:
-    """An upstream reached by ``POST``-ing the transcription form."""
+    """An upstream reached by ``POST``-ing the transcription form.
+
+    Whatever it answers is passed through ``redactor`` before it is read
+    (by default, one of this provider's own keys; the app gives every
+    provider's, as an upstream may quote any key it has seen).
+    """
 
     def __init__(
         self,
@@ -51,10 +59,12 @@ class HttpProvider:
         metrics: Metrics,
         *,
         timeout_per_mib_s: float = 2.0,
+        redactor: Redactor | None = None,
     ) -> None:
         self._config = config
         self._session = session
         self._keys = KeyPool(config.name, config.keys)
+        self._redactor = redactor if redactor is not None else Redactor.of([config])
         # This provider's series, looked up once rather than on every request.
         self._ttfb = metrics.upstream_ttfb.labels(provider=config.name)
         self._audio_bytes_out = metrics.audio_bytes_out.labels(provider=config.name)
@@ -76,8 +86,17 @@ class HttpProvider:
         return self._config.network
 
     @property
-    def upload_limit(self) -> int | None:
-        return self._config.max_upload_bytes
+    def capabilities(self) -> Capabilities:
+        config = self._config
+        return Capabilities(
+            streams=self.streams,
+            relays_realtime=config.realtime,
+            max_upload=config.max_upload_bytes,
+            takes_client_keys=bool(config.keys),
+        )
+
+    #: Whether the upstream answers ``stream=true`` with events (OpenAI's gpt-4o family do).
+    streams = True
 
     @property
     def sends_back_raw_response(self) -> bool:
@@ -108,9 +127,9 @@ class HttpProvider:
         raise NotImplementedError
 
     @property
-    def relays_realtime(self) -> bool:
-        """Whether realtime sessions on this provider go to its own Realtime API."""
-        return self._config.realtime
+    def redactor(self) -> Redactor:
+        """What blots keys out of this provider's answers (its realtime frames too)."""
+        return self._redactor
 
     def realtime_target(self, model: str, key: KeyConfig | None) -> tuple[str, dict[str, str]]:
         """The WebSocket URL of the upstream's Realtime API and the headers that carry ``key``."""
@@ -138,6 +157,8 @@ class HttpProvider:
                 )
         except aiohttp.WSServerHandshakeError as exc:
             retry_after = exc.headers.get("Retry-After") if exc.headers else None
+            if retry_after:
+                retry_after = self._redactor.with_secret(api_key).text(retry_after)
             raise UpstreamError(
                 exc.status,
                 f"provider {self.name} refused the realtime session ({exc.status})",
@@ -158,6 +179,9 @@ class HttpProvider:
         )
         if call.api_key is not None:
             key = replace(key or KeyConfig(value=""), value=call.api_key)
+        # The client's own key is blotted out of the answer too: it may end up
+        # in a log, a cache entry or another client's eyes.
+        redactor = self._redactor.with_secret(call.api_key)
         url, headers = self.target(call.model, key, call.task)
         deadline = _Deadline(self._idle_s, self._per_mib_s)
         body = UpstreamBody(call, pacer=deadline)
@@ -187,24 +211,24 @@ class HttpProvider:
                         code="upstream_redirect",
                     )
                 if response.status >= 400:
-                    raw = await _read_capped(response, self._idle_s)
+                    raw = redactor.bytes(await _read_capped(response, self._idle_s))
                     refused = (
                         response.status in (401, 403) and key is not None and call.api_key is None
                     )
                     raise upstream_error(
                         response.status,
                         raw,
-                        response.headers,
-                        secret=key.value if key else None,
+                        _redacted_headers(response.headers, redactor),
                         # Another key may well be accepted where this one was not.
                         retryable=self._keys.refused(key, call.model) if refused and key else None,
                     )
                 if response.content_type == "text/event-stream":
-                    async with aclosing(_stream_events(response, self._idle_s)) as events:
+                    stream = _stream_events(response, self._idle_s, redactor)
+                    async with aclosing(stream) as events:
                         async for event in events:
                             yield event
                     return
-                raw = await _read_capped(response, self._idle_s)
+                raw = redactor.bytes(await _read_capped(response, self._idle_s))
                 yield parse_answer(response.content_type, raw)
         except aiohttp.ClientError as exc:
             # A failure on the client's side of the body surfaces here as a
@@ -259,7 +283,7 @@ async def _idle_limited(chunks: AsyncIterator[bytes], idle_s: float) -> AsyncGen
 
 
 async def _stream_events(
-    response: aiohttp.ClientResponse, idle_s: float
+    response: aiohttp.ClientResponse, idle_s: float, redactor: Redactor
 ) -> AsyncGenerator[TranscriptEvent, None]:
     """The transcript events of an upstream event stream, each as soon as it arrives."""
     translator = StreamTranslator()
@@ -269,7 +293,8 @@ async def _stream_events(
             aclosing(read_events(chunks)) as datas,
         ):
             async for data in datas:
-                for event in translator.feed(data):
+                # Event by event, not chunk by chunk: a key may straddle two chunks.
+                for event in translator.feed(redactor.bytes(data)):
                     yield event
                 if translator.done is not None:
                     return
@@ -319,17 +344,14 @@ def upstream_error(
     raw: bytes,
     headers: Mapping[str, str],
     *,
-    secret: str | None = None,
     retryable: bool | None = None,
 ) -> UpstreamError:
     """An upstream's error answer, its type, code, message and param kept.
 
-    Some upstreams quote the key they were sent in their message; ``secret``
-    is blotted out wherever it appears.
+    ``raw`` and ``headers`` are taken as they are: keys an upstream quotes are
+    to be blotted out of them first (see :class:`Redactor`).
     """
     message, error_type, code, param = _error_details(raw)
-    if secret:
-        message = message.replace(secret, "***")
     passed_headers: dict[str, str] = {}
     if retry_after := headers.get(aiohttp.hdrs.RETRY_AFTER):
         passed_headers[aiohttp.hdrs.RETRY_AFTER] = retry_after
@@ -342,6 +364,11 @@ def upstream_error(
         headers=passed_headers,
         retryable=retryable,
     )
+
+
+def _redacted_headers(headers: Mapping[str, str], redactor: Redactor) -> CIMultiDict[str]:
+    """``headers`` with no key in them: an error passes some on to the client."""
+    return CIMultiDict((name, redactor.text(value)) for name, value in headers.items())
 
 
 def _error_details(raw: bytes) -> tuple[str, str | None, str | None, str | None]:

@@ -3,7 +3,9 @@
 Everything that can refuse the session does so before the upgrade, as an
 HTTP error in the usual shape (never a 101 followed by a close): a missing
 or refused credential (401/403), a model the caller may not use (403), a
-spent limit or budget (429/402). Credentials are read as for any request,
+spent limit or budget (429/402), a virtual key that already holds
+``max_sessions_per_key`` sessions (429), so that one tenant cannot take
+every session the server has. Credentials are read as for any request,
 plus the two ways a browser can send one on a WebSocket: the subprotocol
 ``openai-insecure-api-key.<key>`` (OpenAI's) and an ``api-key`` query
 parameter (Azure's).
@@ -27,16 +29,22 @@ from ..app_state import (
     DISPATCHER_KEY,
     FACTS_KEY,
     GOVERNOR_KEY,
+    LIMITS_KEY,
     METRICS_KEY,
     ROUTER_KEY,
     SECRETS_KEY,
+    SESSION_SLOTS_KEY,
     STATE_KEY,
 )
 from ..errors import InvalidRequestError, ServiceUnavailableError
+from ..form.body import ClientBody
+from ..form.limits import check_declared_length
 from ..governance.credentials import CLIENT_SECRET_PREFIX, Caller, credential_of
 from ..logs import request_id
 from ..providers.http import HttpProvider
+from ..providers.redaction import Redactor
 from ..router import Route, Router
+from .client_secrets import Redeemed
 from .metering import SessionMeter
 from .protocol import ClientEventError
 from .relay import RelaySession
@@ -88,19 +96,37 @@ async def realtime_session(request: web.Request) -> web.StreamResponse:
             code="server_restarting",
             headers={"Retry-After": "0"},
         )
-    if len(app[STATE_KEY].sessions) >= app[CONFIG_KEY].proxy.realtime.max_sessions:
+    settings = app[CONFIG_KEY].proxy.realtime
+    if len(app[STATE_KEY].sessions) >= settings.max_sessions:
         raise ServiceUnavailableError(
             "too many realtime sessions open; try again shortly",
             code="overloaded",
             headers={"Retry-After": "1"},
         )
+    caller, redeemed = await _identify(request)
+    with app[SESSION_SLOTS_KEY].hold(caller):
+        await _open_session(request, ws, caller, redeemed)
+    return ws
+
+
+async def _identify(request: web.Request) -> tuple[Caller, Redeemed | None]:
+    """Who the session is for, and the client secret it is opened with, if it is."""
     headers = credentials(request)
     found = credential_of(headers)
-    minted: dict[str, Any] | None = None
     if found is not None and found[1].startswith(CLIENT_SECRET_PREFIX):
-        caller, minted = await app[SECRETS_KEY].redeem(found[1])
-    else:
-        caller = app[AUTH_KEY].identify(headers)
+        redeemed = await request.app[SECRETS_KEY].redeem(found[1])
+        return redeemed.caller, redeemed
+    return request.app[AUTH_KEY].identify(headers), None
+
+
+async def _open_session(
+    request: web.Request, ws: web.WebSocketResponse, caller: Caller, redeemed: Redeemed | None
+) -> None:
+    """Admit the session, upgrade, and serve it until it ends."""
+    app = request.app
+    facts = request[FACTS_KEY]
+    minted = redeemed.session if redeemed is not None else None
+    expires_at = redeemed.expires_at if redeemed is not None else None
     initial = _initial_config(minted)
     # Azure's preview form names a deployment: it goes to the Azure provider,
     # as the deployment routes of the HTTP API do.
@@ -115,9 +141,10 @@ async def realtime_session(request: web.Request) -> web.StreamResponse:
     routes, model = _routes(router, named, fallbacks, azure_deployment=deployment is not None)
     facts.model_requested = model
     facts.provider = routes[0].provider.name
+    caller = app[AUTH_KEY].on_routes(caller, routes)
     governor = app[GOVERNOR_KEY]
     governor.check_routes(caller, routes)
-    admission = await governor.admit(caller, routes[0])  # a session is one request
+    admission = await governor.admit(caller, routes)  # a session is one request
     settings = app[CONFIG_KEY].proxy.realtime
     meter = SessionMeter(governor, admission, settings.reserve_step_s)
     services = SessionServices(
@@ -126,12 +153,13 @@ async def realtime_session(request: web.Request) -> web.StreamResponse:
         governor=governor,
         metrics=app[METRICS_KEY],
         settings=settings,
+        redactor=Redactor.of(app[CONFIG_KEY].providers.values()).with_secret(caller.direct_key),
     )
     # A beta client (its subprotocol) is answered in the beta shape from the first event.
     beta = "realtime" not in _offered(request) and "openai-beta.realtime-v1" in _offered(request)
     try:
         provider = routes[0].provider
-        if isinstance(provider, HttpProvider) and provider.relays_realtime:
+        if isinstance(provider, HttpProvider) and provider.capabilities.relays_realtime:
             session: RealtimeSession | RelaySession = RelaySession(
                 ws,
                 await _open_upstream(provider, routes[0], services, caller),
@@ -140,6 +168,7 @@ async def realtime_session(request: web.Request) -> web.StreamResponse:
                 meter=meter,
                 route=routes[0],
                 azure_deployment=deployment is not None,
+                expires_at=expires_at,
             )
         else:
             session = RealtimeSession(
@@ -157,13 +186,13 @@ async def realtime_session(request: web.Request) -> web.StreamResponse:
                 fallbacks=fallbacks,
                 azure_deployment=deployment is not None,
                 dialect="beta" if beta else "ga",
+                expires_at=expires_at,
             )
         await _serve(request, ws, session)
     finally:
         await meter.settle()
         if ws.prepared and not ws.closed:
             await ws.close()
-    return ws
 
 
 def _routes(
@@ -247,19 +276,32 @@ async def create_client_secret(request: web.Request) -> web.Response:
     app = request.app
     request[FACTS_KEY].request_type = "realtime_client_secret"
     caller = app[AUTH_KEY].identify(request.headers)
-    if request.content_length and request.content_length > MAX_SECRET_REQUEST_BYTES:
-        raise InvalidRequestError("the request body is too large", code="request_too_large")
-    raw = await request.read() if request.can_read_body else b""
+    body = await _secret_request(request)
+    governor = app[GOVERNOR_KEY]
+
+    async def admit(config: SessionConfig) -> None:
+        # The secret may do what its key may: a model it may not use is refused now.
+        routes = app[ROUTER_KEY].plan(config.transcription.model, ())
+        governor.check_routes(caller, routes)
+        # A mint is a request: without this, a key could mint without end.
+        await governor.count_request(caller)
+
+    return json_response(await app[SECRETS_KEY].mint(caller, body, admit))
+
+
+async def _secret_request(request: web.Request) -> dict[str, Any]:
+    """A mint's JSON body, read under the body clocks and a byte cap counted on the
+    bytes read (a chunked body declares no length to check)."""
+    limits = replace(request.app[LIMITS_KEY], max_body_bytes=MAX_SECRET_REQUEST_BYTES)
+    check_declared_length(request, limits)
+    # A request without a body has aiohttp's shared empty stream, not one to read.
+    if not request.can_read_body:
+        return {}
+    raw = await ClientBody(request, limits, on_end=lambda: None).read_all()
     try:
         body = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:
         raise InvalidRequestError("the body must be a JSON object", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("the body must be a JSON object", code="invalid_json")
-
-    def allowed(config: SessionConfig) -> None:
-        # The secret may do what its key may: a model it may not use is refused now.
-        routes = app[ROUTER_KEY].plan(config.transcription.model, ())
-        app[GOVERNOR_KEY].check_routes(caller, routes)
-
-    return json_response(await app[SECRETS_KEY].mint(caller, body, allowed))
+    return body

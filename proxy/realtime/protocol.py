@@ -76,6 +76,29 @@ def restarting_event(deadline_s: float) -> dict[str, Any]:
     )
 
 
+def expired_event() -> dict[str, Any]:
+    """The ``error`` a session gets when the client secret it was opened with expires."""
+    return error_event(
+        "the client secret this session was opened with has expired: mint a new one",
+        code="session_expired",
+    )
+
+
+def idle_event(idle_timeout_s: float) -> dict[str, Any]:
+    """The ``error`` a session gets when its client has sent nothing for too long."""
+    return error_event(
+        f"no event from the client for {idle_timeout_s:g} s: the session is closed",
+        code="idle_timeout",
+    )
+
+
+def binary_frame_event() -> dict[str, Any]:
+    """The ``error`` for a binary frame: the Realtime API takes JSON text only."""
+    return error_event(
+        "binary frames are not taken: send client events as JSON text", code="invalid_event"
+    )
+
+
 def client_error_event(exc: ClientEventError, caused_by: str | None) -> dict[str, Any]:
     """The ``error`` event for a client event the session refused."""
     return error_event(
@@ -109,12 +132,28 @@ def read_client_event(text: str) -> ClientEvent:
         ) from None
     if not isinstance(body, dict):
         raise ClientEventError("a client event is a JSON object", code="invalid_event")
-    event_id = body.get("event_id")
-    event_id = event_id if isinstance(event_id, str) else None
     type_ = body.get("type")
     if not isinstance(type_, str):
         raise ClientEventError("the event has no type", code="invalid_event", param="type")
-    return ClientEvent(type_, event_id, body)
+    return ClientEvent(type_, event_id_of(body), body)
+
+
+def read_event_object(text: str) -> dict[str, Any]:
+    """A text frame as a JSON object, whatever its type; :class:`ClientEventError`
+    (``invalid_event``) when it is not one."""
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise ClientEventError("a client event is a JSON object", code="invalid_event")
+    return body
+
+
+def event_id_of(event: dict[str, Any]) -> str | None:
+    """A client event's own ``event_id``, when it gave a string one."""
+    event_id = event.get("event_id")
+    return event_id if isinstance(event_id, str) else None
 
 
 def encode(event: dict[str, Any]) -> str:

@@ -13,6 +13,10 @@ ahead, a block at a time, and ends with an ``error`` event and close 1008
 when a limit or budget is spent. Memory holds one turn in progress (at
 most 30 s) and at most ``max_pending_turns`` committed turns waiting for
 their transcripts; past that, appends are refused with an ``error``.
+
+A session also ends of itself (:class:`Lifetime`, for relayed sessions too):
+when the client secret it was opened with expires (close 1008), and when
+its client has sent nothing for ``idle_timeout_s`` (close 1000).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
@@ -37,15 +42,19 @@ from ..governance.governor import Governor
 from ..metrics import Metrics
 from ..models import TranscriptDone
 from ..providers.local.passes import DecodeOptions
+from ..providers.redaction import Redactor
 from ..router import Router
 from .audio_in import InputAudio
 from .metering import CLOSE_POLICY, SessionMeter, spent
 from .protocol import (
     ClientEvent,
     ClientEventError,
+    binary_frame_event,
     client_error_event,
     encode,
     error_event,
+    expired_event,
+    idle_event,
     new_id,
     proxy_error_event,
     read_client_event,
@@ -64,6 +73,8 @@ log = logging.getLogger(__name__)
 MIN_COMMIT_SAMPLES = SAMPLE_RATE // 10
 #: Close code: the server is restarting.
 CLOSE_RESTARTING = 1012
+#: Close code: a session idle for too long ends normally.
+CLOSE_NORMAL = 1000
 #: At most this long for the last turns' events at a drain's deadline: aiohttp's own
 #: shutdown deadline comes 2 s after it (``DRAIN_GRACE_S``).
 _DRAIN_FLUSH_S = 1.5
@@ -79,6 +90,47 @@ class SessionServices:
     governor: Governor
     metrics: Metrics
     settings: RealtimeSettings
+    #: Blots our provider keys out of what an upstream sends the client.
+    redactor: Redactor
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a session that ends of itself ends: the ``error`` event, then the close."""
+
+    event: dict[str, Any]
+    close_code: int
+    reason: str
+
+
+class Lifetime:
+    """When a session ends of itself: at the expiry of the client secret it was opened
+    with (``expires_at``, the wall clock's seconds), or once its client has sent no
+    event for ``idle_timeout_s``."""
+
+    def __init__(self, idle_timeout_s: float, expires_at: float | None = None) -> None:
+        self._idle_timeout_s = idle_timeout_s
+        self._expires_at = expires_at
+        self._last_heard = time.monotonic()
+
+    def heard(self) -> None:
+        """The client sent an event: its idle time starts again."""
+        self._last_heard = time.monotonic()
+
+    async def ended(self) -> Ending:
+        """Wait until the session must end, and say how it ends."""
+        while True:
+            idle_left = self._last_heard + self._idle_timeout_s - time.monotonic()
+            # A secret's expiry is a time on the wall clock (it may have been minted
+            # by another replica): measured against it, not the monotonic clock.
+            expiry_left = (
+                self._expires_at - time.time() if self._expires_at is not None else math.inf
+            )
+            if expiry_left <= 0:
+                return Ending(expired_event(), CLOSE_POLICY, "the client secret has expired")
+            if idle_left <= 0:
+                return Ending(idle_event(self._idle_timeout_s), CLOSE_NORMAL, "idle timeout")
+            await asyncio.sleep(min(idle_left, expiry_left))
 
 
 class RealtimeSession:
@@ -96,6 +148,7 @@ class RealtimeSession:
         fallbacks: Sequence[str] = (),
         azure_deployment: bool = False,
         dialect: Dialect = "ga",
+        expires_at: float | None = None,
     ) -> None:
         self._ws = ws
         self._services = services
@@ -130,6 +183,7 @@ class RealtimeSession:
         self._turn_lock = asyncio.Lock()
         self._ended = asyncio.Event()
         self._reporter: asyncio.Task[None] | None = None
+        self._lifetime = Lifetime(self._settings.idle_timeout_s, expires_at)
 
     # --- the session's life ---------------------------------------------------------------
 
@@ -138,32 +192,37 @@ class RealtimeSession:
         metrics = self._services.metrics
         metrics.realtime_sessions.labels(kind="synthesized").inc()
         reporter = self._reporter = asyncio.ensure_future(self._report())
+        self._lifetime.heard()
+        watch = asyncio.ensure_future(self._watch())
         created = "session.created" if self._dialect == "ga" else "transcription_session.created"
         try:
             await self._send(server_event(created, session=self.config.as_session(self._dialect)))
             async for message in self._ws:
                 if message.type == WSMsgType.TEXT:
+                    self._lifetime.heard()
                     await self._on_text(message.data)
                 elif message.type == WSMsgType.BINARY:
-                    await self._send(
-                        error_event(
-                            "binary frames are not taken: send client events as JSON text",
-                            code="invalid_event",
-                        )
-                    )
+                    self._lifetime.heard()
+                    await self._send(binary_frame_event())
                 if self._closing:
                     break
         finally:
             metrics.realtime_sessions.labels(kind="synthesized").dec()
-            await self._end(reporter)
+            await self._end(reporter, watch)
 
-    async def _end(self, reporter: asyncio.Task[None]) -> None:
+    async def _watch(self) -> None:
+        """End the session when its secret expires or its client has gone quiet."""
+        ending = await self._lifetime.ended()
+        await self._send(ending.event)
+        await self.close(ending.close_code, ending.reason)
+
+    async def _end(self, reporter: asyncio.Task[None], watch: asyncio.Task[None]) -> None:
         """Stop everything the session started: partial passes, transcriptions, the reporter."""
         self._closing = True
         self._ended.set()
         if self._passes is not None:
             await self._passes.aclose()
-        running = [*self._tasks, reporter]
+        running = [*self._tasks, reporter, watch]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)

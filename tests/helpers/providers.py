@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from proxy.config import NetworkConfig
 from proxy.errors import ProxyError
 from proxy.models import FormField, TranscriptDelta, TranscriptDone, TranscriptEvent, UpstreamCall
+from proxy.providers.base import Capabilities
 
 #: One call's part of the script: an error raised before any event, or the
 #: events to give (an error among them is raised at its place).
@@ -88,8 +89,8 @@ class ScriptedProvider:
         return self._network
 
     @property
-    def upload_limit(self) -> int | None:
-        return self._upload_limit
+    def capabilities(self) -> Capabilities:
+        return Capabilities(streams=True, max_upload=self._upload_limit, takes_client_keys=True)
 
     @property
     def sends_back_raw_response(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,6 +21,13 @@ PATH = "/v1/realtime?intent=transcription"
 TRANSCRIPTION = "conversation.item.input_audio_transcription"
 #: The longest wait for an event (the embedded model on a slow machine).
 WAIT_S = 60.0
+#: The headers of a WebSocket upgrade, for a request that expects to be refused one.
+UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+}
 
 
 def tone(seconds: float, hz: float = 440.0, amplitude: float = 0.5) -> bytes:
@@ -104,6 +112,18 @@ class Client:
     async def aclose(self) -> None:
         await self.ws.close()
         await self._reader
+
+
+async def refused_upgrade(
+    server: TestServer, path: str = PATH, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """An upgrade the proxy refuses: its status, error body and headers (never a 101)."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{base_url(server)}{path}", headers={**UPGRADE, **(headers or {})}) as response,
+    ):
+        assert response.status != 101
+        return response.status, await response.json(), dict(response.headers)
 
 
 @asynccontextmanager

@@ -39,7 +39,8 @@ from ...errors import (
 )
 from ...form.fields import first_value
 from ...metrics import Metrics
-from ...models import AudioSource, TranscriptDelta, TranscriptEvent, UpstreamCall
+from ...models import Allowance, AudioSource, TranscriptDelta, TranscriptEvent, UpstreamCall
+from ..base import Capabilities
 from .heap import cap_arenas, trim_heap
 from .model import Model
 from .passes import DecodeOptions, RecordingDecode
@@ -143,8 +144,15 @@ class LocalProvider:
         return NetworkConfig(base_url="")
 
     @property
-    def upload_limit(self) -> int | None:
-        return None  # it reads any length where it is
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            streams=True,
+            live_passes=True,
+            # The packaged tiny.en is English-only; another model may translate, and
+            # says so when it is loaded (answering 400 when it cannot).
+            translates=self._settings.model_path is not None,
+            max_upload=None,  # it reads any length where it is
+        )
 
     @property
     def sends_back_raw_response(self) -> bool:
@@ -257,6 +265,7 @@ class LocalProvider:
             settings=self._settings,
             first_window_s=self._settings.first_window_s if streaming else WINDOW_S,
             executor=self._executor,
+            allowance=call.allowance,
             decoder=StreamingDecoder(
                 call.audio,
                 slots=self._decoders,
@@ -317,8 +326,10 @@ class _WindowedDecode:
         first_window_s: float,
         executor: concurrent.futures.Executor,
         decoder: StreamingDecoder,
+        allowance: Allowance | None = None,
     ) -> None:
         self._transcription = transcription
+        self._allowance = allowance
         self._executor = executor
         self._decoder = decoder
         self._batch_size = settings.batch_size
@@ -352,6 +363,10 @@ class _WindowedDecode:
         decoding.add_done_callback(self._decoded)
         try:
             while True:
+                if self._allowance is not None:
+                    # What is decoded so far, before the model hears it: the decoder runs
+                    # at most a batch of windows ahead of the model.
+                    await self._allowance.cover(self.seconds)
                 self._job = self._executor.submit(self._next)
                 try:
                     batch = await asyncio.wrap_future(self._job)
