@@ -46,7 +46,7 @@ from .governance.concurrency import KeySlots
 from .governance.counters import Counters, MemoryCounters, RedisCounters
 from .governance.credentials import Authenticator
 from .governance.governor import Governor
-from .long_audio.dispatch import LongAudio
+from .long_audio.chunked import LongAudio
 from .metrics import Metrics
 from .models import RequestFacts
 from .providers import Provider, Redactor, create_provider

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .answers.relay import DRAIN_DEADLINE
+from .answers.streaming import DRAIN_DEADLINE
 from .cache.lookup import TranscriptCache
 from .config import Config
 from .dispatch import Dispatcher

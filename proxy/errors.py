@@ -274,6 +274,13 @@ class ModelIntegrityError(ServiceUnavailableError):
     default_code = "model_integrity_failed"
 
 
+def store_unreachable(what: str, code: str) -> ServiceUnavailableError:
+    """The 503 of a request that needs a store (Redis, say) that cannot be reached."""
+    return ServiceUnavailableError(
+        f"the store that keeps {what} is unreachable", code=code, headers={"Retry-After": "1"}
+    )
+
+
 def _type_for_status(status: int) -> str:
     # The OpenAI error types its SDKs map to exception classes.
     return {
@@ -300,7 +307,7 @@ def error_body(
     request_type: str = "transcription",
     event_id: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON document an error is answered with (DESIGN.md section 5)."""
+    """The JSON document an error is answered with (README, "API": errors)."""
     event_id = event_id or new_event_id()
     extra_fields: dict[str, Any] = {"request_type": request_type}
     if provider is not None:

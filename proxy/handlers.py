@@ -15,8 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from .answers.events import final_answer
-from .answers.relay import relay, streamed
 from .answers.responses import json_response, transcription_response
+from .answers.streaming import relay, streamed
 from .app_state import (
     AUTH_KEY,
     CACHE_KEY,

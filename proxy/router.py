@@ -27,7 +27,7 @@ class Route:
     #: The model as the client wrote it.
     requested: str
     #: An Azure deployment a path named: served as the deployment itself when no
-    #: key's ``deployments`` map names it (DESIGN.md section 1), never on /v1.
+    #: key's ``deployments`` map names it (README, "API"), never on /v1.
     named_deployment: bool = False
 
 
@@ -37,7 +37,7 @@ REMEMBERED_ROUTES = 1024
 
 
 class Router:
-    """Resolves ``model`` fields to routes (DESIGN.md section 2)."""
+    """Resolves ``model`` fields to routes (README, "API")."""
 
     def __init__(self, providers: Mapping[str, Provider]) -> None:
         self._providers = dict(providers)
@@ -144,7 +144,7 @@ class Router:
 
 def _with_valid_deployment(route: Route, *, param: str) -> Route:
     """``route``, refused (naming ``param``) when it is to an Azure provider and what
-    would go into the upstream's path is no valid deployment id (DESIGN.md section 21)."""
+    would go into the upstream's path is no valid deployment id (README, "Security")."""
     if isinstance(route.provider, AzureProvider):
         check_deployment_id(route.provider.deployment_of(route.model), param=param)
     return route

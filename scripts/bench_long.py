@@ -40,7 +40,7 @@ import aiohttp
 from aiohttp import web
 from benchlib import PeakRss, free_port, main, proxy_with, rss_kib, running
 
-from proxy.audio.wav import wav_header
+from proxy.audio.wav_header import wav_header
 
 MIB = 1024 * 1024
 PATH = "/v1/audio/transcriptions"

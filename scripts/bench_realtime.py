@@ -46,7 +46,7 @@ from speech import word_error_rate
 
 sys.path.insert(0, str(ROOT))
 
-from proxy.audio.wav import wav_header
+from proxy.audio.wav_header import wav_header
 from tests.helpers.realtime import silence, to_24k
 from tests.helpers.speech import SENTENCES, say
 

@@ -17,7 +17,7 @@ from benchlib import ROOT, system_binary
 
 sys.path.insert(0, str(ROOT))
 
-from proxy.audio.wav import wav_header
+from proxy.audio.wav_header import wav_header
 from tests.helpers.speech import SENTENCES, pause, say
 
 PAUSES_S = (0.4, 0.9, 0.6, 1.3, 0.5, 0.8)

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.audio.wav import wav_header
+from proxy.audio.wav_header import wav_header
 from tests.helpers.client import URL, ProxyFactory, base_url, form, post
 from tests.helpers.errors import assert_error
 from tests.helpers.processes import RedisServer, start_proxy_process

@@ -1,4 +1,4 @@
-"""The realtime security boundaries of DESIGN section 21, each as the attack that once
+"""The realtime security boundaries of README "Security", each as the attack that once
 worked: relayed audio metered at the format the upstream took, client events forwarded
 only as checked, provider keys blotted out of upstream frames, client secrets that
 cannot flood their store or dodge limits, and sessions that end (at their secret's

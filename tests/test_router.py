@@ -1,4 +1,4 @@
-"""The router without sockets: which provider serves a model string (DESIGN.md section 2)."""
+"""The router without sockets: which provider serves a model string (README, "API")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Budgets and limits that hold on every path: fallbacks, long files, lying headers, chunked
-bodies, long audio and ``proxy.max_audio_seconds`` (DESIGN section 21).
+bodies, long audio and ``proxy.max_audio_seconds`` (README, "Security").
 
 Each attack is a real request to a real proxy in front of the recording fake
 upstream, with real audio files made at run time; what reached the upstream
@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.audio.wav import wav_header
+from proxy.audio.wav_header import wav_header
 from tests.helpers.client import URL, ProxyFactory, base_url, form, json_of, post
 from tests.helpers.declared_audio import silent_flac, with_xing_frames
 from tests.helpers.errors import assert_error

@@ -1,4 +1,4 @@
-"""Slow and greedy clients cannot starve the others (DESIGN section 21).
+"""Slow and greedy clients cannot starve the others (README, "Security").
 
 A body dripped just inside the idle timeout is cut at the whole-body deadline;
 only transcription work holds one of ``proxy.max_in_flight``'s slots; one

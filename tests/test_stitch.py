@@ -13,7 +13,7 @@ from proxy.audio.sources import BufferedAudio
 from proxy.config import ChunkingSettings
 from proxy.dispatch import TranscriptionJob
 from proxy.errors import InvalidAudioError, UpstreamError
-from proxy.long_audio.dispatch import LongAudio
+from proxy.long_audio.chunked import LongAudio
 from proxy.long_audio.stitch import ChunkAnswer, chunk_text, stitch
 from proxy.metrics import Metrics
 from proxy.models import FormField, TranscriptDelta, TranscriptDone

@@ -1,4 +1,4 @@
-"""The upstream side of DESIGN.md section 21, through the proxy as a real server.
+"""The upstream side of README "Security", through the proxy as a real server.
 
 An Azure deployment id that could leave its one path segment (``..``, ``%2F``,
 control characters, past 64 characters) is refused with a 400 before anything

@@ -1,11 +1,11 @@
-"""OpenAI's response formats, each declared once (:data:`FORMATS`), and how they are made.
+"""OpenAI's response formats, each declared once (:data:`RESPONSE_FORMATS`), and how they are made.
 
 A format says how its answer is sent (a JSON document, or the transcript as
 text of a media type), whether it is captions (timed cues, read back and
 made anew when long audio is stitched), what an answer stored in it can be
 rendered as (the transcript cache), and whether it names speakers (only a
 diarizing model makes it). The form's field check, the answer writer, the
-cache, the stitcher and the embedded model all ask :data:`FORMATS`.
+cache, the stitcher and the embedded model all ask :data:`RESPONSE_FORMATS`.
 
 The embedded model builds every format from its segments; the transcript
 cache answers a request in another format than the one it stored when the
@@ -75,7 +75,7 @@ def transcript(
     """The answer in ``response_format`` (any format but one that names speakers)."""
     text = "".join(s.text for s in segments).strip()
     usage = {"type": "duration", "seconds": math.ceil(duration)}
-    captions = FORMATS[response_format].captions
+    captions = RESPONSE_FORMATS[response_format].captions
     if captions is not None:
         body = captions(segments)
     elif response_format == "text":
@@ -122,14 +122,14 @@ def format_of(done: TranscriptDone, requested: str) -> str:
     A JSON answer with segments is verbose_json whatever was asked (some
     upstreams answer richer than asked); one without is plain json.
     """
-    if done.document is None or FORMATS[requested].diarized:
+    if done.document is None or RESPONSE_FORMATS[requested].diarized:
         return requested
     return "verbose_json" if _segments_of(done.document) is not None else "json"
 
 
 def render(done: TranscriptDone, stored: str, wanted: str) -> TranscriptDone | None:
     """``done`` (in format ``stored``) as format ``wanted``, or None when it cannot be."""
-    if stored not in FORMATS or wanted not in FORMATS[stored].renders:
+    if stored not in RESPONSE_FORMATS or wanted not in RESPONSE_FORMATS[stored].renders:
         return None
     if wanted == stored:
         return done
@@ -143,7 +143,7 @@ def render(done: TranscriptDone, stored: str, wanted: str) -> TranscriptDone | N
         if "usage" in document:
             plain["usage"] = document["usage"]
         return TranscriptDone(raw=b"", document=plain)
-    captions = FORMATS[wanted].captions
+    captions = RESPONSE_FORMATS[wanted].captions
     assert captions is not None  # what verbose_json renders as, besides the above
     body = captions(_segments_of(document) or [])
     return TranscriptDone(raw=body.encode(), text=body)
@@ -256,7 +256,7 @@ class ResponseFormat:
         return self.media_type == JSON_TYPE
 
 
-FORMATS: Mapping[str, ResponseFormat] = {
+RESPONSE_FORMATS: Mapping[str, ResponseFormat] = {
     f.name: f
     for f in (
         ResponseFormat("json", JSON_TYPE, frozenset({"json", "text"})),

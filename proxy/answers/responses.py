@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..errors import ProxyError, error_body
 from ..models import RequestFacts, TranscriptDone
-from .formats import FORMATS, JSON_TYPE
+from .formats import JSON_TYPE, RESPONSE_FORMATS
 
 
 def json_response(
@@ -23,7 +23,7 @@ def json_response(
 
 
 def error_response(error: ProxyError, facts: RequestFacts | None) -> web.Response:
-    """An error in the one documented shape (DESIGN.md section 5)."""
+    """An error in the one documented shape (README, "API": errors)."""
     body = error_body(
         error,
         provider=facts.provider if facts else None,
@@ -41,11 +41,11 @@ def transcription_response(
     raw_request: Mapping[str, Any] | None = None,
     raw_response: bool = False,
 ) -> web.Response:
-    """The complete non-streaming answer (DESIGN.md section 3)."""
+    """The complete non-streaming answer (README, "API")."""
     latency = facts.latency_ms()
     if done.document is None:
         text = done.text or ""
-        declared = FORMATS.get(response_format)
+        declared = RESPONSE_FORMATS.get(response_format)
         # As the upstream sent it: a format's own type, else plain text.
         content_type = (
             "text/plain" if declared is None or declared.is_document else declared.media_type

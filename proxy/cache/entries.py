@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from ..answers.formats import FORMATS, render
+from ..answers.formats import RESPONSE_FORMATS, render
 from ..form.fields import PROXY_ONLY_FIELDS, first_value
 from ..governance.credentials import Caller
 from ..models import FormField, Task, TranscriptDone
@@ -97,7 +97,7 @@ def cache_key(
         if field.name not in _NOT_IN_KEY
     )
     # A diarized answer is another kind of document: it gets entries of its own.
-    response_format = FORMATS.get(first_value(fields, "response_format") or "json")
+    response_format = RESPONSE_FORMATS.get(first_value(fields, "response_format") or "json")
     family = "diarized" if response_format is not None and response_format.diarized else "text"
     if task != "transcription":
         # The same audio's translation is another text: it never answers a

@@ -5,7 +5,6 @@
 """
 
 from .loading import load_config, local_model_installed, parse_config
-from .reader import parse_duration
 from .schema import (
     DEFAULT_BASE_URLS,
     HOSTED_UPLOAD_LIMIT_MB,
@@ -31,6 +30,7 @@ from .schema import (
     RealtimeSettings,
     VirtualKeyConfig,
 )
+from .sections import parse_duration
 
 __all__ = [
     "DEFAULT_BASE_URLS",

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import orjson
 
-from .reader import Section
 from .schema import (
     DEFAULT_BASE_URLS,
     HOSTED_UPLOAD_LIMIT_MB,
@@ -40,6 +39,7 @@ from .schema import (
     RealtimeSettings,
     VirtualKeyConfig,
 )
+from .sections import Section
 
 log = logging.getLogger("proxy.config")
 
@@ -415,7 +415,7 @@ def _azure_key(section: Section) -> AzureKeyConfig:
     deployments = section.section("deployments")
     mapping = {model: deployments.string(model) or model for model in deployments.names()}
     for model, deployment in mapping.items():
-        # It goes into the upstream's URL path, with our key (DESIGN.md section 21).
+        # It goes into the upstream's URL path, with our key (README, "Security").
         if not is_deployment_id(deployment):
             raise ConfigError(
                 f"{deployments.path}.{model}: {deployment!r} is not an Azure deployment id "

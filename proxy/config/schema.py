@@ -47,7 +47,7 @@ class KeyConfig:
     def lists(self, model: str) -> bool:
         """Whether this key's ``models`` name ``model`` (not through ``*``).
 
-        An Azure deployment map does not count: DESIGN.md section 2 routes a
+        An Azure deployment map does not count: the README ("API") routes a
         bare name by ``keys[].models`` only, then to ``openai``.
         """
         return model in self.models

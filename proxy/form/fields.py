@@ -1,4 +1,4 @@
-"""What the transcription form's text fields may hold (DESIGN.md section 2), and how many."""
+"""What the transcription form's text fields may hold (README, "API"), and how many."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from ..answers.formats import FORMATS
+from ..answers.formats import RESPONSE_FORMATS
 from ..errors import InvalidRequestError
 from ..logs import looks_like_a_credential
 from ..models import FormField, Task
@@ -52,8 +52,8 @@ def validate_field(field: FormField, task: Task = "transcription") -> None:
                 param=name,
             )
     elif name == "response_format":
-        if value not in FORMATS:
-            choices = ", ".join(sorted(FORMATS))
+        if value not in RESPONSE_FORMATS:
+            choices = ", ".join(sorted(RESPONSE_FORMATS))
             raise InvalidRequestError(
                 f"response_format must be one of {choices}; got {value!r}", param=name
             )
@@ -85,7 +85,11 @@ def _validate_translation_field(field: FormField) -> None:
             code="unsupported_field",
             param=field.name,
         )
-    if field.name == "response_format" and (found := FORMATS.get(field.value)) and found.diarized:
+    if (
+        field.name == "response_format"
+        and (found := RESPONSE_FORMATS.get(field.value))
+        and found.diarized
+    ):
         raise InvalidRequestError(
             f"response_format {field.value} is for transcriptions; a translation is "
             "json, text, srt, verbose_json or vtt",

@@ -19,7 +19,7 @@ from ..errors import (
     PermissionDeniedError,
     ProxyError,
     RateLimitedError,
-    ServiceUnavailableError,
+    store_unreachable,
 )
 from ..metrics import Metrics
 from ..models import RequestFacts, TokenUsage
@@ -170,7 +170,7 @@ class Governor:
 
         ``reserve_s`` audio seconds (``governance.reserve_audio_seconds`` when not
         given) are reserved at the highest price among ``routes``: whichever of them
-        ends up serving, the reservation covers it (DESIGN section 21).
+        ends up serving, the reservation covers it (README, "Security").
         """
         key = caller.virtual_key
         admission = Admission(key=key)
@@ -232,7 +232,7 @@ class Governor:
             if self._fail_open:
                 log.warning("limits not enforced: %s", exc)
                 return admission
-            raise _store_down() from exc
+            raise store_unreachable("rate limits and budgets", "governance_unavailable") from exc
         for name, amount, maximum, window, refusal in wanted:
             if name in rates:
                 rate, token_price = rates[name]
@@ -288,7 +288,7 @@ class Governor:
                 log.warning("limits not enforced for the rest of a session: %s", exc)
                 admission.by_audio.clear()  # not asked again on every append
                 return
-            raise _store_down() from exc
+            raise store_unreachable("rate limits and budgets", "governance_unavailable") from exc
 
     @contextlib.asynccontextmanager
     async def metered(
@@ -340,11 +340,3 @@ class Governor:
                 )
             except CounterStoreError as exc:
                 log.warning("could not settle %s: %s", reservation.name, exc)
-
-
-def _store_down() -> ServiceUnavailableError:
-    return ServiceUnavailableError(
-        "the store that keeps rate limits and budgets is unreachable",
-        code="governance_unavailable",
-        headers={"Retry-After": "1"},
-    )

@@ -10,8 +10,9 @@ highest rate; failing both, on what was reserved.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, TypeGuard
+from typing import Literal
 
+from ..answers.usage import answer_tokens, audio_seconds
 from ..models import RequestFacts, TokenUsage, TranscriptDone
 
 #: Where a settled length came from (``none``: no answer, or one from the cache).
@@ -25,38 +26,6 @@ class AudioUsed:
     seconds: float
     source: LengthSource
     tokens: TokenUsage | None = None
-
-
-def audio_seconds(done: TranscriptDone | None) -> float:
-    """The audio length an answer reports: ``usage.seconds``, else ``duration``, else 0."""
-    if done is None or done.document is None:
-        return 0.0
-    usage = done.document.get("usage")
-    seconds = usage.get("seconds") if isinstance(usage, dict) else None
-    if _is_number(seconds):
-        return float(seconds)
-    duration = done.document.get("duration")
-    return float(duration) if _is_number(duration) else 0.0
-
-
-def answer_tokens(done: TranscriptDone | None) -> TokenUsage | None:
-    """The tokens an answer reports (OpenAI's ``usage`` of type ``tokens``), if any."""
-    if done is None or done.document is None:
-        return None
-    usage = done.document.get("usage")
-    if not isinstance(usage, dict) or usage.get("type") != "tokens":
-        return None
-    details = usage.get("input_token_details")
-    details = details if isinstance(details, dict) else {}
-    input_tokens = _count(usage.get("input_tokens"))
-    audio = _count(details.get("audio_tokens"))
-    # Without a breakdown, every input token is taken to be audio.
-    text = _count(details.get("text_tokens")) if details else 0
-    return TokenUsage(
-        input_audio=audio if details else input_tokens,
-        input_text=text,
-        output_text=_count(usage.get("output_tokens")),
-    )
 
 
 def note_answer(facts: RequestFacts, done: TranscriptDone) -> None:
@@ -82,11 +51,3 @@ def audio_used(facts: RequestFacts, reserved_s: float) -> AudioUsed:
     if container is not None:
         return AudioUsed(max(container, floor), "container", tokens)
     return AudioUsed(max(reserved_s, floor), "reservation", tokens)
-
-
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _count(value: Any) -> int:
-    return int(value) if _is_number(value) and value > 0 else 0

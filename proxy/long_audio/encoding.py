@@ -31,7 +31,7 @@ class ChunkFormat:
 #: mp3 (64 kbit/s): 8 KB, about 400x, 4 MiB; flac: lossless, about half of
 #: PCM's 32 KB, 5000x, but 9.5 MiB; wav: PCM itself. webm, mp3 and wav are
 #: in every provider's list of accepted formats (Azure's has no flac).
-CHUNK_FORMATS: dict[str, ChunkFormat] = {
+CHUNK_ENCODINGS: dict[str, ChunkFormat] = {
     "webm": ChunkFormat(
         "webm", "libopus", "webm", "audio/webm", 32_000, (("compression_level", "3"),)
     ),

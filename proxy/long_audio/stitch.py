@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..answers.formats import FORMATS, Segment, parse_cues
+from ..answers.formats import RESPONSE_FORMATS, Segment, parse_cues
+from ..answers.usage import is_number
 from ..models import TranscriptDone
 
 
@@ -39,7 +40,7 @@ def stitch(
     answers: Sequence[ChunkAnswer], *, response_format: str, duration_s: float
 ) -> TranscriptDone:
     """The chunks' answers as one answer in ``response_format``."""
-    captions = FORMATS[response_format].captions
+    captions = RESPONSE_FORMATS[response_format].captions
     if captions is not None:
         cues = [
             Segment(
@@ -132,14 +133,10 @@ def _add_usage(total: dict[str, Any], usage: dict[str, Any]) -> None:
     what token prices are charged on); anything else is kept as first seen."""
     for key, value in usage.items():
         previous = total.get(key)
-        if _is_number(value) and (previous is None or _is_number(previous)):
+        if is_number(value) and (previous is None or is_number(previous)):
             total[key] = (previous or 0) + value
         elif isinstance(value, dict) and (previous is None or isinstance(previous, dict)):
             nested: dict[str, Any] = total.setdefault(key, {})
             _add_usage(nested, value)
         else:
             total.setdefault(key, value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -10,7 +10,7 @@ from ..errors import InvalidRequestError
 from ..models import TASK_PATHS, Task
 from .http import HttpProvider, websocket_url
 
-#: What an Azure deployment id may be (DESIGN.md section 21). It goes into the
+#: What an Azure deployment id may be (README, "Security"). It goes into the
 #: upstream's URL path: ``..``, ``/`` or ``%2F`` there would take our key to
 #: another path of the resource, so only what Azure itself allows is let through.
 DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -46,7 +46,7 @@ class AzureProvider(HttpProvider):
     to be the deployment's own name.
     """
 
-    #: Azure's transcription deployments answer whole (DESIGN section 7).
+    #: Azure's transcription deployments answer whole (README, "Providers, retries and fallbacks").
     streams = False
 
     def deployment_of(self, model: str) -> str:

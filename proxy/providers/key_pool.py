@@ -37,8 +37,8 @@ class KeyPool:
         serving = [i for i, key in enumerate(self._keys) if key.serves(model)]
         if not serving and named_deployment:
             # An Azure deployment route may name a deployment no key's map names
-            # as a model: it is the deployment itself (DESIGN.md section 1), for
-            # any Azure key not limited to ``models``. On /v1 the map still rules.
+            # as a model: it is the deployment itself (README, "API"), for any
+            # Azure key not limited to ``models``. On /v1 the map still rules.
             serving = [i for i, k in enumerate(self._keys) if k.azure is not None and not k.models]
         return serving
 

@@ -1,1 +1,1 @@
-"""Realtime transcription sessions over WebSocket (DESIGN.md section 13): not yet served."""
+"""Realtime transcription sessions over WebSocket (README, "Realtime sessions")."""

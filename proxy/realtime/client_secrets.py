@@ -29,7 +29,12 @@ from typing import Any
 import orjson
 
 from ..cache.stores import CacheStore, CacheStoreError, StoreFullError
-from ..errors import AuthenticationError, InvalidRequestError, ServiceUnavailableError
+from ..errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+    store_unreachable,
+)
 from ..governance.credentials import ANONYMOUS, CLIENT_SECRET_PREFIX, Authenticator, Caller
 from .protocol import ClientEventError
 from .session_config import SessionConfig
@@ -104,7 +109,7 @@ class ClientSecrets:
                 headers={"Retry-After": "10"},
             ) from exc
         except CacheStoreError as exc:
-            raise _store_down() from exc
+            raise store_unreachable("client secrets", "secrets_unavailable") from exc
         return {"value": value, "expires_at": expires_at, "session": session}
 
     async def redeem(self, value: str) -> Redeemed:
@@ -113,7 +118,7 @@ class ClientSecrets:
         try:
             stored = await self._store.get(_stored_as(value))
         except CacheStoreError as exc:
-            raise _store_down() from exc
+            raise store_unreachable("client secrets", "secrets_unavailable") from exc
         if stored is None:
             raise AuthenticationError(
                 "the client secret is unknown or has expired", code="invalid_client_secret"
@@ -133,14 +138,6 @@ class ClientSecrets:
         if key_id is None:
             return ANONYMOUS
         return self._authenticator.by_id(key_id)
-
-
-def _store_down() -> ServiceUnavailableError:
-    return ServiceUnavailableError(
-        "the store that keeps client secrets is unreachable",
-        code="secrets_unavailable",
-        headers={"Retry-After": "1"},
-    )
 
 
 def _ttl(expires_after: object) -> int:

@@ -1,6 +1,6 @@
 """A committed turn transcribed: an ordinary request through the router and dispatch.
 
-Each turn goes upstream as a 16-bit mono WAV named ``audio.wav`` with the
+Each turn goes upstream as a 16-bit mono WAV named ``audio.wav_header`` with the
 session's model, language and prompt, through the same dispatch as an HTTP
 upload (retries, fallbacks, the provider's own streaming when it has one).
 The embedded model's turns are transcribed while spoken (:mod:`.turn_passes`);
@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 from ..answers.events import DELTA
 from ..audio.sources import BufferedAudio
-from ..audio.wav import wav_bytes
+from ..audio.wav_header import wav_bytes
 from ..dispatch import Dispatcher, TranscriptionJob
 from ..models import FormField, TranscriptDelta, TranscriptDone
 from ..providers.local import LocalProvider
 from ..router import Route
 from .session_config import Transcription
 
-FILENAME = "audio.wav"
+FILENAME = "audio.wav_header"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The one error shape (DESIGN.md section 5), checked whole."""
+"""The one error shape (README, "API"), checked whole."""
 
 from __future__ import annotations
 

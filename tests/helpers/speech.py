@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from proxy.audio.wav import wav_bytes
+from proxy.audio.wav_header import wav_bytes
 
 RATE = 16_000
 

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from ...answers.events import DELTA
-from ...answers.formats import FORMATS, Segment, transcript
+from ...answers.formats import RESPONSE_FORMATS, Segment, transcript
 from ...audio.decoder import (
     PCM_BYTES_PER_S,
     DecodingStopped,
@@ -239,7 +239,7 @@ class LocalProvider:
     async def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptEvent, None]:
         fields = [*call.fields]
         response_format = first_value(fields, "response_format") or "json"
-        if FORMATS[response_format].diarized:
+        if RESPONSE_FORMATS[response_format].diarized:
             raise InvalidRequestError(
                 f"the local model cannot tell speakers apart ({response_format})",
                 param="response_format",

@@ -41,7 +41,7 @@ from ..form.fields import first_value
 from ..metrics import Metrics
 from ..models import FormField, TranscriptDelta, TranscriptDone, TranscriptEvent
 from .chunker import Chunker, CutChunk
-from .encoding import CHUNK_FORMATS
+from .encoding import CHUNK_ENCODINGS
 from .stitch import ChunkAnswer, chunk_text, stitch
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class LongAudioDispatch:
         self._spool_dir = spool_dir = long_audio.spool_dir
         self._max_chunk_s = min(settings.max_chunk_s, limit * _LIMIT_MARGIN / PCM_BYTES_PER_S)
         self._parallel = 1 if settings.carry_prompt else settings.max_parallel
-        self._format = CHUNK_FORMATS[settings.format]
+        self._format = CHUNK_ENCODINGS[settings.format]
         self._decoder = StreamingDecoder(
             job.audio,
             slots=long_audio.decoders,
