@@ -8,14 +8,21 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.form import BUFFERED_BODY_BYTES
 from tests.helpers.client import URL, ProxyFactory, audio_bytes, base_url, form, json_of, post
 from tests.helpers.errors import assert_error
 from tests.helpers.processes import free_port
-from tests.helpers.upstream import UPSTREAM_KEY, FakeUpstream, ReceivedRequest, provider_config
+from tests.helpers.upstream import (
+    UPSTREAM_KEY,
+    FakeUpstream,
+    Responder,
+    answering,
+    hanging,
+    provider_config,
+    resetting,
+)
 
 
 async def test_missing_file(proxy: TestServer, upstream: FakeUpstream) -> None:
@@ -259,20 +266,17 @@ async def test_chunked_upload_cut_off_as_soon_as_it_crosses_the_limit(
 
 
 async def test_upstream_4xx_passed_through(proxy: TestServer, upstream: FakeUpstream) -> None:
-    async def reject(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        return web.json_response(
-            {
-                "error": {
-                    "message": "Audio file might be corrupted or unsupported",
-                    "type": "invalid_request_error",
-                    "param": "file",
-                    "code": "invalid_value",
-                }
-            },
-            status=400,
-        )
-
-    upstream.respond = reject
+    upstream.respond = answering(
+        400,
+        {
+            "error": {
+                "message": "Audio file might be corrupted or unsupported",
+                "type": "invalid_request_error",
+                "param": "file",
+                "code": "invalid_value",
+            }
+        },
+    )
     status, body, _ = await post(proxy, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert status == 400
     message = assert_error(body, status=400, code="invalid_value", param="file")
@@ -284,20 +288,17 @@ async def test_upstream_4xx_passed_through(proxy: TestServer, upstream: FakeUpst
 async def test_upstream_error_raises_the_right_sdk_exception(
     sdk: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:
-    async def unauthorized(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        return web.json_response(
-            {
-                "error": {
-                    "message": f"Incorrect API key provided: {UPSTREAM_KEY}.",
-                    "type": "invalid_request_error",
-                    "code": "invalid_api_key",
-                    "param": None,
-                }
-            },
-            status=401,
-        )
-
-    upstream.respond = unauthorized
+    upstream.respond = answering(
+        401,
+        {
+            "error": {
+                "message": f"Incorrect API key provided: {UPSTREAM_KEY}.",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+                "param": None,
+            }
+        },
+    )
     with pytest.raises(openai.AuthenticationError) as raised:
         await sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", b"RIFF"))
     assert raised.value.status_code == 401
@@ -307,14 +308,11 @@ async def test_upstream_error_raises_the_right_sdk_exception(
 
 
 async def test_upstream_429_keeps_retry_after(proxy: TestServer, upstream: FakeUpstream) -> None:
-    async def limited(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        return web.json_response(
-            {"error": {"message": "Rate limit reached", "type": "requests", "code": None}},
-            status=429,
-            headers={"Retry-After": "7"},
-        )
-
-    upstream.respond = limited
+    upstream.respond = answering(
+        429,
+        {"error": {"message": "Rate limit reached", "type": "requests", "code": None}},
+        headers={"Retry-After": "7"},
+    )
     status, body, headers = await post(proxy, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert status == 429
     assert_error(body, status=429, code="upstream_error", error_type="requests")
@@ -322,10 +320,7 @@ async def test_upstream_429_keeps_retry_after(proxy: TestServer, upstream: FakeU
 
 
 async def test_upstream_5xx_with_plain_text_body(proxy: TestServer, upstream: FakeUpstream) -> None:
-    async def broken(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        return web.Response(status=503, text="upstream overloaded, try later")
-
-    upstream.respond = broken
+    upstream.respond = answering(503, b"upstream overloaded, try later", "text/plain")
     status, body, _ = await post(proxy, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert status == 503
     message = assert_error(body, status=503, code="upstream_error", error_type="api_error")
@@ -333,10 +328,7 @@ async def test_upstream_5xx_with_plain_text_body(proxy: TestServer, upstream: Fa
 
 
 async def test_upstream_fastapi_detail_message(proxy: TestServer, upstream: FakeUpstream) -> None:
-    async def unprocessable(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        return web.json_response({"detail": "Model not installed"}, status=404)
-
-    upstream.respond = unprocessable
+    upstream.respond = answering(404, {"detail": "Model not installed"})
     status, body, _ = await post(proxy, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert status == 404
     assert assert_error(body, status=404, code="upstream_error") == "Model not installed"
@@ -368,11 +360,7 @@ async def test_upstream_unreachable(make_proxy: ProxyFactory, no_leaks: Any) -> 
 
 
 async def test_upstream_timeout(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
-    async def slow(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        await asyncio.sleep(5)
-        return web.json_response({"text": "too late"})
-
-    upstream.respond = slow
+    upstream.respond = hanging(5)
     server = await make_proxy(provider_config(upstream, default_request_timeout_in_seconds=0.2))
     status, body, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert status == 504
@@ -384,31 +372,23 @@ async def test_upstream_timeout(make_proxy: ProxyFactory, upstream: FakeUpstream
 @pytest.mark.parametrize(
     "answer",
     [
-        web.Response(body=b"{not json", content_type="application/json"),
-        web.Response(body=b"[1, 2]", content_type="application/json"),
-        web.Response(body=b"\x89PNG", content_type="image/png"),
+        answering(200, b"{not json", "application/json"),
+        answering(200, b"[1, 2]", "application/json"),
+        answering(200, b"\x89PNG", "image/png"),
     ],
     ids=["broken-json", "json-array", "binary"],
 )
 async def test_upstream_garbage(
-    proxy: TestServer, upstream: FakeUpstream, answer: web.Response
+    proxy: TestServer, upstream: FakeUpstream, answer: Responder
 ) -> None:
-    async def garbage(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        return answer
-
-    upstream.respond = garbage
+    upstream.respond = answer
     status, body, _ = await post(proxy, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert status == 502
     assert_error(body, status=502, code="bad_gateway", error_type="api_error", bifrost=True)
 
 
 async def test_upstream_hangs_up_without_answer(proxy: TestServer, upstream: FakeUpstream) -> None:
-    async def hang_up(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        assert request.transport is not None
-        request.transport.abort()
-        return web.Response()
-
-    upstream.respond = hang_up
+    upstream.respond = resetting()  # before any answer
     status, body, _ = await post(proxy, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert status == 502
     assert_error(body, status=502, code="bad_gateway", error_type="api_error", bifrost=True)

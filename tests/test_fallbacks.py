@@ -22,6 +22,7 @@ from tests.helpers.upstream import (
     FakeUpstream,
     ReceivedRequest,
     failing,
+    resetting,
     transcript_json,
     two_providers,
 )
@@ -210,20 +211,13 @@ async def test_a_bad_request_is_not_retried_or_passed_on(
 async def test_streaming_falls_back_only_before_its_first_event(
     make_proxy: ProxyFactory, upstream: FakeUpstream, backup: FakeUpstream
 ) -> None:
-    async def one_delta_then_drop(
-        request: web.Request, received: ReceivedRequest
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(b'data: {"type":"transcript.text.delta","delta":"Hel"}\n\n')
+    upstream.respond = resetting(
+        b'data: {"type":"transcript.text.delta","delta":"Hel"}\n\n',
+        content_type="text/event-stream",
         # Long enough for the delta to reach the client before the drop
         # (a drop in the same instant discards it unread).
-        await asyncio.sleep(0.2)
-        assert request.transport is not None
-        request.transport.abort()
-        return response
-
-    upstream.respond = one_delta_then_drop
+        linger_s=0.2,
+    )
     server = await make_proxy(two_providers(upstream, backup, max_retries=2))
     async with openai.AsyncOpenAI(
         base_url=f"{base_url(server)}/v1", api_key="x", max_retries=0

@@ -18,7 +18,6 @@ import os
 import resource
 import ssl
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,18 @@ from tests.helpers.processes import open_files_under, start_proxy_process
 from tests.helpers.upstream import (
     UPSTREAM_KEY,
     FakeUpstream,
-    ReceivedRequest,
+    Responder,
+    answering,
+    dripping,
+    echoing_the_key,
+    endless_body,
+    endless_stream,
+    failing,
+    hanging,
+    html_page,
     provider_config,
+    redirecting,
+    resetting,
 )
 
 BOUNDARY = "fault-boundary"
@@ -189,15 +198,7 @@ async def test_client_leaving_mid_stream(
     guarded: tuple[TestServer, Settled], upstream: FakeUpstream
 ) -> None:
     server, settled = guarded
-
-    async def endless(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        while True:
-            await response.write(b'data: {"type":"transcript.text.delta","delta":"x"}\n\n')
-            await asyncio.sleep(0.01)
-
-    upstream.respond = endless
+    upstream.respond = endless_stream()
     async with aiohttp.ClientSession() as session:
         response = await session.post(
             f"{base_url(server)}{URL}",
@@ -213,17 +214,8 @@ async def test_client_leaving_mid_fallback(
 ) -> None:
     server, settled = guarded
     backup_reached = asyncio.Event()
-
-    async def failing(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        return web.json_response({"error": {"message": "down"}}, status=503)
-
-    async def hanging(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        backup_reached.set()
-        await asyncio.sleep(30)
-        return web.json_response({"text": "late"})
-
-    upstream.respond = failing
-    backup.respond = hanging
+    upstream.respond = failing(503)
+    backup.respond = hanging(30, reached=backup_reached)
     async with aiohttp.ClientSession() as session:
         posting = asyncio.ensure_future(
             session.post(
@@ -430,13 +422,6 @@ async def test_no_final_boundary(guarded: tuple[TestServer, Settled]) -> None:
 # --- upstreams -------------------------------------------------------------------------------
 
 
-def answering(status: int, body: bytes, content_type: str) -> Callable[..., Any]:
-    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        return web.Response(status=status, body=body, content_type=content_type)
-
-    return respond
-
-
 @pytest.mark.parametrize(
     ("respond", "status", "code"),
     [
@@ -454,11 +439,7 @@ def answering(status: int, body: bytes, content_type: str) -> Callable[..., Any]
             "upstream_error",
         ),
         (answering(503, b"unavailable", "text/plain"), 503, "upstream_error"),
-        (
-            answering(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
-            502,
-            "upstream_error",
-        ),
+        (html_page(502), 502, "upstream_error"),
         (answering(200, b"this is not json", "application/json"), 502, "bad_gateway"),
         (answering(200, b"\xff\xfe not text", "text/plain"), 502, "bad_gateway"),
     ],
@@ -467,7 +448,7 @@ def answering(status: int, body: bytes, content_type: str) -> Callable[..., Any]
 async def test_upstream_answers_that_are_errors(
     guarded: tuple[TestServer, Settled],
     upstream: FakeUpstream,
-    respond: Callable[..., Any],
+    respond: Responder,
     status: int,
     code: str,
 ) -> None:
@@ -484,16 +465,7 @@ async def test_upstream_endless_body_is_cut(
     guarded: tuple[TestServer, Settled], upstream: FakeUpstream
 ) -> None:
     server, settled = guarded
-
-    async def endless(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request)
-        with ignoring_disconnects():
-            while True:
-                await response.write(b" " * 1024 * 1024)
-        return response
-
-    upstream.respond = endless
+    upstream.respond = endless_body()
     status, document, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert status == 502
     assert "larger than" in document["error"]["message"]
@@ -504,17 +476,8 @@ async def test_upstream_dripping_one_byte_at_a_time_times_out(
     guarded: tuple[TestServer, Settled], upstream: FakeUpstream
 ) -> None:
     server, settled = guarded
-
-    async def drip(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request)
-        with ignoring_disconnects():
-            for byte in b'{"text": "a very slow answer"}':
-                await response.write(bytes([byte]))
-                await asyncio.sleep(0.5)  # never silent for the 2 s timeout, but never done
-        return response
-
-    upstream.respond = drip
+    # Never silent for the 2 s timeout, but never done.
+    upstream.respond = dripping(b'{"text": "a very slow answer"}', piece=1, pause_s=0.5)
     started = time.monotonic()
     status, document, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert status == 504
@@ -529,17 +492,7 @@ async def test_upstream_reset_mid_answer(
     guarded: tuple[TestServer, Settled], upstream: FakeUpstream
 ) -> None:
     server, settled = guarded
-
-    async def reset(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        response.content_length = 1000
-        await response.prepare(request)
-        await response.write(b'{"text": "half')
-        assert request.transport is not None
-        request.transport.abort()
-        return response
-
-    upstream.respond = reset
+    upstream.respond = resetting(b'{"text": "half', content_length=1000)
     status, document, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert status == 502
     assert document["is_bifrost_error"] is True
@@ -551,11 +504,7 @@ async def test_upstream_redirect_is_never_followed(
 ) -> None:
     server, settled = guarded
     before = len(backup.requests)
-
-    async def redirect(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        raise web.HTTPTemporaryRedirect(f"{backup.base_url}/v1/audio/transcriptions")
-
-    upstream.respond = redirect
+    upstream.respond = redirecting(f"{backup.base_url}/v1/audio/transcriptions")
     status, document, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert status == 502
     assert_error(
@@ -822,15 +771,8 @@ async def test_no_credential_anywhere_the_suite_can_see(
     }
     server = await make_proxy(config)
     seen: list[str] = []
-
-    async def echo_key(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        # An upstream that quotes the key it was sent, as some do in errors.
-        return web.json_response(
-            {"error": {"message": f"key {request.headers['Authorization']} refused"}}, status=401
-        )
-
     caplog.set_level("DEBUG")
-    for respond in (None, echo_key):
+    for respond in (None, echoing_the_key(401)):
         if respond is not None:
             upstream.respond = respond
         for headers in ({"x-bf-vk": vk}, {"x-bf-vk": vk + "x"}, {"Authorization": f"Bearer {vk}"}):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import os
 import wave
@@ -145,7 +146,9 @@ async def test_diarization_is_refused_clearly(local: TestServer) -> None:
 
 
 def test_the_packaged_model_passes_its_check() -> None:
-    verify_model(packaged_model_path(), PACKAGED_MODEL_SHA256)
+    with (packaged_model_path() / "model.bin").open("rb") as weights:
+        assert hashlib.file_digest(weights, "sha256").hexdigest() == PACKAGED_MODEL_SHA256
+    verify_model(packaged_model_path(), PACKAGED_MODEL_SHA256)  # raises on a mismatch
 
 
 async def test_a_tampered_model_is_refused(make_proxy: ProxyFactory, tmp_path: Path) -> None:

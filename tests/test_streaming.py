@@ -19,8 +19,11 @@ from tests.helpers.errors import assert_error
 from tests.helpers.upstream import (
     FakeUpstream,
     ReceivedRequest,
+    answering,
+    endless_stream,
     openai_events,
     provider_config,
+    resetting,
     streaming,
 )
 
@@ -224,16 +227,11 @@ async def test_vllm_upstream_stream_is_translated(
 async def test_upstream_dropping_mid_stream_makes_the_sdk_raise(
     sdk: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:
-    async def drop(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(b'data: {"type":"transcript.text.delta","delta":"Hel"}\n\n')
-        await asyncio.sleep(0.05)
-        assert request.transport is not None
-        request.transport.abort()
-        return response
-
-    upstream.respond = drop
+    upstream.respond = resetting(
+        b'data: {"type":"transcript.text.delta","delta":"Hel"}\n\n',
+        content_type="text/event-stream",
+        linger_s=0.05,
+    )
     stream = await sdk.audio.transcriptions.create(
         model="gpt-4o-transcribe", file=("a.wav", b"RIFF"), stream=True
     )
@@ -288,14 +286,11 @@ async def test_upstream_error_event_mid_stream(proxy: TestServer, upstream: Fake
 async def test_error_before_first_event_keeps_its_status(
     sdk: openai.AsyncOpenAI, upstream: FakeUpstream
 ) -> None:
-    async def limited(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        return web.json_response(
-            {"error": {"message": "slow down", "type": "rate_limit_error"}},
-            status=429,
-            headers={"Retry-After": "2"},
-        )
-
-    upstream.respond = limited
+    upstream.respond = answering(
+        429,
+        {"error": {"message": "slow down", "type": "rate_limit_error"}},
+        headers={"Retry-After": "2"},
+    )
     with pytest.raises(openai.RateLimitError) as raised:
         await sdk.audio.transcriptions.create(
             model="gpt-4o-transcribe", file=("a.wav", b"RIFF"), stream=True
@@ -310,19 +305,7 @@ async def test_client_disconnect_closes_the_upstream_stream(
     proxy: TestServer, upstream: FakeUpstream
 ) -> None:
     upstream_gone = asyncio.Event()
-
-    async def endless(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        try:
-            while True:
-                await response.write(b'data: {"type":"transcript.text.delta","delta":"x"}\n\n')
-                await asyncio.sleep(0.01)
-        except (asyncio.CancelledError, ConnectionError):
-            upstream_gone.set()
-            raise
-
-    upstream.respond = endless
+    upstream.respond = endless_stream(gone=upstream_gone)
     session = aiohttp.ClientSession()
     response = await session.post(
         f"{base_url(proxy)}{URL}",

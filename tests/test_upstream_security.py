@@ -19,7 +19,6 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,8 +33,10 @@ from tests.helpers.upstream import (
     UPSTREAM_KEY,
     FakeUpstream,
     ReceivedRequest,
-    Responder,
+    answering,
     azure_config,
+    dripping,
+    echoing_the_key,
     openai_events,
     provider_config,
     streaming,
@@ -68,21 +69,6 @@ def assert_nowhere(secrets: Iterable[str], body: bytes, headers: Headers) -> Non
     for secret in secrets:
         assert secret.encode() not in body
         assert all(secret not in f"{name}: {value}" for name, value in headers)
-
-
-def answering(
-    status: int,
-    body: bytes | dict[str, Any],
-    content_type: str = "application/json",
-    headers: dict[str, str] | None = None,
-) -> Responder:
-    """An upstream that answers every request with ``body``."""
-    raw = body if isinstance(body, bytes) else orjson.dumps(body)
-
-    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        return web.Response(body=raw, status=status, content_type=content_type, headers=headers)
-
-    return respond
 
 
 def azure_without_a_map(upstream: FakeUpstream) -> dict[str, Any]:
@@ -448,27 +434,17 @@ async def test_our_key_in_the_events_of_an_upstream_stream_is_blotted_out(
     assert_nowhere([UPSTREAM_KEY], body, headers)
 
 
-def _dripping(event: bytes, piece: int) -> Responder:
-    """An upstream stream that sends ``event`` a few bytes at a time."""
-
-    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        framed = b"data: " + event + b"\n\ndata: [DONE]\n\n"
-        for start in range(0, len(framed), piece):
-            await response.write(framed[start : start + piece])
-            await asyncio.sleep(0.005)
-        await response.write_eof()
-        return response
-
-    return respond
-
-
 async def test_our_key_split_across_an_upstream_streams_writes_is_blotted_out(
     proxy: TestServer, upstream: FakeUpstream
 ) -> None:
     delta = {"type": "transcript.text.delta", "delta": f"key {UPSTREAM_KEY}"}
-    upstream.respond = _dripping(orjson.dumps(delta), piece=7)
+    # The event a few bytes at a time.
+    upstream.respond = dripping(
+        b"data: " + orjson.dumps(delta) + b"\n\ndata: [DONE]\n\n",
+        piece=7,
+        pause_s=0.005,
+        content_type="text/event-stream",
+    )
     status, body, headers = await send(
         proxy, URL, form(("model", "gpt-4o-transcribe"), ("stream", "true"), AUDIO)
     )
@@ -491,20 +467,6 @@ async def test_our_key_in_an_upstream_streams_error_event_is_blotted_out(
     assert_nowhere([UPSTREAM_KEY], body, headers)
 
 
-def _echoing_the_key(status: int) -> Responder:
-    """An upstream that quotes the key it was sent, in every field it answers with."""
-
-    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        sent = request.headers["Authorization"].removeprefix("Bearer ")
-        if status >= 400:
-            document = _error(message=f"Incorrect API key: {sent}", code=sent, param=sent)
-        else:
-            document = {"text": f"sent {sent}", "key": sent}
-        return web.json_response(document, status=status)
-
-    return respond
-
-
 @pytest.mark.parametrize("status", [200, 401])
 async def test_the_clients_direct_key_echoed_by_the_upstream_is_blotted_out(
     make_proxy: ProxyFactory, upstream: FakeUpstream, status: int
@@ -512,7 +474,7 @@ async def test_the_clients_direct_key_echoed_by_the_upstream_is_blotted_out(
     config = provider_config(upstream)
     config["client"] = {"allow_direct_keys": True}
     server = await make_proxy(config)
-    upstream.respond = _echoing_the_key(status)
+    upstream.respond = echoing_the_key(status)
     answered, body, headers = await send(
         server,
         URL,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +250,29 @@ def two_providers(
     return config
 
 
+# Responders: what a test sets as ``FakeUpstream.respond``. Besides the working answers
+# (transcript_json, streaming), upstreams that answer in the ways real ones break.
+
+
+def answering(
+    status: int,
+    body: bytes | dict[str, Any],
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> Responder:
+    """An upstream that answers every request with ``body`` (a dict is sent as JSON)."""
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+
+    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        return web.Response(body=raw, status=status, content_type=content_type, headers=headers)
+
+    return respond
+
+
 def failing(status: int, headers: dict[str, str] | None = None) -> Responder:
+    """An upstream that answers every request with an OpenAI-shaped error: ``status``, the
+    message ``primary says <status>``, type ``server_error``."""
+
     async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
         return web.json_response(
             {"error": {"message": f"primary says {status}", "type": "server_error"}},
@@ -257,6 +281,151 @@ def failing(status: int, headers: dict[str, str] | None = None) -> Responder:
         )
 
     return respond
+
+
+def html_page(status: int) -> Responder:
+    """An upstream behind a load balancer that answers with its HTML error page, as
+    ``<html><body><h1>502 Bad Gateway</h1></body></html>``."""
+    page = f"<html><body><h1>{status} {HTTPStatus(status).phrase}</h1></body></html>"
+    return answering(status, page.encode(), "text/html")
+
+
+def hanging(seconds: float = 30.0, *, reached: asyncio.Event | None = None) -> Responder:
+    """An upstream that reads the whole request, then says nothing for ``seconds`` (longer
+    than the timeout under test) before answering ``{"text": "late"}``; ``reached`` is set
+    as soon as a request has been read."""
+
+    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        if reached is not None:
+            reached.set()
+        await asyncio.sleep(seconds)
+        return web.json_response({"text": "late"})
+
+    return respond
+
+
+def endless_stream(*, gone: asyncio.Event | None = None) -> Responder:
+    """An upstream whose event stream never ends: a delta every 10 ms, for ever. ``gone`` is
+    set when the proxy hangs up on it (its handler cancelled, or the connection lost)."""
+
+    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(b'data: {"type":"transcript.text.delta","delta":"x"}\n\n')
+                await asyncio.sleep(0.01)
+        except (asyncio.CancelledError, ConnectionError):
+            if gone is not None:
+                gone.set()
+            raise
+
+    return respond
+
+
+def endless_body() -> Responder:
+    """An upstream whose 200 JSON answer never ends: spaces, a MiB at a time, until the proxy
+    hangs up."""
+
+    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        with _quiet_when_the_proxy_hangs_up():
+            while True:
+                await response.write(b" " * 1024 * 1024)
+        return response
+
+    return respond
+
+
+def dripping(
+    body: bytes,
+    *,
+    piece: int = 1,
+    pause_s: float = 0.5,
+    content_type: str = "application/json",
+) -> Responder:
+    """An upstream that sends its 200 answer ``body`` ``piece`` bytes at a time, pausing
+    ``pause_s`` after each: never silent for long, slow to finish."""
+
+    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        await response.prepare(request)
+        with _quiet_when_the_proxy_hangs_up():
+            for start in range(0, len(body), piece):
+                await response.write(body[start : start + piece])
+                await asyncio.sleep(pause_s)
+            await response.write_eof()
+        return response
+
+    return respond
+
+
+def resetting(
+    sent: bytes | None = None,
+    *,
+    content_type: str = "application/json",
+    content_length: int | None = None,
+    linger_s: float = 0.0,
+) -> Responder:
+    """An upstream whose connection breaks mid-answer: it sends a 200's head (declaring
+    ``content_length``, if given) and ``sent``, waits ``linger_s``, then resets the
+    connection. With ``sent`` None it hangs up before any answer at all."""
+
+    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        assert request.transport is not None
+        if sent is None:
+            request.transport.abort()
+            return web.Response()
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        if content_length is not None:
+            response.content_length = content_length
+        await response.prepare(request)
+        await response.write(sent)
+        if linger_s:
+            await asyncio.sleep(linger_s)
+        request.transport.abort()
+        return response
+
+    return respond
+
+
+def redirecting(location: str) -> Responder:
+    """An upstream that answers every request with a 307 to ``location``."""
+
+    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        raise web.HTTPTemporaryRedirect(location)
+
+    return respond
+
+
+def echoing_the_key(status: int = 401) -> Responder:
+    """An upstream that quotes the credential it was sent, as some do: in an error (``status``
+    400 and up), the Authorization header whole in the message and the bare key as the code
+    and the param; in a success, the key in the text and in a field of its own."""
+
+    async def respond(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        authorization = request.headers.get("Authorization", "")
+        key = authorization.removeprefix("Bearer ")
+        document: dict[str, Any]
+        if status >= 400:
+            error = {
+                "message": f"Incorrect API key: {authorization}",
+                "type": "invalid_request_error",
+                "code": key,
+                "param": key,
+            }
+            document = {"error": error}
+        else:
+            document = {"text": f"sent {key}", "key": key}
+        return web.json_response(document, status=status)
+
+    return respond
+
+
+def _quiet_when_the_proxy_hangs_up() -> contextlib.suppress:
+    """A responder writing to a proxy that has gone (or cancelled by it) just stops."""
+    return contextlib.suppress(OSError, asyncio.CancelledError)
 
 
 def openai_events(words: list[str], *, usage: bool = True) -> list[dict[str, Any]]:
