@@ -13,7 +13,9 @@ from aiohttp.typedefs import Handler
 
 from . import handlers, logs
 from .answers.responses import error_response
+from .answers.writer import AnswerWriter
 from .app_state import (
+    ANSWERS_KEY,
     AUTH_KEY,
     CACHE_KEY,
     CONFIG_KEY,
@@ -22,6 +24,7 @@ from .app_state import (
     GOVERNOR_KEY,
     LIMITS_KEY,
     METRICS_KEY,
+    PIPELINE_KEY,
     REQUEST_SLOTS_KEY,
     ROUTER_KEY,
     SECRETS_KEY,
@@ -49,6 +52,10 @@ from .governance.governor import Governor
 from .long_audio.chunked import LongAudio
 from .metrics import Metrics
 from .models import RequestFacts
+from .plugins.base import Pipeline, Plugin
+from .plugins.cache import CachePlugin
+from .plugins.governance import GovernancePlugin
+from .plugins.metrics import MetricsPlugin
 from .providers import Provider, Redactor, create_provider
 from .realtime.client_secrets import ClientSecrets
 from .realtime.endpoint import (
@@ -158,6 +165,9 @@ def create_app(config: Config, providers: Mapping[str, Provider] | None = None) 
         spool_dir=proxy.spool_dir,
         max_spool_bytes=proxy.max_spool_mb * 1024 * 1024,
     )
+    app[ANSWERS_KEY] = AnswerWriter(
+        keepalive_s=proxy.sse_keepalive_s, metrics=metrics, streams=app[STATE_KEY].streams
+    )
     app.cleanup_ctx.append(_stores)
     app.cleanup_ctx.append(_upstreams(providers))
     app.on_response_prepare.append(_tag_response)
@@ -187,6 +197,23 @@ def create_app(config: Config, providers: Mapping[str, Provider] | None = None) 
     return app
 
 
+def plugins_for(app: web.Application) -> list[Plugin]:
+    """The plugins around dispatch, in the one order they run in (``after`` in reverse):
+    governance first (who may, and what it may spend), then the cache, then metrics.
+    A new concern is one module in :mod:`proxy.plugins` and one line here."""
+    config = app[CONFIG_KEY]
+    return [
+        GovernancePlugin(
+            app[GOVERNOR_KEY],
+            app[REQUEST_SLOTS_KEY],
+            app[METRICS_KEY],
+            max_audio_seconds=config.proxy.max_audio_seconds,
+        ),
+        CachePlugin(app[CACHE_KEY]),
+        MetricsPlugin(app[METRICS_KEY]),
+    ]
+
+
 async def _stores(app: web.Application) -> AsyncIterator[None]:
     """Where limits, budgets and cached transcripts are kept: Redis when replicas
     must share them (one connection pool for all), this process otherwise."""
@@ -206,6 +233,7 @@ async def _stores(app: web.Application) -> AsyncIterator[None]:
         else MemoryStore(proxy.cache.max_mb * 1024 * 1024)
     )
     app[CACHE_KEY] = TranscriptCache(proxy.cache, store, app[METRICS_KEY])
+    app[PIPELINE_KEY] = Pipeline(plugins_for(app))
     secrets: CacheStore = (
         RedisStore(redis, prefix=SECRETS_PREFIX)
         if redis is not None
@@ -333,6 +361,8 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     facts = RequestFacts(
         started=time.monotonic(),
         request_id=logs.new_request_id(request.headers.get("x-request-id")),
+        headers=request.headers,
+        declared_bytes=request.content_length,
     )
     if request.path.endswith("/audio/translations"):
         facts.request_type = "translation"  # for an error answered before the handler runs

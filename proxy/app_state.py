@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from .answers.streaming import DRAIN_DEADLINE
+from .answers.writer import AnswerWriter
 from .cache.lookup import TranscriptCache
 from .config import Config
 from .dispatch import Dispatcher
@@ -18,7 +19,9 @@ from .governance.credentials import Authenticator
 from .governance.governor import Governor
 from .metrics import Metrics
 from .models import RequestFacts
+from .plugins.base import Pipeline
 from .realtime.client_secrets import ClientSecrets
+from .realtime.session import RealtimeSession
 from .router import Router
 
 
@@ -41,7 +44,7 @@ class ServerState:
     #: The tasks relaying streams, so a shutdown can end them properly.
     streams: set[asyncio.Task[Any]] = field(default_factory=set)
     #: Realtime sessions open, so a shutdown can drain them.
-    sessions: set[Any] = field(default_factory=set)
+    sessions: set[RealtimeSession] = field(default_factory=set)
     #: The tasks draining them.
     drains: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -71,6 +74,10 @@ CACHE_KEY = web.AppKey("transcript_cache", TranscriptCache)
 #: Realtime client secrets, kept where replicas share them when Redis is configured.
 SECRETS_KEY = web.AppKey("client_secrets", ClientSecrets)
 FACTS_KEY = web.RequestKey("facts", RequestFacts)
+#: The plugins around dispatch, in their order.
+PIPELINE_KEY = web.AppKey("pipeline", Pipeline)
+#: Writes each request's answer.
+ANSWERS_KEY = web.AppKey("answers", AnswerWriter)
 #: Transcription requests each virtual key has in flight.
 REQUEST_SLOTS_KEY = web.AppKey("request_slots", KeySlots)
 #: Realtime sessions each virtual key has open (or being opened).

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .form import PIECE_BYTES
 from .metrics import Metrics
-from .models import Allowance, AudioSource, FormField, Task, TranscriptEvent, UpstreamCall
+from .models import AudioSource, FormField, Task, TranscriptEvent, UpstreamCall
 from .router import Route
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,42 @@ log = logging.getLogger(__name__)
 #: another provider) may not repeat. A failure of the request itself, or of
 #: the client's side of it, ends the request.
 _UPSTREAM_FAILURES = (UpstreamError, BadGatewayError, GatewayTimeoutError)
+
+
+@dataclass(frozen=True)
+class AttemptStarted:
+    """An upstream try about to begin, as the hooks around dispatch are told of it."""
+
+    route: Route
+    #: The route's place among the request's: 0 the primary, then each fallback.
+    fallback: int = 0
+    #: 0 for the route's first try, then 1, 2, ... for its retries.
+    retry: int = 0
+    #: The route whose failure led to this one (a fallback's first try).
+    after: Route | None = None
+    #: A long recording's chunk: its index and where it lies in the recording (s).
+    chunk: int | None = None
+    span_s: tuple[float, float] | None = None
+
+
+class DispatchHooks(Protocol):
+    """What a dispatch tells the hooks around it (:mod:`proxy.plugins`)."""
+
+    async def on_attempt(self, attempt: AttemptStarted) -> None:
+        """An upstream try begins."""
+
+    async def on_audio(self, seconds: float) -> None:
+        """The audio reaches ``seconds`` before more of it is sent on; raises to refuse."""
+
+
+class NoHooks:
+    """Hooks that do nothing: a dispatch nobody watches (a test's, a benchmark's)."""
+
+    async def on_attempt(self, attempt: AttemptStarted) -> None:
+        """Nothing."""
+
+    async def on_audio(self, seconds: float) -> None:
+        """Nothing."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +94,9 @@ class TranscriptionJob:
     #: A provider key the client brought (``allow_direct_keys``), used instead of ours.
     api_key: str | None = field(default=None, repr=False)
     task: Task = "transcription"
-    #: What the audio may come to: audio cut or decoded here is covered before it is sent.
-    allowance: Allowance | None = None
+    #: Told of each upstream try, and of the audio's length before audio cut or decoded
+    #: here is sent on.
+    hooks: DispatchHooks = field(default_factory=NoHooks)
 
 
 @dataclass(frozen=True)
@@ -132,7 +169,7 @@ class Dispatcher:
         size = audio.size if audio.size is not None else declared_length
         if limit is not None and size is not None and size > limit:
             return self._cut(_unheld(job), limit)
-        whole = RouteDispatch(job, metrics=self._metrics)
+        whole = RouteDispatch(job)
         if not isinstance(audio, LiveAudio):
             return whole
         if limit is not None and size is None:
@@ -231,15 +268,16 @@ class RouteDispatch:
         self,
         job: TranscriptionJob,
         *,
-        metrics: Metrics | None = None,
         sleep: Sleep = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        chunk: tuple[int, float, float] | None = None,
     ) -> None:
         self._job = job
         self._audio = job.audio
-        self._metrics = metrics
         self._sleep = sleep
         self._jitter = jitter
+        #: A long recording's chunk this dispatch sends: its index and span (s).
+        self._chunk = chunk
         #: The route that is answering, once one is.
         self.route = job.routes[0]
         self.attempts: list[Attempt] = []
@@ -263,7 +301,8 @@ class RouteDispatch:
             try:
                 # Closed here, not left to the garbage collector, when the
                 # consumer stops early (as it does once it has the answer).
-                async with aclosing(self._try_route(route)) as attempt:
+                previous = routes[position - 1] if position else None
+                async with aclosing(self._try_route(route, position, previous)) as attempt:
                     async for event in attempt:
                         answered = True
                         yield event
@@ -277,20 +316,29 @@ class RouteDispatch:
                     log.info(
                         "provider %s failed (%s); falling back", route.provider.name, exc.message
                     )
-                    if self._metrics is not None:
-                        self._metrics.fallbacks.labels(
-                            provider=self._metrics.provider(route.provider.name)
-                        ).inc()
                     continue
                 # Every route failed upstream: the primary's failure is the answer.
                 every_route_failed = last and isinstance(exc, _UPSTREAM_FAILURES)
                 raise self._with_attempts(primary_error if every_route_failed else exc) from None
 
-    async def _try_route(self, route: Route) -> AsyncGenerator[TranscriptEvent, None]:
+    async def _try_route(
+        self, route: Route, position: int, previous: Route | None
+    ) -> AsyncGenerator[TranscriptEvent, None]:
         network = route.provider.network
+        job = self._job
         retry = 0
         while True:
-            job = self._job
+            index, start_s, end_s = self._chunk if self._chunk is not None else (None, 0.0, 0.0)
+            await job.hooks.on_attempt(
+                AttemptStarted(
+                    route,
+                    fallback=position,
+                    retry=retry,
+                    after=previous if not retry else None,
+                    chunk=index,
+                    span_s=(start_s, end_s) if index is not None else None,
+                )
+            )
             events = route.provider.transcribe(
                 UpstreamCall(
                     model=route.model,
@@ -300,7 +348,7 @@ class RouteDispatch:
                     api_key=job.api_key,
                     task=job.task,
                     named_deployment=route.named_deployment,
-                    allowance=job.allowance,
+                    on_audio=job.hooks.on_audio,
                 )
             )
             async with aclosing(events):
@@ -318,10 +366,6 @@ class RouteDispatch:
                     if delay is None:
                         raise
                     retry += 1
-                    if self._metrics is not None:
-                        self._metrics.retries.labels(
-                            provider=self._metrics.provider(route.provider.name)
-                        ).inc()
                     log.info(
                         "provider %s failed (%s); retry %d in %.2f s",
                         route.provider.name,

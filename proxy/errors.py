@@ -243,20 +243,6 @@ class NotReplayableError(ProxyError):
     default_code = "upload_not_replayable"
 
 
-class AnsweredFromCacheError(ProxyError):
-    """Ends an upstream request whose answer turned out to be in the transcript cache.
-
-    Raised inside the upstream request before its body is complete, so the
-    upstream never receives a whole request to transcribe (or bill); the
-    client is answered from the cache and never sees this error.
-    """
-
-    status = 499
-    error_type = "api_error"
-    default_code = "answered_from_cache"
-    is_bifrost_error = False
-
-
 class UploadOverLimitError(PayloadTooLargeError):
     """The upload crossed the upstream's own size limit.
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
+    from .errors import ProxyError
+    from .form.reader import TranscriptionForm
+    from .governance.credentials import Caller
     from .router import Route
 
 #: What a request asks of the audio: its words as spoken, or in English.
@@ -60,16 +63,6 @@ class AudioSource(Protocol):
         spooled), for a library that wants one; None while it is still arriving."""
 
 
-class Allowance(Protocol):
-    """How much audio a request may still send (its reservations against its limits and
-    budgets, and the server's cap); audio the proxy decodes itself is covered before it
-    is sent on."""
-
-    async def cover(self, seconds: float) -> None:
-        """Make sure the first ``seconds`` of the audio are allowed, or raise the error
-        the client is told."""
-
-
 @dataclass(frozen=True)
 class UpstreamCall:
     """What a provider sends upstream: the model, the other fields, the audio."""
@@ -84,8 +77,9 @@ class UpstreamCall:
     task: Task = "transcription"
     #: An Azure deployment a path named (any Azure key may serve it).
     named_deployment: bool = False
-    #: What the audio may come to, for a provider that decodes it as it goes.
-    allowance: Allowance | None = None
+    #: Awaited by a provider that decodes the audio as it goes, with the length decoded
+    #: so far, before the model hears more; it raises to refuse the rest (a spent budget).
+    on_audio: Callable[[float], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,40 +135,77 @@ class AudioLength(Protocol):
 
 @dataclass
 class RequestFacts:
-    """What is known of a request so far, for its answer, its errors and its logs."""
+    """What a request has become, stage by stage: for its answer, its errors, its logs
+    and the plugins around dispatch, which read it.
 
+    Each group of fields has one writer, named above it; nothing else writes them.
+    """
+
+    # --- the app, as the request comes in --------------------------------------------------
     started: float
     request_id: str = "-"
+    #: The request's headers (what plugins engage on: a cache key, a trace's parent).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: The body's Content-Length, if it has one.
+    declared_bytes: int | None = None
+    # --- the endpoint (and the stream it answers with) -------------------------------------
     request_type: str = "transcription"
-    provider: str | None = None
+    task: Task = "transcription"
+    # --- auth --------------------------------------------------------------------------------
+    caller: Caller | None = None
+    # --- the form reader ---------------------------------------------------------------------
     model_requested: str | None = None
+    form: TranscriptionForm | None = None
+    #: Audio bytes read from the client.
+    audio_bytes: int = 0
+    #: The upload's length as its container tells it (when the answer does not).
+    audio_length: AudioLength | None = None
+    # --- the router -------------------------------------------------------------------------
+    #: The primary route, then one per fallback.
+    routes: Sequence[Route] = ()
+    # --- the answer: who gave it, and what it was --------------------------------------------
+    provider: str | None = None
     model_deployment: str | None = None
     #: The route that answered (the primary until one has).
     route: Route | None = None
     #: The attempts made, when the answer comes from a retry or a fallback.
     attempts: list[dict[str, Any]] | None = None
-    #: Audio bytes read from the client, and events streamed back to it.
-    audio_bytes: int = 0
-    events_sent: int = 0
-    #: Whether an answer came back (a request that got none is not charged).
-    answered: bool = False
-    #: The audio length the answer reported, for limits and budgets.
-    audio_seconds: float = 0.0
-    #: The tokens the answer reported, for budgets priced by the token.
-    answer_tokens: TokenUsage | None = None
-    #: The upload's length as its container tells it (when the answer does not).
-    audio_length: AudioLength | None = None
     #: How many chunks a long upload was cut into (None: sent whole).
     audio_chunks: int | None = None
-    #: ``extra_fields.cache_debug`` when the request used the transcript cache.
-    cache_debug: dict[str, Any] | None = None
-    #: Whether a streamed answer reached its done event and ``[DONE]``.
+    #: The complete answer, once there is one (a stream's, at its done event).
+    answer: TranscriptDone | None = None
+    #: When the answer's first event came (the clock of ``started``).
+    first_event_at: float | None = None
+    #: Events streamed to the client, and whether the stream reached its done event.
+    events_sent: int = 0
     stream_complete: bool = False
+    #: The error the request ended with (in the answer's place, or in its stream).
+    error: ProxyError | None = None
+    #: The status the request ended with (499: the client left), once it is over.
+    status: int | None = None
+    # --- plugins ------------------------------------------------------------------------------
+    #: ``extra_fields.cache_debug`` when the request used the transcript cache (the cache's).
+    cache_debug: dict[str, Any] | None = None
 
     @property
     def cache_hit(self) -> bool:
         """Whether the answer came from the transcript cache (it cost no upstream audio)."""
         return bool(self.cache_debug and self.cache_debug.get("cache_hit"))
+
+    @property
+    def answered(self) -> bool:
+        """Whether an answer came back, whole or begun (a request that got none is free)."""
+        return self.answer is not None or self.events_sent > 0
+
+    def failed(self, error: ProxyError) -> None:
+        """The request ends with ``error`` (the first one said is the one kept)."""
+        if self.error is None:
+            self.error = error
+
+    def ended(self) -> None:
+        """The request is over: its status is its error's, else 200."""
+        if self.status is None:
+            self.status = self.error.status_code if self.error is not None else 200
 
     def latency_ms(self) -> int:
         """Whole milliseconds since the request started."""

@@ -38,7 +38,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from benchlib import PeakRss, free_port, main, proxy_with, rss_kib, running
+from benchlib import UNLIMITED_AUDIO_S, PeakRss, free_port, main, proxy_with, rss_kib, running
 
 from proxy.audio.wav_header import wav_header
 
@@ -191,7 +191,11 @@ async def proxy_for(
                 "max_upload_mb": 25,
             }
         },
-        "proxy": {"spool_dir": spool, "chunking": {"max_parallel": parallel}},
+        "proxy": {
+            "spool_dir": spool,
+            "chunking": {"max_parallel": parallel},
+            "max_audio_seconds": UNLIMITED_AUDIO_S,
+        },
     }
     async with proxy_with(config) as (port, process):
         yield port, process.pid

@@ -117,8 +117,8 @@ async def running(
 
 
 def one_provider(upstream_port: int) -> dict[str, Any]:
-    """A proxy config: one OpenAI-compatible provider at ``upstream_port``, no body limit
-    a benchmark would meet, no caption page."""
+    """A proxy config: one OpenAI-compatible provider at ``upstream_port``, no body or
+    audio length limit a benchmark would meet, no caption page."""
     return {
         "client": {"max_request_body_size_mb": 1 << 20},
         "providers": {
@@ -127,8 +127,12 @@ def one_provider(upstream_port: int) -> dict[str, Any]:
                 "network_config": {"base_url": f"http://127.0.0.1:{upstream_port}"},
             }
         },
-        "proxy": {"web_ui": False},
+        "proxy": {"web_ui": False, "max_audio_seconds": UNLIMITED_AUDIO_S},
     }
+
+
+#: ``proxy.max_audio_seconds`` for benchmarks: a year, past any recording they send.
+UNLIMITED_AUDIO_S = 365 * 24 * 3600
 
 
 @asynccontextmanager

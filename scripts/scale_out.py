@@ -445,7 +445,7 @@ class Tally:
 
 HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 FILE_HEAD = (
-    f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="audio.wav_header"\r\n'
+    f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="audio.wav"\r\n'
     "Content-Type: audio/wav\r\n\r\n"
 ).encode()
 END = f"\r\n--{BOUNDARY}--\r\n".encode()

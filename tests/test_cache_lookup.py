@@ -13,10 +13,10 @@ from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
 from proxy.audio.sources import BufferedAudio, LiveAudio
-from proxy.cache.lookup import CacheRequest, TranscriptCache
+from proxy.cache.lookup import CacheHit, CacheRequest, TranscriptCache
 from proxy.cache.stores import MemoryStore
 from proxy.config import CacheSettings, VirtualKeyConfig, parse_config
-from proxy.errors import AnsweredFromCacheError, InvalidRequestError
+from proxy.errors import InvalidRequestError
 from proxy.form import TranscriptionForm
 from proxy.governance.credentials import ANONYMOUS, Caller
 from proxy.metrics import Metrics
@@ -147,7 +147,15 @@ async def test_a_held_live_upload_ends_in_the_hit_before_its_body_is_complete() 
     lookup = the_cache.lookup(REQUEST, ANONYMOUS, route())
     held = live_form()
     assert await lookup.before_sending(held) is None  # its digest is not known yet
-    lookup.hold(held)
+    offered: list[CacheHit] = []
+    taken = asyncio.Event()
+
+    def offer(hit: CacheHit) -> bool:
+        offered.append(hit)
+        taken.set()
+        return True
+
+    lookup.hold(held, offer)
     assert held.audio is not None
     audio = held.audio
     sent = []
@@ -156,11 +164,26 @@ async def test_a_held_live_upload_ends_in_the_hit_before_its_body_is_complete() 
         async for piece in audio.pieces():
             sent.append(piece)
 
-    with pytest.raises(AnsweredFromCacheError):
-        await send()
+    sending = asyncio.ensure_future(send())
+    await taken.wait()
+    await asyncio.sleep(0.05)
+    assert not sending.done()  # the pass never ends: the request abandons it
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
     assert b"".join(sent) == AUDIO  # all of it, but never the end of the request
-    assert lookup.hit is not None
-    assert lookup.hit[1].document == {"text": "hello there"}
+    (hit,) = offered
+    assert hit[1].document == {"text": "hello there"}
+
+
+async def test_a_hit_not_taken_lets_the_upload_end() -> None:
+    the_cache = cache()
+    await stored(the_cache, VERBOSE)
+    lookup = the_cache.lookup(REQUEST, ANONYMOUS, route())
+    held = live_form()
+    lookup.hold(held, lambda hit: False)  # the upstream's answer began first
+    assert held.audio is not None
+    assert b"".join([piece async for piece in held.audio.pieces()]) == AUDIO
 
 
 async def test_once_the_upstream_answers_its_answer_is_the_one_given() -> None:
@@ -168,11 +191,17 @@ async def test_once_the_upstream_answers_its_answer_is_the_one_given() -> None:
     await stored(the_cache, VERBOSE)
     lookup = the_cache.lookup(REQUEST, ANONYMOUS, route())
     held = live_form()
-    lookup.hold(held)
+    offered: list[CacheHit] = []
+
+    def offer(hit: CacheHit) -> bool:
+        offered.append(hit)
+        return True
+
+    lookup.hold(held, offer)
     lookup.answering()
     assert held.audio is not None
     assert b"".join([piece async for piece in held.audio.pieces()]) == AUDIO
-    assert lookup.hit is None
+    assert offered == []
     assert lookup.cache_id is not None  # keyed all the same, for the answer to be stored
 
 

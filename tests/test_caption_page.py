@@ -251,7 +251,7 @@ async def test_microphone_captions_come_over_a_realtime_session(
     assert numbers[:2] == [1, 2]
     # Each turn reached the upstream as a 16 kHz WAV of the microphone's speech.
     turns = [r for r in upstream.requests if r.complete]
-    assert all(r.file.filename == "audio.wav_header" for r in turns)
+    assert all(r.file.filename == "audio.wav" for r in turns)
     assert all(r.file.data and r.file.data[:4] == b"RIFF" for r in turns)
     first = turns[0].file.data
     assert first is not None

@@ -142,7 +142,7 @@ async def test_a_committed_turn_goes_upstream_as_a_wav_and_comes_back_in_order(
         assert second["previous_item_id"] == committed["item_id"]
         await client.wait_for(f"{TRANSCRIPTION}.completed", count=2)
     received = upstream.requests[0]
-    assert received.file.filename == "audio.wav_header"
+    assert received.file.filename == "audio.wav"
     assert received.file.content_type == "audio/wav"
     rate, channels, frames = wav_of(received)
     assert (rate, channels) == (16000, 1)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from ..errors import BadGatewayError, ProxyError, ServiceUnavailableError, error_body
-from ..governance.metering import note_answer
 from ..metrics import Metrics
 from ..models import RequestFacts, TranscriptDelta, TranscriptDone, TranscriptEvent
 from .events import DELTA, deltas_of, done_event
@@ -72,8 +71,10 @@ async def relay(
     keepalive_s: float,
     metrics: Metrics,
     streams: set[asyncio.Task[Any]] | None = None,
+    on_done: Callable[[TranscriptDone], None] = lambda _: None,
 ) -> web.StreamResponse:
-    """Send ``first`` and then ``rest`` as they arrive, ending with ``[DONE]``.
+    """Send ``first`` and then ``rest`` as they arrive, ending with ``[DONE]``;
+    ``on_done`` is told of the answer before its done event is sent.
 
     The response is committed with the first event, so a failure after it is
     sent as one event carrying the error body, then ``[DONE]``. So is the end
@@ -92,23 +93,21 @@ async def relay(
     try:
         complete = False
         try:
-            await _send_all(tagged, first, rest)
+            await _send_all(tagged, first, rest, on_done)
             complete = True
         except ProxyError as exc:
+            facts.failed(exc)
             await stream.send(_error_event(exc, facts))
         except asyncio.CancelledError as exc:
             if task is None or exc.args != (DRAIN_DEADLINE,) or task.cancelling() > 1:
                 raise  # the client left, or a harder stop than the drain deadline
             task.uncancel()
-            await stream.send(
-                _error_event(
-                    ServiceUnavailableError(
-                        "the server is shutting down; the stream was cut at its drain deadline",
-                        code="shutting_down",
-                    ),
-                    facts,
-                )
+            cut = ServiceUnavailableError(
+                "the server is shutting down; the stream was cut at its drain deadline",
+                code="shutting_down",
             )
+            facts.failed(cut)
+            await stream.send(_error_event(cut, facts))
         finally:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
@@ -134,7 +133,10 @@ def _error_event(error: ProxyError, facts: RequestFacts) -> dict[str, Any]:
 
 
 async def _send_all(
-    tagged: _TaggedEvents, first: TranscriptEvent, rest: AsyncIterator[TranscriptEvent]
+    tagged: _TaggedEvents,
+    first: TranscriptEvent,
+    rest: AsyncIterator[TranscriptEvent],
+    on_done: Callable[[TranscriptDone], None],
 ) -> None:
     event: TranscriptEvent | None = first
     sent_delta = False
@@ -145,7 +147,7 @@ async def _send_all(
                 # answer becomes deltas, so the stream is never empty.
                 for delta in deltas_of(event):
                     await tagged.send(_bifrost_delta(delta.event))
-            note_answer(tagged.facts, event)
+            on_done(event)
             await tagged.send(done_event(event), final=True)
             return
         assert isinstance(event, TranscriptDelta)

@@ -13,10 +13,9 @@ of the cache is a :class:`CacheLookup`, asked in order by the handler:
    upstream, when the digest is known up front (a spooled or buffered file,
    hashed as it was read; a ``Repr-Digest`` header);
 2. :meth:`CacheLookup.hold`: otherwise the end of the upload waits for the
-   lookup; on a hit the upstream request is abandoned before it is complete
-   (the upstream never has a whole request to bill) with
-   :class:`~proxy.errors.AnsweredFromCacheError`, and :attr:`CacheLookup.hit`
-   is the answer;
+   lookup; a hit is offered as the request's answer, and when it is taken the
+   upstream request is abandoned before it is complete (the upstream never
+   has a whole request to bill);
 3. :meth:`CacheLookup.answering`: the upstream's answer has begun, and is
    the one given;
 4. :meth:`CacheLookup.debug` for ``extra_fields.cache_debug``, and
@@ -25,15 +24,16 @@ of the cache is a :class:`CacheLookup`, asked in order by the handler:
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..answers.formats import format_of
 from ..audio.sources import LiveAudio
 from ..config import CacheSettings, parse_duration
-from ..errors import AnsweredFromCacheError, InvalidRequestError
+from ..errors import InvalidRequestError
 from ..form import TranscriptionForm
 from ..form.fields import first_value
 from ..governance.credentials import Caller
@@ -164,8 +164,6 @@ class CacheLookup:
         self._answering = False
         #: The key last looked up (``cache_debug.cache_id``).
         self.cache_id: str | None = None
-        #: The answer found while the upstream request was in flight.
-        self.hit: CacheHit | None = None
 
     def key(self, fields: Sequence[FormField], audio_sha256: str) -> str:
         """The entry key for this audio and these fields."""
@@ -220,8 +218,12 @@ class CacheLookup:
                 )
         return found
 
-    def hold(self, form: TranscriptionForm) -> None:
-        """Make the end of a streaming upload wait for the cache (see the module's docstring)."""
+    def hold(self, form: TranscriptionForm, offer: Callable[[CacheHit], bool]) -> None:
+        """Make the end of a streaming upload wait for the cache (see the module's docstring).
+
+        On a hit the answer is ``offer``-ed; when it is taken, the upload never ends:
+        the pass that is sending it waits until the request abandons it.
+        """
         audio = form.audio
         if not isinstance(audio, LiveAudio):
             return  # whole already, and looked up before sending
@@ -233,10 +235,11 @@ class CacheLookup:
                 self.cache_id = self.key(fields, form.audio_sha256)
                 return
             found = await self.find(fields, form.audio_sha256)
-            if found is not None and not self._answering:
-                self.hit = found
+            if found is not None and offer(found):
                 self._cache.upstream_cancelled()
-                raise AnsweredFromCacheError("answered from the transcript cache")
+                # Never returns: the upstream must not get the end of a request it would
+                # then transcribe (and bill); the request abandons this pass.
+                await asyncio.Event().wait()
 
         audio.hold_end(ask)
 

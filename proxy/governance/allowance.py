@@ -11,14 +11,9 @@ sent, and ``proxy.max_audio_seconds`` bounds every request however it is fed.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Sequence
-
 from ..audio.sources import LiveAudio
 from ..errors import PayloadTooLargeError, ProxyError
-from ..models import AudioLength, AudioSource, RequestFacts
-from ..router import Route
-from .credentials import Caller
+from ..models import AudioLength, AudioSource
 from .governor import Admission, Governor
 
 #: How much of a live upload is read ahead for its container's header before anything
@@ -104,32 +99,3 @@ class AudioAllowance:
         covered = min(self._admission.reserved_seconds, self._max_seconds)
         first = length.floor(1)
         audio.guard(int(covered / first) if first else 1, passed)
-
-
-@contextlib.asynccontextmanager
-async def metered_upload(
-    governor: Governor,
-    caller: Caller,
-    routes: Sequence[Route],
-    facts: RequestFacts,
-    audio: AudioSource,
-    *,
-    declared_bytes: int | None,
-    max_seconds: float,
-) -> AsyncIterator[AudioAllowance]:
-    """An upload admitted on what it declares (or, failing that, the smallest
-    reservation), guarded as it passes when its size is unknown, and settled when it
-    ends (:meth:`Governor.metered`); refused before anything is sent when its declared
-    length is over ``max_seconds`` or the caller's limits."""
-    length = facts.audio_length
-    assert length is not None, "the form reader measures every upload it reads"
-    seconds = await upload_seconds(audio, length, declared_bytes)
-    if seconds is not None and seconds > max_seconds:
-        raise audio_too_long(max_seconds)
-    async with governor.metered(caller, routes, facts, reserve_s=seconds) as admission:
-        allowance = AudioAllowance(
-            governor, admission, max_seconds=max_seconds, step_s=governor.reserve_step_s
-        )
-        if isinstance(audio, LiveAudio) and audio.size is None and declared_bytes is None:
-            allowance.guard(audio, length)
-        yield allowance

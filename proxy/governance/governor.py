@@ -7,10 +7,9 @@ more than what is in flight.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..config import GovernanceConfig, ModelPrice, VirtualKeyConfig
@@ -22,11 +21,10 @@ from ..errors import (
     store_unreachable,
 )
 from ..metrics import Metrics
-from ..models import RequestFacts, TokenUsage
+from ..models import TokenUsage
 from ..router import Route
 from .counters import Counters, CounterStoreError
 from .credentials import Caller
-from .metering import audio_used
 
 #: What a second of speech comes to for a model priced by the token, to reserve
 #: a budget before the answer says (OpenAI's audio input runs about 10 tokens a
@@ -289,30 +287,6 @@ class Governor:
                 admission.by_audio.clear()  # not asked again on every append
                 return
             raise store_unreachable("rate limits and budgets", "governance_unavailable") from exc
-
-    @contextlib.asynccontextmanager
-    async def metered(
-        self,
-        caller: Caller,
-        routes: Sequence[Route],
-        facts: RequestFacts,
-        *,
-        reserve_s: float | None = None,
-    ) -> AsyncIterator[Admission]:
-        """The request admitted with ``reserve_s`` audio seconds reserved (never less
-        than ``governance.reserve_audio_seconds``), and its reservations settled with
-        the audio it used (:func:`~.metering.audio_used`), at the price of the route
-        that served it, however it ends."""
-        reserve = max(self._config.reserve_audio_seconds, reserve_s or 0.0)
-        admission = await self.admit(caller, routes, reserve_s=reserve)
-        try:
-            yield admission
-        finally:
-            reserved = admission.reserved_seconds
-            used = audio_used(facts, reserved if math.isfinite(reserved) else reserve)
-            if self._metrics is not None and used.source != "none":
-                self._metrics.metered(used.source, used.seconds)
-            await self.settle(admission, used.seconds, used.tokens, served=facts.route)
 
     async def settle(
         self,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..answers.usage import answer_tokens, audio_seconds
-from ..models import RequestFacts, TokenUsage, TranscriptDone
+from ..models import RequestFacts, TokenUsage
 
 #: Where a settled length came from (``none``: no answer, or one from the cache).
 LengthSource = Literal["answer", "container", "reservation", "none"]
@@ -28,20 +28,13 @@ class AudioUsed:
     tokens: TokenUsage | None = None
 
 
-def note_answer(facts: RequestFacts, done: TranscriptDone) -> None:
-    """Keep what ``done`` says the request used, for its settlement."""
-    facts.answered = True
-    facts.audio_seconds = audio_seconds(done)
-    facts.answer_tokens = answer_tokens(done)
-
-
 def audio_used(facts: RequestFacts, reserved_s: float) -> AudioUsed:
     """The audio a request used, as its limits and budgets settle on it."""
-    if facts.cache_hit or not (facts.answered or facts.events_sent):
+    if facts.cache_hit or not facts.answered:
         return AudioUsed(0.0, "none")
-    tokens = facts.answer_tokens
-    if facts.audio_seconds:
-        return AudioUsed(facts.audio_seconds, "answer", tokens)
+    tokens = answer_tokens(facts.answer)
+    if seconds := audio_seconds(facts.answer):
+        return AudioUsed(seconds, "answer", tokens)
     length = facts.audio_length
     if length is None:
         return AudioUsed(reserved_s, "reservation", tokens)

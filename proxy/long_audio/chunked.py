@@ -223,10 +223,9 @@ class LongAudioDispatch:
             if isinstance(item, BaseException):
                 raise item
             try:
-                if self._job.allowance is not None:
-                    # Reserved before the chunk goes: a recording that decodes far longer
-                    # than its bytes promised stops at its budget, or the server's cap.
-                    await self._job.allowance.cover(item.end_s)
+                # Before the chunk goes: a recording that decodes far longer than its
+                # bytes promised stops at its budget, or the server's cap.
+                await self._job.hooks.on_audio(item.end_s)
                 await parallel.acquire()
                 prompt = None
                 if self._settings.carry_prompt and previous is not None:
@@ -258,7 +257,7 @@ class LongAudioDispatch:
                     audio=audio,
                     request_id=f"{job.request_id}.{chunk.index}" if job.request_id else None,
                 ),
-                metrics=self._metrics,
+                chunk=(chunk.index, chunk.start_s, chunk.end_s),
             )
             try:
                 async with aclosing(dispatch.events()) as events:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 
 from ..config import NetworkConfig
 from ..models import TranscriptEvent, UpstreamCall
+
+if TYPE_CHECKING:
+    import aiohttp
 
 
 @dataclass(frozen=True)
@@ -75,3 +78,83 @@ class Provider(Protocol):
 
     def transcribe(self, call: UpstreamCall) -> AsyncGenerator[TranscriptEvent, None]:
         """Send ``call`` upstream and yield what comes back."""
+
+
+class SpokenTurn(Protocol):
+    """A realtime turn still being spoken, as live passes read it (positions in samples of
+    16 kHz mono PCM since the session began)."""
+
+    @property
+    def speaking(self) -> bool:
+        """Whether the turn is still being spoken (not committed, not dropped)."""
+
+    @property
+    def end(self) -> int:
+        """The position after the last sample appended to the session."""
+
+    def so_far(self) -> bytes:
+        """The turn's audio so far, 16 kHz mono 16-bit PCM."""
+
+
+@dataclass(frozen=True)
+class LivePassOptions:
+    """How live passes hear a turn."""
+
+    #: The session's language (``en``, ``en-US``), if it names one.
+    language: str | None = None
+    #: The session's prompt, if it has one.
+    prompt: str | None = None
+    #: The model's beam width: 1 (greedy) keeps passes quick.
+    beam_size: int = 1
+    #: A pass every this many seconds, for partial captions; None: none (a pass only
+    #: when silence begins, for the transcript).
+    interval_s: float | None = None
+
+
+class LivePasses(Protocol):
+    """Passes over one turn while it is spoken: partial captions as they agree, and the
+    turn's transcript when it is committed."""
+
+    @property
+    def sent(self) -> str:
+        """What the partial captions have sent of the turn so far."""
+
+    def silence_began(self) -> None:
+        """The speaker may have finished: a pass over all of it is worth starting now."""
+
+    async def transcript(self, speech_end: int | None, pcm: bytes) -> str:
+        """The committed turn's transcript (``pcm`` is all of it; ``speech_end`` where its
+        speech ended, when known); raises the provider's error when it cannot make one."""
+
+    async def aclose(self) -> None:
+        """Stop every pass (the turn was dropped, or the session ended)."""
+
+
+class LivePassProvider(Provider, Protocol):
+    """A provider with ``capabilities.live_passes``: it transcribes a turn again and again
+    while it is spoken."""
+
+    def open_live_passes(
+        self, turn: SpokenTurn, options: LivePassOptions, emit: Callable[[str], None]
+    ) -> LivePasses:
+        """Start passes over ``turn``, and ``emit`` each partial caption's new text."""
+
+
+class RealtimeRelayProvider(Provider, Protocol):
+    """A provider with ``capabilities.relays_realtime``: it has a Realtime API of its own."""
+
+    async def open_realtime(
+        self, model: str, api_key: str | None = None, *, named_deployment: bool = False
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A transcription session of the upstream's own (with the client's key, when it
+        brought one); its refusal is raised with its status."""
+
+
+def has_live_passes(provider: Provider) -> TypeGuard[LivePassProvider]:
+    """Whether ``provider`` says it opens live passes (and so offers them)."""
+    return provider.capabilities.live_passes
+
+
+def relays_realtime(provider: Provider) -> TypeGuard[RealtimeRelayProvider]:
+    """Whether ``provider`` says it has a Realtime API of its own (and so opens one)."""
+    return provider.capabilities.relays_realtime

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..audio.decoder import SAMPLE_BYTES, SAMPLE_RATE, decoder_installed, pcm_of
-from .protocol import ClientEventError
+from .client_events import ClientEventError
 from .session_config import AudioFormat
 
 with warnings.catch_warnings():

@@ -36,7 +36,7 @@ from ..errors import (
     store_unreachable,
 )
 from ..governance.credentials import ANONYMOUS, CLIENT_SECRET_PREFIX, Authenticator, Caller
-from .protocol import ClientEventError
+from .client_events import ClientEventError
 from .session_config import SessionConfig
 
 #: How long a secret lives when the request does not say, and the bounds it may say.

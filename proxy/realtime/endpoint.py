@@ -41,16 +41,19 @@ from ..form.body import ClientBody
 from ..form.limits import check_declared_length
 from ..governance.credentials import CLIENT_SECRET_PREFIX, Caller, credential_of
 from ..logs import request_id
-from ..providers.http import HttpProvider
+from ..providers.base import RealtimeRelayProvider, relays_realtime
 from ..providers.redaction import Redactor
 from ..router import Route, Router
+from .client_events import ClientEventError
 from .client_secrets import Redeemed
-from .metering import SessionMeter
-from .protocol import ClientEventError
-from .relay import RelaySession
-from .session import RealtimeSession, SessionServices
+from .relayed import RelayedSession
+from .services import SessionServices
+from .session import RealtimeSession
 from .session_config import DEFAULT_MODEL, SessionConfig
-from .transcriber import TurnRoute
+from .session_meter import SessionMeter
+from .synthesized import SynthesizedSession
+from .turn_request import TurnRequest
+from .websocket import ClientSocket
 
 #: Where OpenAI's and Azure's clients open a session.
 AZURE_PATH = "/openai/realtime"
@@ -157,11 +160,13 @@ async def _open_session(
     )
     # A beta client (its subprotocol) is answered in the beta shape from the first event.
     beta = "realtime" not in _offered(request) and "openai-beta.realtime-v1" in _offered(request)
+    socket = ClientSocket(ws)
     try:
         provider = routes[0].provider
-        if isinstance(provider, HttpProvider) and provider.capabilities.relays_realtime:
-            session: RealtimeSession | RelaySession = RelaySession(
-                ws,
+        session: RealtimeSession
+        if relays_realtime(provider):
+            session = RelayedSession(
+                socket,
                 await _open_upstream(provider, routes[0], services, caller),
                 services,
                 caller=caller,
@@ -171,12 +176,12 @@ async def _open_session(
                 expires_at=expires_at,
             )
         else:
-            session = RealtimeSession(
-                ws,
+            session = SynthesizedSession(
+                socket,
                 services,
                 caller=caller,
                 meter=meter,
-                route=TurnRoute(
+                request=TurnRequest(
                     routes,
                     replace(initial.transcription, model=model),
                     request_id=request_id.get(),
@@ -188,11 +193,10 @@ async def _open_session(
                 dialect="beta" if beta else "ga",
                 expires_at=expires_at,
             )
-        await _serve(request, ws, session)
+        await _serve(request, socket, session)
     finally:
         await meter.settle()
-        if ws.prepared and not ws.closed:
-            await ws.close()
+        await socket.release()
 
 
 def _routes(
@@ -212,7 +216,7 @@ def _routes(
 
 
 async def _open_upstream(
-    provider: HttpProvider, route: Route, services: SessionServices, caller: Caller
+    provider: RealtimeRelayProvider, route: Route, services: SessionServices, caller: Caller
 ) -> aiohttp.ClientWebSocketResponse:
     """The provider's own session, opened before the client's upgrade (so its refusal
     reaches the client as an HTTP error with its status)."""
@@ -224,14 +228,12 @@ async def _open_upstream(
     return upstream
 
 
-async def _serve(
-    request: web.Request, ws: web.WebSocketResponse, session: RealtimeSession | RelaySession
-) -> None:
+async def _serve(request: web.Request, socket: ClientSocket, session: RealtimeSession) -> None:
     """Upgrade, and serve the session; a shutdown can drain it meanwhile."""
     state = request.app[STATE_KEY]
     sessions = state.sessions
     try:
-        await ws.prepare(request)
+        await socket.accept(request)
         sessions.add(session)
         if state.draining:
             # Admitted before the drain began, opened after it had told the others.

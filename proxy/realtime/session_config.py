@@ -3,7 +3,7 @@
 
 Only the fields an update names change; ``null`` turns turn detection or
 noise reduction off. What the session cannot do is refused with the name of
-the field (a :class:`~.protocol.ClientEventError`), and the configuration
+the field (a :class:`~.client_events.ClientEventError`), and the configuration
 stays as it was.
 """
 
@@ -14,18 +14,18 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .protocol import ClientEventError, new_id
+from .client_events import ClientEventError
+from .protocol import Dialect, new_id
 
 AudioFormat = Literal["audio/pcm", "audio/pcmu", "audio/pcma"]
-Dialect = Literal["ga", "beta"]
 
-#: The beta API's names for the formats.
-BETA_FORMATS: dict[str, AudioFormat] = {
+#: The beta API's names for the formats, to the GA API's.
+BETA_TO_GA_FORMATS: dict[str, AudioFormat] = {
     "pcm16": "audio/pcm",
     "g711_ulaw": "audio/pcmu",
     "g711_alaw": "audio/pcma",
 }
-_GA_FORMATS: dict[AudioFormat, str] = {v: k for k, v in BETA_FORMATS.items()}
+_GA_TO_BETA_FORMATS: dict[AudioFormat, str] = {v: k for k, v in BETA_TO_GA_FORMATS.items()}
 #: A language code: ISO-639-1 (or -3), perhaps with a region (en-US).
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 #: The default transcription model when the client names none.
@@ -87,7 +87,7 @@ class SessionConfig:
                 "id": self.id,
                 "object": "realtime.transcription_session",
                 "expires_at": self.expires_at,
-                "input_audio_format": _GA_FORMATS[self.format],
+                "input_audio_format": _GA_TO_BETA_FORMATS[self.format],
                 "input_audio_transcription": self.transcription.as_dict(),
                 "turn_detection": turns,
                 "input_audio_noise_reduction": self.noise_reduction,
@@ -119,13 +119,7 @@ class SessionConfig:
             raise ClientEventError("session must be an object", param="session")
         if dialect == "beta":
             return self._updated_beta(session)
-        kind = session.get("type", "transcription")
-        if kind != "transcription":
-            raise ClientEventError(
-                f"this endpoint serves transcription sessions only, not {kind!r}: "
-                'send session.type "transcription"',
-                param="session.type",
-            )
+        check_session_type(session)
         audio = _object(session, "audio", "session")
         inputs = _object(audio, "input", "session.audio") if audio is not None else None
         config = self
@@ -146,12 +140,12 @@ class SessionConfig:
         config = self
         if "input_audio_format" in session:
             value = session["input_audio_format"]
-            if value not in BETA_FORMATS:
+            if value not in BETA_TO_GA_FORMATS:
                 raise ClientEventError(
-                    f"input_audio_format must be one of {', '.join(BETA_FORMATS)}",
+                    f"input_audio_format must be one of {', '.join(BETA_TO_GA_FORMATS)}",
                     param="session.input_audio_format",
                 )
-            config = replace(config, format=BETA_FORMATS[value])
+            config = replace(config, format=BETA_TO_GA_FORMATS[value])
         config = config._common(
             session,
             "session",
@@ -208,6 +202,18 @@ class SessionConfig:
         if not isinstance(include, list) or not all(isinstance(i, str) for i in include):
             raise ClientEventError("include is a list of strings", param="session.include")
         return replace(self, include=tuple(include))
+
+
+def check_session_type(session: dict[str, Any]) -> None:
+    """Refuse turning the session into another kind than transcription: a conversation
+    would answer in tokens and audio the proxy does not meter."""
+    kind = session.get("type", "transcription")
+    if kind != "transcription":
+        raise ClientEventError(
+            f"this endpoint serves transcription sessions only, not {kind!r}: "
+            'send session.type "transcription"',
+            param="session.type",
+        )
 
 
 def _object(container: dict[str, Any], key: str, where: str) -> dict[str, Any] | None:

@@ -30,15 +30,15 @@ UPGRADE = {
 }
 
 
-def tone(seconds: float, hz: float = 440.0, amplitude: float = 0.5) -> bytes:
-    """A loud tone (it is speech to the loudness detector), 24 kHz PCM."""
-    t = np.arange(int(seconds * RATE)) / RATE
+def tone(seconds: float, hz: float = 440.0, amplitude: float = 0.5, *, rate: int = RATE) -> bytes:
+    """A loud tone (it is speech to the loudness detector), PCM at ``rate`` (24 kHz)."""
+    t = np.arange(int(seconds * rate)) / rate
     return bytes((amplitude * 32767 * np.sin(2 * np.pi * hz * t)).astype(np.int16).tobytes())
 
 
-def silence(seconds: float) -> bytes:
-    """Silence, 24 kHz PCM."""
-    return bytes(int(seconds * RATE) * 2)
+def silence(seconds: float, *, rate: int = RATE) -> bytes:
+    """Silence, PCM at ``rate`` (24 kHz)."""
+    return bytes(int(seconds * rate) * 2)
 
 
 def to_24k(pcm16k: bytes) -> bytes:

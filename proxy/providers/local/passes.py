@@ -65,13 +65,23 @@ class DecodeOptions:
         }
         return cls(
             beam_size=settings.beam_size,
-            language=language.split("-")[0].lower() if language else None,
+            language=_language_code(language),
             prompt=first_value(fields, "prompt") or None,
             temperature=parse_temperature(temperature) if temperature is not None else None,
             word_timestamps="word" in granularities,
             vad_filter=settings.vad_filter,
             task="translate" if translate else "transcribe",
         )
+
+    @classmethod
+    def for_turn(cls, *, beam_size: int, language: str | None, prompt: str | None) -> DecodeOptions:
+        """The options for a realtime turn: its session's language and prompt."""
+        return cls(beam_size=beam_size, language=_language_code(language), prompt=prompt)
+
+
+def _language_code(language: str | None) -> str | None:
+    """The language Whisper is told: ``en-US`` as ``en``."""
+    return language.split("-")[0].lower() if language else None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -39,9 +39,10 @@ from ...errors import (
 )
 from ...form.fields import first_value
 from ...metrics import Metrics
-from ...models import Allowance, AudioSource, TranscriptDelta, TranscriptEvent, UpstreamCall
-from ..base import Capabilities
+from ...models import AudioSource, TranscriptDelta, TranscriptEvent, UpstreamCall
+from ..base import Capabilities, LivePasses, LivePassOptions, SpokenTurn
 from .heap import cap_arenas, trim_heap
+from .live_passes import TurnPasses
 from .model import Model
 from .passes import DecodeOptions, RecordingDecode
 from .windows import WINDOW_S, PcmFeed, SeekWindows, SilenceWindows
@@ -219,6 +220,15 @@ class LocalProvider:
                 job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._done))
         return "".join(s.text for s in segments).strip()
 
+    def open_live_passes(
+        self, turn: SpokenTurn, options: LivePassOptions, emit: Callable[[str], None]
+    ) -> LivePasses:
+        """Passes over a realtime turn while it is spoken (:mod:`.live_passes`)."""
+        decode = DecodeOptions.for_turn(
+            beam_size=options.beam_size, language=options.language, prompt=options.prompt
+        )
+        return TurnPasses(self, decode, turn, interval_s=options.interval_s, emit=emit)
+
     def _done(self) -> None:
         """A decode is over: its slot is free, and once none is left for a while, so is
         its memory. Not at once: trimming holds malloc's locks, and a realtime session's
@@ -265,7 +275,7 @@ class LocalProvider:
             settings=self._settings,
             first_window_s=self._settings.first_window_s if streaming else WINDOW_S,
             executor=self._executor,
-            allowance=call.allowance,
+            on_audio=call.on_audio,
             decoder=StreamingDecoder(
                 call.audio,
                 slots=self._decoders,
@@ -326,10 +336,10 @@ class _WindowedDecode:
         first_window_s: float,
         executor: concurrent.futures.Executor,
         decoder: StreamingDecoder,
-        allowance: Allowance | None = None,
+        on_audio: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self._transcription = transcription
-        self._allowance = allowance
+        self._on_audio = on_audio
         self._executor = executor
         self._decoder = decoder
         self._batch_size = settings.batch_size
@@ -363,10 +373,10 @@ class _WindowedDecode:
         decoding.add_done_callback(self._decoded)
         try:
             while True:
-                if self._allowance is not None:
+                if self._on_audio is not None:
                     # What is decoded so far, before the model hears it: the decoder runs
                     # at most a batch of windows ahead of the model.
-                    await self._allowance.cover(self.seconds)
+                    await self._on_audio(self.seconds)
                 self._job = self._executor.submit(self._next)
                 try:
                     batch = await asyncio.wrap_future(self._job)

@@ -2,20 +2,21 @@
 
 A session is admitted as one request with a block of audio seconds
 reserved; as its appended audio reaches what is reserved, the next block
-is reserved, and a limit or budget that is spent ends the session (an
-``error`` event, close 1008). When it ends, the reservations are settled to
-the audio it really appended.
+is reserved (as an upload's audio is: :class:`~proxy.governance.allowance.AudioAllowance`),
+and a limit or budget that is spent ends the session (an ``error`` event,
+close 1008). When it ends, the reservations are settled to the audio it
+really appended.
 """
 
 from __future__ import annotations
 
+import math
+
 from ..errors import ProxyError
+from ..governance.allowance import AudioAllowance
 from ..governance.credentials import Caller
 from ..governance.governor import Admission, Governor
 from ..router import Route
-
-#: Close code: the session's policy (a limit or budget) is spent.
-CLOSE_POLICY = 1008
 
 
 class SessionMeter:
@@ -24,26 +25,21 @@ class SessionMeter:
     def __init__(self, governor: Governor, admission: Admission, step_s: float) -> None:
         self._governor = governor
         self._admission = admission
-        self._step_s = step_s
+        # A session has no longest: it ends when its limits and budgets are spent.
+        self._allowance = AudioAllowance(governor, admission, max_seconds=math.inf, step_s=step_s)
         #: Seconds of audio the client has appended.
         self.seconds = 0.0
 
-    async def add(self, seconds: float) -> None:
-        """Count ``seconds`` more; raises what the caller is told when a limit is spent
-        (the refused audio is not counted)."""
+    async def add(self, seconds: float) -> ProxyError | None:
+        """Count ``seconds`` more; when a limit or budget is spent, the error the client is
+        told instead (and the refused audio is not counted)."""
         total = self.seconds + seconds
-        admission = self._admission
-        reserved = admission.reserved_seconds
-        if admission.by_audio and total > reserved:
-            deficit = total - reserved
-            try:
-                await self._governor.extend(admission, max(self._step_s, deficit))
-            except ProxyError:
-                if deficit >= self._step_s:
-                    raise
-                # Not a whole block left: what this audio needs, if that is.
-                await self._governor.extend(admission, deficit)
+        try:
+            await self._allowance.cover(total)
+        except ProxyError as exc:
+            return exc
         self.seconds = total
+        return None
 
     async def reroute(self, caller: Caller, route: Route) -> None:
         """The session's model changed: its audio from now on is charged at ``route``'s rates."""

@@ -1,30 +1,19 @@
-"""The audio of the turn being spoken, and the turns a session has begun.
-
-:class:`TurnAudio` keeps the audio of the turn in progress from its start
-(prefix padding included), and, between turns, only the last stretch a
-next turn's prefix may reach back into: memory holds one turn at most,
-and a turn is at most 30 s (it is cut at its quietest point before that).
-
-:class:`Turn` is one turn's place in the session's order: its item ids and
-the events it has for the client, which are sent in the order turns began
-however their transcriptions finish.
+"""The audio of the turn being spoken (16 kHz PCM), and only as much before it as a next
+turn's prefix may reach back into: memory holds one turn at most, and a turn is at most
+30 s (it is cut at its quietest point before that).
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
-import time
-from dataclasses import dataclass, field
-from typing import Any
-
 from ..audio.decoder import SAMPLE_BYTES, SAMPLE_RATE
 from ..audio.silence import quietest
-from ..providers.local.windows import CUT_SEARCH_S, WINDOW_S
 
-#: The longest turn: Whisper hears 30 s at a time; a longer one is cut at its
-#: quietest point in the seconds before.
-MAX_TURN_SAMPLES = int(WINDOW_S * SAMPLE_RATE)
+#: The longest turn: Whisper hears 30 s at a time (as the embedded model's windows do);
+#: a longer one is cut at its quietest point in the seconds before.
+MAX_TURN_S = 30.0
+#: How far before a turn's longest its cut may fall.
+CUT_SEARCH_S = 5.0
+MAX_TURN_SAMPLES = int(MAX_TURN_S * SAMPLE_RATE)
 _CUT_SEARCH_SAMPLES = int(CUT_SEARCH_S * SAMPLE_RATE)
 
 
@@ -101,37 +90,3 @@ class TurnAudio:
         if position > self._base:
             del self._pcm[: (position - self._base) * SAMPLE_BYTES]
             self._base = position
-
-
-class TurnState(enum.Enum):
-    """Where a turn is in its life."""
-
-    SPEAKING = "speaking"
-    COMMITTED = "committed"
-    DROPPED = "dropped"
-
-
-@dataclass(eq=False)
-class Turn:
-    """One turn: its item, and the events it has for the client, in order."""
-
-    item_id: str
-    #: Where its audio starts, in samples since the session began.
-    start: int
-    state: TurnState = TurnState.SPEAKING
-    previous_item_id: str | None = None
-    #: When it was committed (the event loop's clock).
-    committed_at: float | None = None
-    #: Events for the client; None ends them.
-    events: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
-
-    def commit(self, previous_item_id: str | None) -> None:
-        """The turn's audio is complete."""
-        self.state = TurnState.COMMITTED
-        self.previous_item_id = previous_item_id
-        self.committed_at = time.monotonic()
-
-    def drop(self) -> None:
-        """The turn will never be committed (its audio was cleared): it has no events."""
-        self.state = TurnState.DROPPED
-        self.events.put_nowait(None)

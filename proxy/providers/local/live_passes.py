@@ -1,4 +1,4 @@
-"""The embedded model's passes over a turn while it is spoken.
+"""The embedded model's passes over a realtime turn while it is spoken.
 
 Two things come of them. Partial captions: the turn so far is transcribed
 again every ``partial_interval_ms`` and the words two passes agree on go out
@@ -7,6 +7,9 @@ commit: when the speech detector hears silence begin, a pass starts at once
 over everything said; if the silence lasts until the turn is committed,
 that pass already holds the whole turn, and the transcript comes
 ``silence_duration_ms`` sooner than a pass begun at the commit would give it.
+
+Realtime reaches this through :class:`~proxy.providers.base.LivePasses`,
+never by importing it: the model is imported only when it is configured.
 """
 
 from __future__ import annotations
@@ -15,18 +18,27 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from ..audio.decoder import SAMPLE_BYTES, SAMPLE_RATE
-from ..errors import ProxyError
-from ..providers.local import LocalProvider
-from ..providers.local.passes import DecodeOptions
+from ...audio.decoder import SAMPLE_BYTES, SAMPLE_RATE
+from ...errors import ProxyError
+from ..base import SpokenTurn
 from .agreement import LocalAgreement
-from .turns import Turn, TurnAudio, TurnState
+from .passes import DecodeOptions
 
 #: A pass needs this much of a turn (its prefix padding included) to hear anything.
 MIN_PASS_SAMPLES = SAMPLE_RATE
 #: How soon a turn too short for a pass is looked at again.
 _RECHECK_S = 0.1
+
+
+class PcmModel(Protocol):
+    """What the passes ask of the model: PCM at hand, transcribed."""
+
+    async def transcribe_pcm(
+        self, pcm: bytes, options: DecodeOptions, *, wait: bool = True, whole: bool = True
+    ) -> str | None:
+        """``pcm``'s text; None, without ``wait``, when the model is busy."""
 
 
 @dataclass(frozen=True)
@@ -44,27 +56,30 @@ class TurnPasses:
 
     def __init__(
         self,
-        local: LocalProvider,
+        model: PcmModel,
         options: DecodeOptions,
-        audio: TurnAudio,
-        turn: Turn,
+        turn: SpokenTurn,
         *,
         interval_s: float | None,
         emit: Callable[[str], None],
     ) -> None:
-        self._local = local
+        self._model = model
         self._options = options
-        self._audio = audio
         self._turn = turn
         self._interval_s = interval_s
         self._emit = emit
-        self.agreement = LocalAgreement() if interval_s else None
+        self._agreement = LocalAgreement() if interval_s else None
         self._latest: Heard | None = None
         self._running: asyncio.Task[Heard | None] | None = None
         self._wake = asyncio.Event()
         #: Whether silence has begun since the last pass started (the next is whole).
         self._silence = False
         self._loop = asyncio.ensure_future(self._passes())
+
+    @property
+    def sent(self) -> str:
+        """What the partial captions have sent so far ("" without them)."""
+        return self._agreement.text if self._agreement is not None else ""
 
     def silence_began(self) -> None:
         """The speaker may have finished: a pass over all of it, now (if none runs)."""
@@ -74,7 +89,7 @@ class TurnPasses:
     async def transcript(self, speech_end: int | None, pcm: bytes) -> str:
         """The committed turn's transcript: a pass that covered all its speech (``speech_end``,
         where known), else a pass over ``pcm``, its whole audio. With partial captions,
-        only what they have not sent yet."""
+        what they sent followed by the rest."""
         await self._stop_passes()
         heard = self._latest
         running = self._running
@@ -85,13 +100,13 @@ class TurnPasses:
             if not running.cancelled() and running.exception() is None:
                 heard = running.result() or heard
         if heard is None or not _covers(heard, speech_end):
-            text = await self._local.transcribe_pcm(pcm, self._options) or ""
+            text = await self._model.transcribe_pcm(pcm, self._options) or ""
         else:
             text = heard.text
-        if self.agreement is None:
+        if self._agreement is None:
             return text
-        self.agreement.finish(text.split())
-        return self.agreement.text
+        self._agreement.finish(text.split())
+        return self._agreement.text
 
     async def aclose(self) -> None:
         """Stop every pass (the turn was dropped, or the session ended)."""
@@ -107,20 +122,20 @@ class TurnPasses:
     async def _passes(self) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        while self._turn.state is TurnState.SPEAKING:
+        while self._turn.speaking:
             # Every interval from the last pass's start (or at once, when silence begins).
             wait = None if self._interval_s is None else max(0.0, next_at - loop.time())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
             self._wake.clear()
-            pcm = self._audio.so_far()
+            pcm = self._turn.so_far()
             if len(pcm) < MIN_PASS_SAMPLES * SAMPLE_BYTES:
                 next_at = loop.time() + _RECHECK_S
                 continue
             started = loop.time()
             whole, self._silence = self._silence, False
-            self._running = asyncio.ensure_future(self._pass(pcm, self._audio.end, whole=whole))
+            self._running = asyncio.ensure_future(self._pass(pcm, self._turn.end, whole=whole))
             try:
                 heard = await asyncio.shield(self._running)
             except ProxyError:
@@ -129,13 +144,13 @@ class TurnPasses:
             if heard is None:
                 continue  # the model was busy: a caption is not worth waiting for
             self._latest = heard
-            if self.agreement is not None:
-                delta = self.agreement.delta(heard.text.split())
+            if self._agreement is not None:
+                delta = self._agreement.delta(heard.text.split())
                 if delta:
                     self._emit(delta)
 
     async def _pass(self, pcm: bytes, end: int, *, whole: bool) -> Heard | None:
-        text = await self._local.transcribe_pcm(pcm, self._options, wait=False, whole=whole)
+        text = await self._model.transcribe_pcm(pcm, self._options, wait=False, whole=whole)
         return Heard(end, text, whole) if text is not None else None
 
 
