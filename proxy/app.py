@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -108,12 +108,19 @@ SERVER_SETTINGS: dict[str, object] = {
 }
 
 
-def create_app(config: Config, providers: Mapping[str, Provider] | None = None) -> web.Application:
+def create_app(
+    config: Config,
+    providers: Mapping[str, Provider] | None = None,
+    *,
+    plugins: Sequence[Plugin] = (),
+) -> web.Application:
     """The proxy as an aiohttp application.
 
     ``providers`` replaces the ones the config names (as httpx's
     ``MockTransport`` replaces the network): tests hand in providers of their
-    own, and the app starts and closes them as it would its own.
+    own, and the app starts and closes them as it would its own. ``plugins``
+    run around dispatch after the proxy's own (:func:`plugins_for`): an
+    embedder's, or a test's.
     """
     boundary = BrowserBoundary(config)
     app = web.Application(middlewares=[observe_middleware, error_middleware, boundary.middleware])
@@ -168,7 +175,7 @@ def create_app(config: Config, providers: Mapping[str, Provider] | None = None) 
     app[ANSWERS_KEY] = AnswerWriter(
         keepalive_s=proxy.sse_keepalive_s, metrics=metrics, streams=app[STATE_KEY].streams
     )
-    app.cleanup_ctx.append(_stores)
+    app.cleanup_ctx.append(_stores(plugins))
     app.cleanup_ctx.append(_upstreams(providers))
     app.on_response_prepare.append(_tag_response)
     app.on_response_prepare.append(share_with_origin)
@@ -205,49 +212,59 @@ def plugins_for(app: web.Application) -> list[Plugin]:
     return [
         GovernancePlugin(
             app[GOVERNOR_KEY],
-            app[REQUEST_SLOTS_KEY],
             app[METRICS_KEY],
+            request_slots=app[REQUEST_SLOTS_KEY],
+            session_slots=app[SESSION_SLOTS_KEY],
             max_audio_seconds=config.proxy.max_audio_seconds,
+            session_step_s=config.proxy.realtime.reserve_step_s,
         ),
         CachePlugin(app[CACHE_KEY]),
         MetricsPlugin(app[METRICS_KEY]),
     ]
 
 
-async def _stores(app: web.Application) -> AsyncIterator[None]:
-    """Where limits, budgets and cached transcripts are kept: Redis when replicas
-    must share them (one connection pool for all), this process otherwise."""
-    proxy = app[CONFIG_KEY].proxy
-    redis = connect_redis(proxy.redis_url) if proxy.redis_url is not None else None
-    app[STATE_KEY].redis = redis
-    counters: Counters = RedisCounters(redis) if redis is not None else MemoryCounters()
-    app[GOVERNOR_KEY] = Governor(
-        app[CONFIG_KEY].governance,
-        counters,
-        fail_open=proxy.redis_fail_open,
-        metrics=app[METRICS_KEY],
-    )
-    store: CacheStore = (
-        RedisStore(redis)
-        if proxy.cache.store == "redis" and redis is not None
-        else MemoryStore(proxy.cache.max_mb * 1024 * 1024)
-    )
-    app[CACHE_KEY] = TranscriptCache(proxy.cache, store, app[METRICS_KEY])
-    app[PIPELINE_KEY] = Pipeline(plugins_for(app))
-    secrets: CacheStore = (
-        RedisStore(redis, prefix=SECRETS_PREFIX)
-        if redis is not None
-        else MemoryStore(SECRETS_MEMORY_BYTES, evicts=False)
-    )
-    app[SECRETS_KEY] = ClientSecrets(secrets, app[AUTH_KEY])
-    try:
-        yield
-    finally:
-        await store.aclose()
-        await secrets.aclose()
-        await counters.aclose()
-        if redis is not None:
-            await redis.aclose()
+def _stores(
+    plugins: Sequence[Plugin],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The stores' lifetime, and the plugins around dispatch made with them (the app's
+    own, then ``plugins``)."""
+
+    async def stores(app: web.Application) -> AsyncIterator[None]:
+        """Where limits, budgets and cached transcripts are kept: Redis when replicas
+        must share them (one connection pool for all), this process otherwise."""
+        proxy = app[CONFIG_KEY].proxy
+        redis = connect_redis(proxy.redis_url) if proxy.redis_url is not None else None
+        app[STATE_KEY].redis = redis
+        counters: Counters = RedisCounters(redis) if redis is not None else MemoryCounters()
+        app[GOVERNOR_KEY] = Governor(
+            app[CONFIG_KEY].governance,
+            counters,
+            fail_open=proxy.redis_fail_open,
+            metrics=app[METRICS_KEY],
+        )
+        store: CacheStore = (
+            RedisStore(redis)
+            if proxy.cache.store == "redis" and redis is not None
+            else MemoryStore(proxy.cache.max_mb * 1024 * 1024)
+        )
+        app[CACHE_KEY] = TranscriptCache(proxy.cache, store, app[METRICS_KEY])
+        app[PIPELINE_KEY] = Pipeline([*plugins_for(app), *plugins])
+        secrets: CacheStore = (
+            RedisStore(redis, prefix=SECRETS_PREFIX)
+            if redis is not None
+            else MemoryStore(SECRETS_MEMORY_BYTES, evicts=False)
+        )
+        app[SECRETS_KEY] = ClientSecrets(secrets, app[AUTH_KEY])
+        try:
+            yield
+        finally:
+            await store.aclose()
+            await secrets.aclose()
+            await counters.aclose()
+            if redis is not None:
+                await redis.aclose()
+
+    return stores
 
 
 def _upstreams(

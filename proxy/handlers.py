@@ -121,7 +121,7 @@ async def _transcribe(
 ) -> web.StreamResponse:
     app = request.app
     facts = request[FACTS_KEY]
-    facts.request_type = facts.task = task
+    facts.request_type = facts.kind = facts.task = task
     # Who is asking, and whether the path names a deployment that could be sent
     # upstream, are settled before a byte of the body is read.
     facts.caller = app[AUTH_KEY].identify(request.headers)
@@ -152,8 +152,6 @@ async def _transcribe(
         routes = facts.routes = app[ROUTER_KEY].plan(
             requested, fallbacks_of(form.fields), azure_deployment=deployment is not None
         )
-        facts.provider = routes[0].provider.name
-        facts.route = routes[0]
         facts.caller = app[AUTH_KEY].on_routes(facts.caller, routes)
         writer = app[ANSWERS_KEY]
         if (answer := await run.before(facts)) is not None:

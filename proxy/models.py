@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
+    from .dispatch import Served
     from .errors import ProxyError
     from .form.reader import TranscriptionForm
     from .governance.credentials import Caller
@@ -15,6 +16,16 @@ if TYPE_CHECKING:
 
 #: What a request asks of the audio: its words as spoken, or in English.
 Task = Literal["transcription", "translation"]
+
+#: What a request is, as the request log names it (its ``object``).
+RequestKind = Literal[
+    "transcription",
+    "translation",
+    "realtime.session",
+    "realtime.turn",
+    "async.transcription",
+    "async.translation",
+]
 
 #: Each task's path under OpenAI's ``/v1`` (and an Azure deployment's ``/openai/deployments/{id}``).
 TASK_PATHS: dict[Task, str] = {
@@ -149,8 +160,13 @@ class RequestFacts:
     #: The body's Content-Length, if it has one.
     declared_bytes: int | None = None
     # --- the endpoint (and the stream it answers with) -------------------------------------
+    #: Bifrost's ``extra_fields.request_type`` (``transcription_stream``, ...).
     request_type: str = "transcription"
+    #: What the request is, as the request log names it.
+    kind: RequestKind = "transcription"
     task: Task = "transcription"
+    #: The request this one is part of (a realtime session's, for its turns).
+    parent_request_id: str | None = None
     # --- auth --------------------------------------------------------------------------------
     caller: Caller | None = None
     # --- the form reader ---------------------------------------------------------------------
@@ -158,20 +174,19 @@ class RequestFacts:
     form: TranscriptionForm | None = None
     #: Audio bytes read from the client.
     audio_bytes: int = 0
+    #: Audio seconds the client has sent, counted as they came (a realtime session's
+    #: appends; written by the session's meter).
+    audio_seconds_in: float = 0.0
     #: The upload's length as its container tells it (when the answer does not).
     audio_length: AudioLength | None = None
     # --- the router -------------------------------------------------------------------------
     #: The primary route, then one per fallback.
     routes: Sequence[Route] = ()
-    # --- the answer: who gave it, and what it was --------------------------------------------
-    provider: str | None = None
-    model_deployment: str | None = None
-    #: The route that answered (the primary until one has).
-    route: Route | None = None
-    #: The attempts made, when the answer comes from a retry or a fallback.
-    attempts: list[dict[str, Any]] | None = None
-    #: How many chunks a long upload was cut into (None: sent whole).
-    audio_chunks: int | None = None
+    # --- the answer stage: who gave the answer, and what it was -----------------------------
+    #: The dispatch's account of who answered (the route, its attempts, its chunks).
+    served: Served | None = None
+    #: Who first made an answer a plugin gave in the upstream's place (provider, model).
+    given_by: tuple[str, str] | None = None
     #: The complete answer, once there is one (a stream's, at its done event).
     answer: TranscriptDone | None = None
     #: When the answer's first event came (the clock of ``started``).
@@ -186,6 +201,41 @@ class RequestFacts:
     # --- plugins ------------------------------------------------------------------------------
     #: ``extra_fields.cache_debug`` when the request used the transcript cache (the cache's).
     cache_debug: dict[str, Any] | None = None
+
+    @property
+    def provider(self) -> str | None:
+        """The provider that answered (or first made the answer a plugin gave); before an
+        answer, the primary route's."""
+        if self.given_by is not None:
+            return self.given_by[0]
+        route = self.route
+        return route.provider.name if route is not None else None
+
+    @property
+    def model_deployment(self) -> str | None:
+        """What served the model (an Azure deployment, the embedded model's name)."""
+        if self.given_by is not None:
+            return self.given_by[1]
+        if self.served is None:
+            return None
+        return self.served.route.provider.deployment_of(self.served.route.model)
+
+    @property
+    def route(self) -> Route | None:
+        """The route that answered; before an answer, the primary."""
+        if self.served is not None:
+            return self.served.route
+        return self.routes[0] if self.routes else None
+
+    @property
+    def attempts(self) -> list[dict[str, Any]] | None:
+        """Every attempt, when the answer is not the primary's first try."""
+        return self.served.attempts if self.served is not None else None
+
+    @property
+    def audio_chunks(self) -> int | None:
+        """How many chunks a long upload was cut into (None: sent whole)."""
+        return self.served.audio_chunks if self.served is not None else None
 
     @property
     def cache_hit(self) -> bool:

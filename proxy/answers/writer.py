@@ -90,8 +90,7 @@ class AnswerWriter:
         self, request: web.Request, facts: RequestFacts, answer: Answer
     ) -> web.StreamResponse:
         """An answer a plugin gave in the upstream's place (the cache's)."""
-        facts.provider = answer.provider
-        facts.model_deployment = answer.model
+        facts.given_by = (answer.provider, answer.model)
         fields = _all_fields(facts)
         if _wants_stream(fields):
             return await self._relay(request, facts, answer.done, _no_events())
@@ -121,12 +120,7 @@ class AnswerWriter:
 
 def _note_served(facts: RequestFacts, served: Served) -> None:
     """Who answered, for the answer's ``extra_fields``, its headers and its log line."""
-    facts.provider = served.route.provider.name
-    facts.route = served.route
-    facts.model_deployment = served.route.provider.deployment_of(served.route.model)
-    if served.attempts:
-        facts.attempts = served.attempts
-    facts.audio_chunks = served.audio_chunks
+    facts.served = served
 
 
 def _all_fields(facts: RequestFacts) -> list[FormField]:

@@ -15,12 +15,18 @@ its :class:`RequestHooks`, which the request calls at fixed points of its life:
     an upload of unknown length as its bytes pass): a hook may refuse the rest;
 ``on_attempt(attempt)``
     each upstream try begins (a retry, a fallback, a chunk);
+``on_routes(facts)``
+    the request's routes changed on the way (a realtime session's model);
 ``on_first_event(facts)``
     the answer begins: from here the upstream's answer is the one given;
 ``after(facts)``
     the request is over, answered or not (``facts.status``, ``facts.error``):
     settle, store, log, trace. Every hook that began gets it, in reverse order,
     whatever the others do.
+
+A realtime session is one request through the same hooks (its audio told as
+it is appended, with ``on_audio``), and each of its turns another, whose
+``parent_request_id`` is the session's.
 
 A hook may also answer while the upstream request is in flight, before its
 first event, by offering an answer to :attr:`PipelineRun.early` (the cache,
@@ -75,6 +81,9 @@ class RequestHooks:
 
     async def on_attempt(self, attempt: AttemptStarted) -> None:
         """An upstream try begins."""
+
+    async def on_routes(self, facts: RequestFacts) -> None:
+        """``facts.routes`` changed on the way (a realtime session switched its model)."""
 
     async def on_first_event(self, facts: RequestFacts) -> None:
         """The upstream's answer begins."""
@@ -164,6 +173,11 @@ class PipelineRun:
         """Each hook's ``on_attempt``."""
         for hooks in self._hooks:
             await hooks.on_attempt(attempt)
+
+    async def on_routes(self, facts: RequestFacts) -> None:
+        """Each hook's ``on_routes``; the first refusal is raised."""
+        for hooks in self._hooks:
+            await hooks.on_routes(facts)
 
     async def on_first_event(self, facts: RequestFacts) -> None:
         """The upstream's answer has begun: no early answer any more; each hook told."""

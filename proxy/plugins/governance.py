@@ -1,17 +1,21 @@
 """Governance around dispatch: what a caller may use, and what it may spend.
 
 As a request begins, one of its virtual key's slots is taken
-(``proxy.max_in_flight_per_key``). Before anything is sent: the caller may
-use every route it could be sent to, its upload is no longer than
+(``proxy.max_in_flight_per_key``, or ``proxy.realtime.max_sessions_per_key``
+for a realtime session). Before anything is sent: the caller may use every
+route it could be sent to, an upload is no longer than
 ``proxy.max_audio_seconds``, and the length it declares is reserved against
-its limits and budgets at the dearest route's price (README, "Security").
-As the audio proves longer, more is reserved before it is sent on; when the
+its limits and budgets at the dearest route's price (README, "Security"); a
+session reserves a block of audio seconds. As the audio proves longer (or a
+session's is appended), more is reserved before it is sent on; when the
 request is over, the reservations are settled to the audio it used, at the
-price of the route that served it.
+price of the route that served it. A session's turns are not governed on
+their own: their audio is the session's, metered as it came.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 
@@ -29,23 +33,97 @@ class GovernancePlugin:
     """Permissions, per-key slots, limits and budgets for every transcription."""
 
     def __init__(
-        self, governor: Governor, slots: KeySlots, metrics: Metrics, *, max_audio_seconds: float
+        self,
+        governor: Governor,
+        metrics: Metrics,
+        *,
+        request_slots: KeySlots,
+        session_slots: KeySlots,
+        max_audio_seconds: float,
+        session_step_s: float,
     ) -> None:
         self._governor = governor
-        self._slots = slots
         self._metrics = metrics
+        self._request_slots = request_slots
+        self._session_slots = session_slots
         self._max_audio_seconds = max_audio_seconds
+        self._session_step_s = session_step_s
 
-    def start(self, facts: RequestFacts, early: EarlyAnswer) -> RequestHooks:
+    def start(self, facts: RequestFacts, early: EarlyAnswer) -> RequestHooks | None:
         """Take one of the caller's slots for the request (429 when they are all held)."""
+        if facts.kind == "realtime.turn":
+            return None
         assert facts.caller is not None, "governance starts once the caller is known"
         slot = contextlib.ExitStack()
-        slot.enter_context(self._slots.hold(facts.caller))
-        return _Governed(self._governor, self._metrics, self._max_audio_seconds, slot)
+        if facts.kind == "realtime.session":
+            slot.enter_context(self._session_slots.hold(facts.caller))
+            return _GovernedSession(self._governor, slot, step_s=self._session_step_s)
+        slot.enter_context(self._request_slots.hold(facts.caller))
+        return _GovernedUpload(self._governor, self._metrics, self._max_audio_seconds, slot)
 
 
-class _Governed(RequestHooks):
-    """One request's governance: its slot, its admission, its allowance."""
+class _Governed(RequestHooks, abc.ABC):
+    """One request's governance: its slot, its admission, the allowance it is metered by."""
+
+    def __init__(self, governor: Governor, slot: contextlib.ExitStack) -> None:
+        self._governor = governor
+        self._slot = slot
+        self._admission: Admission | None = None
+        self._allowance: AudioAllowance | None = None
+
+    async def on_audio(self, seconds: float) -> None:
+        """Reserve the audio before it is sent on, or refuse it."""
+        if self._allowance is not None:
+            await self._allowance.cover(seconds)
+
+    async def after(self, facts: RequestFacts) -> None:
+        """Settle the reservations, and give the slot back."""
+        try:
+            if self._admission is not None:
+                await self._settle(self._admission, facts)
+        finally:
+            self._slot.close()
+
+    @abc.abstractmethod
+    async def _settle(self, admission: Admission, facts: RequestFacts) -> None:
+        """Replace the reservations with what the request used."""
+
+
+class _GovernedSession(_Governed):
+    """A realtime session: one request for request limits, its audio as it is appended."""
+
+    def __init__(self, governor: Governor, slot: contextlib.ExitStack, *, step_s: float) -> None:
+        super().__init__(governor, slot)
+        self._step_s = step_s
+
+    async def before(self, facts: RequestFacts) -> Answer | None:
+        """Admit the session (at the upgrade: a refusal is its HTTP error)."""
+        caller = facts.caller
+        assert caller is not None
+        self._governor.check_routes(caller, facts.routes)
+        admission = self._admission = await self._governor.admit(caller, facts.routes)
+        # A session has no longest: it ends when its limits and budgets are spent.
+        self._allowance = AudioAllowance(
+            self._governor, admission, max_seconds=math.inf, step_s=self._step_s
+        )
+        return None
+
+    async def on_routes(self, facts: RequestFacts) -> None:
+        """The session's model changed: the caller may use it (403), and its audio from now
+        on is charged at its rates (refused, with no change, when they cannot be reserved)."""
+        assert facts.caller is not None
+        self._governor.check_routes(facts.caller, facts.routes)
+        if self._admission is not None:
+            await self._governor.rebind(
+                self._admission, facts.caller, facts.routes[0], facts.audio_seconds_in
+            )
+
+    async def _settle(self, admission: Admission, facts: RequestFacts) -> None:
+        await self._governor.settle(admission, facts.audio_seconds_in)
+
+
+class _GovernedUpload(_Governed):
+    """An upload: its declared length reserved before it is sent, settled on its answer."""
 
     def __init__(
         self,
@@ -54,12 +132,9 @@ class _Governed(RequestHooks):
         max_audio_seconds: float,
         slot: contextlib.ExitStack,
     ) -> None:
-        self._governor = governor
+        super().__init__(governor, slot)
         self._metrics = metrics
         self._max_audio_seconds = max_audio_seconds
-        self._slot = slot
-        self._admission: Admission | None = None
-        self._allowance: AudioAllowance | None = None
         #: What was reserved before the length was known.
         self._reserved_s = 0.0
 
@@ -88,21 +163,9 @@ class _Governed(RequestHooks):
             self._allowance.guard(audio, length)
         return None
 
-    async def on_audio(self, seconds: float) -> None:
-        """Reserve the audio before it is sent on, or refuse it."""
-        if self._allowance is not None:
-            await self._allowance.cover(seconds)
-
-    async def after(self, facts: RequestFacts) -> None:
-        """Settle the reservations to the audio used, and give the slot back."""
-        try:
-            admission = self._admission
-            if admission is None:
-                return
-            reserved = admission.reserved_seconds
-            used = audio_used(facts, reserved if math.isfinite(reserved) else self._reserved_s)
-            if used.source != "none":
-                self._metrics.metered(used.source, used.seconds)
-            await self._governor.settle(admission, used.seconds, used.tokens, served=facts.route)
-        finally:
-            self._slot.close()
+    async def _settle(self, admission: Admission, facts: RequestFacts) -> None:
+        reserved = admission.reserved_seconds
+        used = audio_used(facts, reserved if math.isfinite(reserved) else self._reserved_s)
+        if used.source != "none":
+            self._metrics.metered(used.source, used.seconds)
+        await self._governor.settle(admission, used.seconds, used.tokens, served=facts.route)

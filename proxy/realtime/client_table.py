@@ -96,8 +96,7 @@ class ClientEventTable:
                 routing.fallbacks,
                 azure_deployment=routing.azure_deployment,
             )
-            self._services.governor.check_routes(routing.caller, routes)
-            await self._meter.reroute(routing.caller, routes[0])
+            await self._meter.reroute(routes)
         self._transcriber.request = replace(
             request, routes=routes, transcription=config.transcription
         )

@@ -31,16 +31,15 @@ from ..app_state import (
     GOVERNOR_KEY,
     LIMITS_KEY,
     METRICS_KEY,
+    PIPELINE_KEY,
     ROUTER_KEY,
     SECRETS_KEY,
-    SESSION_SLOTS_KEY,
     STATE_KEY,
 )
 from ..errors import InvalidRequestError, ServiceUnavailableError
 from ..form.body import ClientBody
 from ..form.limits import check_declared_length
 from ..governance.credentials import CLIENT_SECRET_PREFIX, Caller, credential_of
-from ..logs import request_id
 from ..providers.base import RealtimeRelayProvider, relays_realtime
 from ..providers.redaction import Redactor
 from ..router import Route, Router
@@ -75,6 +74,7 @@ async def realtime_session(request: web.Request) -> web.StreamResponse:
     app = request.app
     facts = request[FACTS_KEY]
     facts.request_type = "realtime"
+    facts.kind = "realtime.session"
     intent = request.query.get("intent", "transcription")
     if intent != "transcription":
         raise InvalidRequestError(
@@ -107,8 +107,7 @@ async def realtime_session(request: web.Request) -> web.StreamResponse:
             headers={"Retry-After": "1"},
         )
     caller, redeemed = await _identify(request)
-    with app[SESSION_SLOTS_KEY].hold(caller):
-        await _open_session(request, ws, caller, redeemed)
+    await _open_session(request, ws, caller, redeemed)
     return ws
 
 
@@ -125,7 +124,8 @@ async def _identify(request: web.Request) -> tuple[Caller, Redeemed | None]:
 async def _open_session(
     request: web.Request, ws: web.WebSocketResponse, caller: Caller, redeemed: Redeemed | None
 ) -> None:
-    """Admit the session, upgrade, and serve it until it ends."""
+    """Admit the session (through the hooks around dispatch: governance admits it as one
+    request), upgrade, and serve it until it ends."""
     app = request.app
     facts = request[FACTS_KEY]
     minted = redeemed.session if redeemed is not None else None
@@ -143,60 +143,86 @@ async def _open_session(
     router = app[ROUTER_KEY]
     routes, model = _routes(router, named, fallbacks, azure_deployment=deployment is not None)
     facts.model_requested = model
-    facts.provider = routes[0].provider.name
-    caller = app[AUTH_KEY].on_routes(caller, routes)
-    governor = app[GOVERNOR_KEY]
-    governor.check_routes(caller, routes)
-    admission = await governor.admit(caller, routes)  # a session is one request
-    settings = app[CONFIG_KEY].proxy.realtime
-    meter = SessionMeter(governor, admission, settings.reserve_step_s)
-    services = SessionServices(
-        router=router,
-        dispatcher=app[DISPATCHER_KEY],
-        governor=governor,
-        metrics=app[METRICS_KEY],
-        settings=settings,
-        redactor=Redactor.of(app[CONFIG_KEY].providers.values()).with_secret(caller.direct_key),
-    )
-    # A beta client (its subprotocol) is answered in the beta shape from the first event.
-    beta = "realtime" not in _offered(request) and "openai-beta.realtime-v1" in _offered(request)
+    facts.routes = routes
+    facts.caller = caller = app[AUTH_KEY].on_routes(caller, routes)
     socket = ClientSocket(ws)
     try:
-        provider = routes[0].provider
-        session: RealtimeSession
-        if relays_realtime(provider):
-            session = RelayedSession(
-                socket,
-                await _open_upstream(provider, routes[0], services, caller),
-                services,
-                caller=caller,
-                meter=meter,
-                route=routes[0],
-                azure_deployment=deployment is not None,
-                expires_at=expires_at,
-            )
-        else:
-            session = SynthesizedSession(
-                socket,
-                services,
-                caller=caller,
-                meter=meter,
-                request=TurnRequest(
-                    routes,
-                    replace(initial.transcription, model=model),
-                    request_id=request_id.get(),
-                    api_key=caller.direct_key,
+        async with app[PIPELINE_KEY].run(facts) as run:
+            await run.before(facts)
+            services = SessionServices(
+                router=router,
+                dispatcher=app[DISPATCHER_KEY],
+                governor=app[GOVERNOR_KEY],
+                metrics=app[METRICS_KEY],
+                settings=app[CONFIG_KEY].proxy.realtime,
+                redactor=Redactor.of(app[CONFIG_KEY].providers.values()).with_secret(
+                    caller.direct_key
                 ),
-                config=initial,
+                pipeline=app[PIPELINE_KEY],
+            )
+            session = await _session(
+                request,
+                socket,
+                services,
+                SessionMeter(run, facts),
+                initial=initial,
+                model=model,
                 fallbacks=fallbacks,
                 azure_deployment=deployment is not None,
-                dialect="beta" if beta else "ga",
                 expires_at=expires_at,
             )
-        await _serve(request, socket, session)
+            await _serve(request, socket, session)
     finally:
-        await meter.settle()
         await socket.release()
+
+
+async def _session(
+    request: web.Request,
+    socket: ClientSocket,
+    services: SessionServices,
+    meter: SessionMeter,
+    *,
+    initial: SessionConfig,
+    model: str,
+    fallbacks: list[str],
+    azure_deployment: bool,
+    expires_at: float | None,
+) -> RealtimeSession:
+    """The session of the kind its provider calls for: relayed to the provider's own
+    Realtime API, or synthesized here."""
+    facts = request[FACTS_KEY]
+    caller = facts.caller
+    assert caller is not None
+    route = facts.routes[0]
+    provider = route.provider
+    if relays_realtime(provider):
+        return RelayedSession(
+            socket,
+            await _open_upstream(provider, route, services, caller),
+            services,
+            caller=caller,
+            meter=meter,
+            route=route,
+            azure_deployment=azure_deployment,
+            expires_at=expires_at,
+        )
+    # A beta client (its subprotocol) is answered in the beta shape from the first event.
+    offered = _offered(request)
+    beta = "realtime" not in offered and "openai-beta.realtime-v1" in offered
+    return SynthesizedSession(
+        socket,
+        services,
+        caller=caller,
+        meter=meter,
+        request=TurnRequest(
+            facts.routes, replace(initial.transcription, model=model), session=facts
+        ),
+        config=initial,
+        fallbacks=fallbacks,
+        azure_deployment=azure_deployment,
+        dialect="beta" if beta else "ga",
+        expires_at=expires_at,
+    )
 
 
 def _routes(

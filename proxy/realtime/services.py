@@ -8,6 +8,7 @@ from ..config import RealtimeSettings
 from ..dispatch import Dispatcher
 from ..governance.governor import Governor
 from ..metrics import Metrics
+from ..plugins.base import Pipeline
 from ..providers.redaction import Redactor
 from ..router import Router
 
@@ -23,3 +24,5 @@ class SessionServices:
     settings: RealtimeSettings
     #: Blots our provider keys out of what an upstream sends the client.
     redactor: Redactor
+    #: The plugins around dispatch: each turn is a request through them.
+    pipeline: Pipeline

@@ -1,53 +1,56 @@
-"""A session's audio seconds against the caller's limits and budgets, as it goes.
+"""A session's audio seconds, told to the hooks around it as they are appended.
 
 A session is admitted as one request with a block of audio seconds
-reserved; as its appended audio reaches what is reserved, the next block
-is reserved (as an upload's audio is: :class:`~proxy.governance.allowance.AudioAllowance`),
-and a limit or budget that is spent ends the session (an ``error`` event,
-close 1008). When it ends, the reservations are settled to the audio it
-really appended.
+reserved (governance, :mod:`proxy.plugins.governance`); as its appended
+audio reaches what is reserved, the next block is reserved, and a limit or
+budget that is spent ends the session (an ``error`` event, close 1008).
+When it ends, the reservations are settled to the audio it really appended
+(``facts.audio_seconds_in``, which this meter keeps).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 from ..errors import ProxyError
-from ..governance.allowance import AudioAllowance
-from ..governance.credentials import Caller
-from ..governance.governor import Admission, Governor
+from ..models import RequestFacts
+from ..plugins.base import PipelineRun
 from ..router import Route
 
 
 class SessionMeter:
-    """Counts one session's audio seconds and reserves them ahead."""
+    """Counts one session's audio seconds, each append allowed by the session's hooks first."""
 
-    def __init__(self, governor: Governor, admission: Admission, step_s: float) -> None:
-        self._governor = governor
-        self._admission = admission
-        # A session has no longest: it ends when its limits and budgets are spent.
-        self._allowance = AudioAllowance(governor, admission, max_seconds=math.inf, step_s=step_s)
-        #: Seconds of audio the client has appended.
-        self.seconds = 0.0
+    def __init__(self, run: PipelineRun, facts: RequestFacts) -> None:
+        self._run = run
+        self._facts = facts
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of audio the client has appended."""
+        return self._facts.audio_seconds_in
 
     async def add(self, seconds: float) -> ProxyError | None:
         """Count ``seconds`` more; when a limit or budget is spent, the error the client is
         told instead (and the refused audio is not counted)."""
-        total = self.seconds + seconds
+        total = self._facts.audio_seconds_in + seconds
         try:
-            await self._allowance.cover(total)
+            await self._run.on_audio(total)
         except ProxyError as exc:
             return exc
-        self.seconds = total
+        self._facts.audio_seconds_in = total
         return None
 
-    async def reroute(self, caller: Caller, route: Route) -> None:
-        """The session's model changed: its audio from now on is charged at ``route``'s rates."""
-        await self._governor.rebind(self._admission, caller, route, self.seconds)
-
-    async def settle(self) -> None:
-        """Settle the reservations to the audio appended (once)."""
-        await self._governor.settle(self._admission, self.seconds)
+    async def reroute(self, routes: Sequence[Route]) -> None:
+        """The session's model changes to ``routes``' (its audio from now on charged at their
+        rates), unless the hooks refuse it (then the session stays as it was)."""
+        facts = self._facts
+        before, facts.routes = facts.routes, routes
+        try:
+            await self._run.on_routes(facts)
+        except ProxyError:
+            facts.routes = before
+            raise
 
 
 def spent(exc: ProxyError) -> str:

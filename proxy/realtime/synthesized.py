@@ -89,7 +89,7 @@ class SynthesizedSession:
         config = replace(config or SessionConfig(), transcription=request.transcription)
         self._reporter = TurnReporter(socket.send)
         self._transcriber = TurnTranscriber(
-            services.dispatcher, services.metrics, settings, request
+            services.dispatcher, services.pipeline, services.metrics, settings, request
         )
         score = functools.partial(speech_score, settings.vad != "loudness")
         self._turns = TurnTaking(

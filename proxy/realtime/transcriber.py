@@ -21,7 +21,8 @@ from ..config import RealtimeSettings
 from ..dispatch import Dispatcher
 from ..errors import ProxyError
 from ..metrics import Metrics
-from ..models import TranscriptDone
+from ..models import RequestFacts, TranscriptDone
+from ..plugins.base import Pipeline, PipelineRun
 from ..providers.base import LivePasses, LivePassOptions, SpokenTurn, has_live_passes
 from .protocol import transcription_completed, transcription_delta, transcription_failed
 from .reporter import Turn
@@ -37,11 +38,13 @@ class TurnTranscriber:
     def __init__(
         self,
         dispatcher: Dispatcher,
+        pipeline: Pipeline,
         metrics: Metrics,
         settings: RealtimeSettings,
         request: TurnRequest,
     ) -> None:
         self._dispatcher = dispatcher
+        self._pipeline = pipeline
         self._metrics = metrics
         self._settings = settings
         #: What each turn's request is made of (a session update may change it).
@@ -107,18 +110,18 @@ class TurnTranscriber:
     async def _transcribe(
         self, turn: Turn, pcm: bytes, passes: LivePasses | None, speech_end: int | None
     ) -> None:
-        """One committed turn's transcript, as events in its queue."""
+        """One committed turn's transcript, as events in its queue: a request of its own
+        through the hooks around dispatch."""
+        facts = self.request.turn_facts(turn.item_id)
+        facts.audio_bytes = len(pcm)
         outcome = "failed"
         try:
-            text: str | None = None
-            sent = ""
-            done: TranscriptDone | None = None
-            if passes is not None:
-                text, sent = await self._from_passes(turn, passes, pcm, speech_end)
-            if text is None:
-                text, done = await self._from_routes(turn, pcm, sent)
-            turn.add(transcription_completed(turn.item_id, text, _usage(done, len(pcm))))
-            outcome = "completed"
+            async with self._pipeline.run(facts) as run:
+                await run.before(facts)
+                text, done = await self._transcript(turn, pcm, passes, speech_end, facts, run)
+                facts.answer = done
+                turn.add(transcription_completed(turn.item_id, text, _usage(done, len(pcm))))
+                outcome = "completed"
         except ProxyError as exc:
             turn.add(transcription_failed(turn.item_id, exc.type, exc.code, exc.message, exc.param))
         except Exception:
@@ -136,6 +139,23 @@ class TurnTranscriber:
             self._metrics.realtime_turns.labels(outcome=outcome).inc()
             if turn.committed_at is not None and outcome == "completed":
                 self._metrics.realtime_turn_seconds.observe(time.monotonic() - turn.committed_at)
+
+    async def _transcript(
+        self,
+        turn: Turn,
+        pcm: bytes,
+        passes: LivePasses | None,
+        speech_end: int | None,
+        facts: RequestFacts,
+        run: PipelineRun,
+    ) -> tuple[str, TranscriptDone | None]:
+        """The turn's transcript: from its live passes, else from its routes."""
+        sent = ""
+        if passes is not None:
+            text, sent = await self._from_passes(turn, passes, pcm, speech_end)
+            if text is not None:
+                return text, None
+        return await self._from_routes(turn, pcm, facts, run, sent)
 
     async def _from_passes(
         self, turn: Turn, passes: LivePasses, pcm: bytes, speech_end: int | None
@@ -155,14 +175,19 @@ class TurnTranscriber:
         return text, sent
 
     async def _from_routes(
-        self, turn: Turn, pcm: bytes, already_sent: str = ""
+        self,
+        turn: Turn,
+        pcm: bytes,
+        facts: RequestFacts,
+        run: PipelineRun,
+        already_sent: str = "",
     ) -> tuple[str, TranscriptDone | None]:
         """The transcript from the session's routes, its deltas relayed as they stream
         (after partial captions, only what extends them: deltas are never taken back)."""
         sent: list[str] = []
         done: TranscriptDone | None = None
         async with aclosing(
-            transcribe_turn(self._dispatcher, self.request, pcm, item=turn.item_id)
+            transcribe_turn(self._dispatcher, self.request, pcm, facts, run)
         ) as pieces:
             async for piece in pieces:
                 if isinstance(piece, TranscriptDone):

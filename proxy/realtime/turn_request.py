@@ -9,6 +9,7 @@ A provider with live passes transcribes its turns while they are spoken
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from ..answers.events import DELTA
 from ..audio.sources import BufferedAudio
 from ..audio.wav_header import wav_bytes
-from ..dispatch import Dispatcher, TranscriptionJob
-from ..models import FormField, TranscriptDelta, TranscriptDone
+from ..dispatch import Dispatcher, DispatchHooks, TranscriptionJob
+from ..models import FormField, RequestFacts, TranscriptDelta, TranscriptDone
 from ..router import Route
 from .session_config import Transcription
 
@@ -27,12 +28,26 @@ FILENAME = "audio.wav"
 @dataclass(frozen=True)
 class TurnRequest:
     """What every turn's request is made of but its audio: the session's routes (primary,
-    then fallbacks), its transcription settings, and who asks."""
+    then fallbacks), its transcription settings, and the session it is part of (who
+    asks, and the id its turns are numbered under)."""
 
     routes: Sequence[Route]
     transcription: Transcription
-    request_id: str
-    api_key: str | None = field(default=None, repr=False)
+    session: RequestFacts = field(repr=False)
+
+    def turn_facts(self, item: str) -> RequestFacts:
+        """A new turn's request, a child of the session's."""
+        session = self.session
+        return RequestFacts(
+            started=time.monotonic(),
+            request_id=f"{session.request_id}.{item}",
+            request_type=session.request_type,
+            kind="realtime.turn",
+            parent_request_id=session.request_id,
+            caller=session.caller,
+            model_requested=self.transcription.model,
+            routes=self.routes,
+        )
 
     def fields(self, *, stream: bool) -> list[FormField]:
         """The form a turn is sent with."""
@@ -51,18 +66,22 @@ async def transcribe_turn(
     dispatcher: Dispatcher,
     request: TurnRequest,
     pcm: bytes,
+    turn: RequestFacts,
+    hooks: DispatchHooks,
     *,
     stream: bool = True,
-    item: str = "",
 ) -> AsyncGenerator[str | TranscriptDone, None]:
-    """A turn's transcript: text deltas as the upstream streams them, then its answer."""
+    """A turn's transcript: text deltas as the upstream streams them, then its answer;
+    ``hooks`` are told of its upstream tries."""
     wav = wav_bytes(pcm)
+    caller = turn.caller
     job = TranscriptionJob(
         request.routes,
         request.fields(stream=stream),
         BufferedAudio(wav, filename=FILENAME, content_type="audio/wav"),
-        request_id=f"{request.request_id}.{item}" if item else request.request_id,
-        api_key=request.api_key,
+        request_id=turn.request_id,
+        api_key=caller.direct_key if caller is not None else None,
+        hooks=hooks,
     )
     dispatch = await dispatcher.dispatch(job, len(wav))
     async with aclosing(dispatch.events()) as events:
