@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
@@ -14,6 +16,7 @@ from aiohttp.typedefs import Handler
 from . import handlers, logs
 from .answers.responses import error_response
 from .answers.writer import AnswerWriter
+from .api.logs import add_log_api
 from .app_state import (
     ANSWERS_KEY,
     AUTH_KEY,
@@ -23,8 +26,10 @@ from .app_state import (
     FACTS_KEY,
     GOVERNOR_KEY,
     LIMITS_KEY,
+    LOG_QUERIES_KEY,
     METRICS_KEY,
     PIPELINE_KEY,
+    REQUEST_LOG_KEY,
     REQUEST_SLOTS_KEY,
     ROUTER_KEY,
     SECRETS_KEY,
@@ -56,6 +61,7 @@ from .plugins.base import Pipeline, Plugin
 from .plugins.cache import CachePlugin
 from .plugins.governance import GovernancePlugin
 from .plugins.metrics import MetricsPlugin
+from .plugins.request_log import RequestLogPlugin
 from .providers import Provider, Redactor, create_provider
 from .realtime.client_secrets import ClientSecrets
 from .realtime.endpoint import (
@@ -66,6 +72,9 @@ from .realtime.endpoint import (
 )
 from .redis_client import connect_redis
 from .router import Router
+from .store.engine import open_store
+from .store.log_queries import LogQueries
+from .store.request_log import RequestLog
 from .web_ui import add_web_ui
 
 log = logging.getLogger(__name__)
@@ -175,6 +184,8 @@ def create_app(
     app[ANSWERS_KEY] = AnswerWriter(
         keepalive_s=proxy.sse_keepalive_s, metrics=metrics, streams=app[STATE_KEY].streams
     )
+    app.cleanup_ctx.append(_request_log)
+    app.cleanup_ctx.append(_tracing)
     app.cleanup_ctx.append(_stores(plugins))
     app.cleanup_ctx.append(_upstreams(providers))
     app.on_response_prepare.append(_tag_response)
@@ -187,6 +198,7 @@ def create_app(
     app.router.add_get("/health/ready", handlers.ready)
     app.router.add_get("/metrics", handlers.metrics_page)
     app.router.add_get("/v1/models", handlers.list_models)
+    add_log_api(app)
     if proxy.web_ui:
         add_web_ui(app)
     for paths, handler in (
@@ -205,10 +217,19 @@ def create_app(
 
 
 def plugins_for(app: web.Application) -> list[Plugin]:
-    """The plugins around dispatch, in the one order they run in (``after`` in reverse):
-    governance first (who may, and what it may spend), then the cache, then metrics.
+    """The plugins around dispatch, in the one order they run in: governance first (who
+    may, and what it may spend), then the cache, the request log, tracing, metrics.
     A new concern is one module in :mod:`proxy.plugins` and one line here."""
     config = app[CONFIG_KEY]
+    request_log = app.get(REQUEST_LOG_KEY)
+    logs: list[Plugin] = (
+        [RequestLogPlugin(request_log, replica=REPLICA, content=config.logs.content)]
+        if request_log is not None
+        else []
+    )
+    # With tracing off there is no plugin at all: requests pay nothing for it.
+    tracing = app.get(TRACING_KEY)
+    traces: list[Plugin] = [tracing] if tracing is not None else []
     return [
         GovernancePlugin(
             app[GOVERNOR_KEY],
@@ -219,8 +240,62 @@ def plugins_for(app: web.Application) -> list[Plugin]:
             session_step_s=config.proxy.realtime.reserve_step_s,
         ),
         CachePlugin(app[CACHE_KEY]),
+        *logs,
+        *traces,
         MetricsPlugin(app[METRICS_KEY]),
     ]
+
+
+#: This replica's name in the request log: its host's, and its process's.
+REPLICA = f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def _request_log(app: web.Application) -> AsyncIterator[None]:
+    """The store, and the request log written to it off the request path (with
+    ``logs.enabled``). A store that cannot be opened stops the start with a message
+    naming it."""
+    config = app[CONFIG_KEY]
+    if not config.logs.enabled:
+        yield
+        return
+    store = await open_store(config.proxy.store_url, pool_size=config.proxy.store_pool_size)
+    metrics = app[METRICS_KEY]
+    log = RequestLog(
+        store,
+        config.logs,
+        on_dropped=lambda count, reason: metrics.log_rows_dropped.labels(reason=reason).inc(count),
+    )
+    log.start()
+    app[REQUEST_LOG_KEY] = log
+    app[LOG_QUERIES_KEY] = LogQueries(store)
+    try:
+        yield
+    finally:
+        await log.close()
+        await store.close()
+
+
+#: The tracing plugin, when tracing is on (``proxy.tracing``).
+TRACING_KEY = web.AppKey("tracing", Plugin)
+
+
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    """The tracer provider (with ``proxy.tracing``): made at start, and at cleanup, once
+    every request is over, its last spans sent (for a few seconds at most)."""
+    config = app[CONFIG_KEY]
+    if not config.proxy.tracing.enabled:
+        yield
+        return
+    # Imported here: the OpenTelemetry SDK is the tracing extra's, loaded only when on.
+    from .plugins.tracing import TracingPlugin
+    from .tracing_setup import Tracing
+
+    tracing = Tracing(config.proxy.tracing, app[METRICS_KEY].spans_dropped)
+    app[TRACING_KEY] = TracingPlugin(tracing.tracer, content=config.logs.content)
+    try:
+        yield
+    finally:
+        await tracing.aclose()
 
 
 def _stores(
@@ -362,6 +437,9 @@ async def start_draining(app: web.Application) -> None:
     # Realtime sessions are told to reconnect now, and closed at the deadline.
     for session in list(state.sessions):
         state.drain_session(session)
+    # A live tail of the request log lasts as long as its reader: it ends now.
+    for tail in list(state.tails):
+        tail.end()
 
 
 #: Client secrets in Redis are kept under this prefix; in memory, in at most this much.
@@ -454,6 +532,7 @@ def _access_log(
             # Bifrost's word for the events of a stream (their chunk_index).
             "chunks": facts.events_sent,
             "cache": ("hit" if facts.cache_hit else "miss") if facts.cache_debug else None,
+            "trace_id": facts.trace_id,
         },
     )
 

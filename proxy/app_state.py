@@ -23,6 +23,8 @@ from .plugins.base import Pipeline
 from .realtime.client_secrets import ClientSecrets
 from .realtime.session import RealtimeSession
 from .router import Router
+from .store.log_queries import LogQueries
+from .store.request_log import RequestLog, Subscription
 
 
 @dataclass
@@ -47,6 +49,8 @@ class ServerState:
     sessions: set[RealtimeSession] = field(default_factory=set)
     #: The tasks draining them.
     drains: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: The request log's live tails being followed, so a shutdown can end them.
+    tails: set[Subscription] = field(default_factory=set)
 
     def cut_streams(self) -> None:
         """End the streams still open: each sends an error event and ``[DONE]``."""
@@ -78,6 +82,9 @@ FACTS_KEY = web.RequestKey("facts", RequestFacts)
 PIPELINE_KEY = web.AppKey("pipeline", Pipeline)
 #: Writes each request's answer.
 ANSWERS_KEY = web.AppKey("answers", AnswerWriter)
+#: The request log's writer and its reads (absent with ``logs.enabled: false``).
+REQUEST_LOG_KEY = web.AppKey("request_log", RequestLog)
+LOG_QUERIES_KEY = web.AppKey("log_queries", LogQueries)
 #: Transcription requests each virtual key has in flight.
 REQUEST_SLOTS_KEY = web.AppKey("request_slots", KeySlots)
 #: Realtime sessions each virtual key has open (or being opened).

@@ -58,6 +58,18 @@ class AttemptStarted:
     #: A long recording's chunk: its index and where it lies in the recording (s).
     chunk: int | None = None
     span_s: tuple[float, float] | None = None
+    #: Headers for this try's upstream request, which hooks may add to in ``on_attempt``
+    #: (a trace's ``traceparent``); a provider sends only the propagation headers among
+    #: them, never in place of its own. Not part of the try's identity.
+    headers: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class AttemptEnded:
+    """How an upstream try ended: its status (200 when it answered), and its error."""
+
+    status: int
+    error: ProxyError | None = None
 
 
 class DispatchHooks(Protocol):
@@ -65,6 +77,9 @@ class DispatchHooks(Protocol):
 
     async def on_attempt(self, attempt: AttemptStarted) -> None:
         """An upstream try begins."""
+
+    async def on_attempt_end(self, attempt: AttemptStarted, ended: AttemptEnded) -> None:
+        """An upstream try is over: answered whole, or failed."""
 
     async def on_audio(self, seconds: float) -> None:
         """The audio reaches ``seconds`` before more of it is sent on; raises to refuse."""
@@ -74,6 +89,9 @@ class NoHooks:
     """Hooks that do nothing: a dispatch nobody watches (a test's, a benchmark's)."""
 
     async def on_attempt(self, attempt: AttemptStarted) -> None:
+        """Nothing."""
+
+    async def on_attempt_end(self, attempt: AttemptStarted, ended: AttemptEnded) -> None:
         """Nothing."""
 
     async def on_audio(self, seconds: float) -> None:
@@ -329,16 +347,15 @@ class RouteDispatch:
         retry = 0
         while True:
             index, start_s, end_s = self._chunk if self._chunk is not None else (None, 0.0, 0.0)
-            await job.hooks.on_attempt(
-                AttemptStarted(
-                    route,
-                    fallback=position,
-                    retry=retry,
-                    after=previous if not retry else None,
-                    chunk=index,
-                    span_s=(start_s, end_s) if index is not None else None,
-                )
+            started = AttemptStarted(
+                route,
+                fallback=position,
+                retry=retry,
+                after=previous if not retry else None,
+                chunk=index,
+                span_s=(start_s, end_s) if index is not None else None,
             )
+            await job.hooks.on_attempt(started)
             events = route.provider.transcribe(
                 UpstreamCall(
                     model=route.model,
@@ -349,12 +366,14 @@ class RouteDispatch:
                     task=job.task,
                     named_deployment=route.named_deployment,
                     on_audio=job.hooks.on_audio,
+                    headers=started.headers,
                 )
             )
             async with aclosing(events):
                 try:
                     first = await anext(events)
                 except ProxyError as exc:
+                    await job.hooks.on_attempt_end(started, AttemptEnded(exc.status_code, exc))
                     self.attempts.append(
                         Attempt(route.provider.name, route.model, exc.status_code, exc.message)
                     )
@@ -377,9 +396,16 @@ class RouteDispatch:
                     continue
                 self.route = route
                 self.attempts.append(Attempt(route.provider.name, route.model, 200))
-                yield first
-                async for event in events:
-                    yield event
+                ended = AttemptEnded(200)
+                try:
+                    yield first
+                    async for event in events:
+                        yield event
+                except ProxyError as exc:
+                    ended = AttemptEnded(exc.status_code, exc)
+                    raise
+                finally:
+                    await job.hooks.on_attempt_end(started, ended)
                 return
 
     def _worth_another(self, error: ProxyError, *, note_if_not_replayable: bool = False) -> bool:

@@ -10,6 +10,7 @@ never names one.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aiohttp import web
 
@@ -140,7 +141,12 @@ async def _transcribe(
             task=task,
         ) as reader,
     ):
-        form = facts.form = await reader.read()
+        reading = time.monotonic()
+        try:
+            form = facts.form = await reader.read()
+        finally:
+            # Timed however it ends: a read cut short (a slow client's 408) shows in the trace.
+            facts.phase("form.read", reading)
         if form.audio is None:
             raise _missing("file")
         requested = deployment or first_value(form.fields, "model")

@@ -167,6 +167,20 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        self.log_rows_dropped = Counter(
+            "proxy_log_rows_dropped",
+            "Request log rows dropped: the queue was full while the store was slow or down, "
+            "a batch the store refused, or rows still waiting at shutdown.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.spans_dropped = Counter(
+            "proxy_spans_dropped",
+            "Trace spans the collector did not take: those of every batch whose export "
+            "failed (the collector unreachable, refusing or too slow). Requests are served "
+            "all the same.",
+            registry=registry,
+        )
         self.metered_requests = Counter(
             "proxy_metered_requests",
             "Answered requests settled against limits and budgets, by where their audio "

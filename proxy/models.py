@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .errors import ProxyError
     from .form.reader import TranscriptionForm
     from .governance.credentials import Caller
+    from .governance.metering import AudioUsed
     from .router import Route
 
 #: What a request asks of the audio: its words as spoken, or in English.
@@ -91,6 +92,9 @@ class UpstreamCall:
     #: Awaited by a provider that decodes the audio as it goes, with the length decoded
     #: so far, before the model hears more; it raises to refuse the rest (a spent budget).
     on_audio: Callable[[float], Awaitable[None]] | None = None
+    #: Headers the hooks around dispatch added for this try (a trace's ``traceparent``):
+    #: an HTTP provider sends the propagation headers among them, never in place of its own.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,16 @@ class AudioLength(Protocol):
         rate: what a length it declares may never be charged below."""
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of a request's life the stage that owns it timed (the form's reading, a
+    cache lookup), on the monotonic clock of :attr:`RequestFacts.started`."""
+
+    name: str
+    start: float
+    end: float
+
+
 @dataclass
 class RequestFacts:
     """What a request has become, stage by stage: for its answer, its errors, its logs
@@ -153,8 +167,10 @@ class RequestFacts:
     """
 
     # --- the app, as the request comes in --------------------------------------------------
+    #: When it began, on the monotonic clock (latencies) and the wall clock (logs).
     started: float
     request_id: str = "-"
+    started_at: float = field(default_factory=time.time)
     #: The request's headers (what plugins engage on: a cache key, a trace's parent).
     headers: Mapping[str, str] = field(default_factory=dict)
     #: The body's Content-Length, if it has one.
@@ -198,9 +214,19 @@ class RequestFacts:
     error: ProxyError | None = None
     #: The status the request ended with (499: the client left), once it is over.
     status: int | None = None
+    # --- each stage that times a phase: its own (the handler's form reading, the cache's) ---
+    #: The request's timed phases, in the order they ended: for its trace.
+    phases: list[Phase] = field(default_factory=list)
     # --- plugins ------------------------------------------------------------------------------
     #: ``extra_fields.cache_debug`` when the request used the transcript cache (the cache's).
     cache_debug: dict[str, Any] | None = None
+    #: The audio the request was charged for, and what it cost in USD (governance's, once
+    #: the request is over).
+    usage: AudioUsed | None = None
+    cost: float | None = None
+    #: The request's trace id in hex, for its log lines and its row (tracing's, as the
+    #: request begins; None with tracing off).
+    trace_id: str | None = None
 
     @property
     def provider(self) -> str | None:
@@ -256,6 +282,10 @@ class RequestFacts:
         """The request is over: its status is its error's, else 200."""
         if self.status is None:
             self.status = self.error.status_code if self.error is not None else 200
+
+    def phase(self, name: str, since: float) -> None:
+        """The phase ``name``, begun at ``since`` (the monotonic clock), is over."""
+        self.phases.append(Phase(name, since, time.monotonic()))
 
     def latency_ms(self) -> int:
         """Whole milliseconds since the request started."""

@@ -10,6 +10,7 @@ medians. Everything runs on 127.0.0.1.
     .venv/bin/python scripts/bench_overhead.py --rounds 1 --small 300 --upload-mib 256
     git worktree add /tmp/before REV
     .venv/bin/python scripts/bench_overhead.py --baseline /tmp/before
+    .venv/bin/python scripts/bench_overhead.py --baseline-config '{"logs": {"enabled": false}}'
     .venv/bin/python scripts/bench_overhead.py --duration-only
 
 The container-length reader (what limits and budgets settle on when an
@@ -41,6 +42,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 from benchlib import (
+    ROOT,
     PeakRss,
     cpu_seconds,
     free_port,
@@ -368,11 +370,16 @@ async def bench(args: argparse.Namespace) -> None:
             "nginx": (f"http://127.0.0.1:{nginx_port}{PATH}", nginx_pid),
             FLOOR: (f"http://127.0.0.1:{floor_port}{PATH}", floor.pid),
         }
-        if args.baseline:
-            # An earlier revision's proxy (a checkout of it), measured in the same rounds.
-            port, process = await stack.enter_async_context(proxy_with(config, cwd=args.baseline))
+        if args.baseline or args.baseline_config:
+            # An earlier revision's proxy (a checkout of it), or this one set otherwise
+            # (the request log off, say), measured in the same rounds.
+            port, process = await stack.enter_async_context(
+                proxy_with(merged(config, args.baseline_config or {}), cwd=args.baseline or ROOT)
+            )
             targets["baseline"] = (f"http://127.0.0.1:{port}{PATH}", process.pid)
-        proxy_port, proxy = await stack.enter_async_context(proxy_with(config))
+        proxy_port, proxy = await stack.enter_async_context(
+            proxy_with(merged(config, args.proxy_config or {}))
+        )
         targets["proxy"] = (f"http://127.0.0.1:{proxy_port}{PATH}", proxy.pid)
         streaming = {name: target for name, target in targets.items() if name != FLOOR}
         async with aiohttp.ClientSession() as session:
@@ -543,6 +550,14 @@ def report(
     )
 
 
+def merged(config: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``more``'s sections merged in, one level deep."""
+    out = dict(config)
+    for name, section in more.items():
+        out[name] = {**out.get(name, {}), **section} if isinstance(section, dict) else section
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (2)")
     parser.add_argument("--small", type=int, default=500, help="10 KB requests a round (500)")
@@ -552,6 +567,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--baseline",
         type=lambda path: Path(path).resolve(),
         help="a checkout of an earlier revision: its proxy is measured too, as 'baseline'",
+    )
+    parser.add_argument(
+        "--baseline-config",
+        type=orjson.loads,
+        help="config sections merged into the baseline's (this checkout's when --baseline "
+        'is not given): --baseline-config \'{"logs": {"enabled": false}}\'',
+    )
+    parser.add_argument(
+        "--proxy-config",
+        type=orjson.loads,
+        help="config sections merged into the measured proxy's",
     )
     parser.add_argument(
         "--wrk-seconds", type=int, default=5, help="each wrk run of the workers scaling (5)"

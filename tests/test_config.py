@@ -227,3 +227,83 @@ async def test_cli_redis_url_without_the_extra_is_one_line(tmp_path: Path) -> No
     assert returncode == 2
     assert b"Traceback" not in stderr
     assert b"proxy.redis_url: the Redis client is not installed" in stderr
+
+
+def test_tracing_is_off_unless_a_collector_is_named() -> None:
+    assert not parse_config({}, {}).proxy.tracing.enabled
+    assert not load_config(None, {}).proxy.tracing.enabled
+    tracing = parse_config(
+        {
+            "proxy": {
+                "tracing": {
+                    "otlp_endpoint": "http://collector:4318/",
+                    "service_name": "stt-gateway",
+                    "resource_attributes": {"deployment.environment": "env.STAGE"},
+                    "schedule_delay_ms": 200,
+                }
+            }
+        },
+        {"STAGE": "staging", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://elsewhere:4318"},
+    ).proxy.tracing
+    assert tracing.traces_url == "http://collector:4318/v1/traces"  # the file's, first
+    assert tracing.service_name == "stt-gateway"
+    assert tracing.resource_attributes == {"deployment.environment": "staging"}
+    assert tracing.schedule_delay_ms == 200
+    assert "collector" not in repr(tracing)  # an endpoint may carry a password
+    # The OpenTelemetry environment, with a file that does not say, or with none.
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://otel.example", "OTEL_SERVICE_NAME": "stt"}
+    for config in (parse_config({}, environ), load_config(None, environ)):
+        tracing = config.proxy.tracing
+        assert tracing.traces_url == "https://otel.example/v1/traces"
+        assert (tracing.service_name, tracing.schedule_delay_ms) == ("stt", 5000)
+
+
+@pytest.mark.parametrize(
+    ("tracing", "environ", "message"),
+    [
+        (
+            {"otlp_endpoint": "collector:4318"},
+            {},
+            "proxy.tracing.otlp_endpoint: the collector's OTLP/HTTP endpoint is an http:// or "
+            "https:// URL",
+        ),
+        (
+            {},
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "grpc://collector:4317"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT: the collector's OTLP/HTTP endpoint is an http://",
+        ),
+        (
+            {"otlp_endpoint": "http://c:4318", "resource_attributes": {"team": 7}},
+            {},
+            "proxy.tracing.resource_attributes.team: expected a string, got a number",
+        ),
+        (
+            {"otlp_endpoint": "http://c:4318", "schedule_delay_ms": 0},
+            {},
+            "proxy.tracing.schedule_delay_ms: must be at least 1",
+        ),
+    ],
+)
+def test_tracing_errors_name_the_setting(
+    tracing: dict[str, Any], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"proxy": {"tracing": tracing}}, environ)
+    assert str(raised.value).startswith(message)
+
+
+async def test_cli_tracing_without_the_extra_is_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, {"proxy": {"tracing": {"otlp_endpoint": "http://127.0.0.1:4318"}}})
+    hidden = without_module(tmp_path, "opentelemetry")
+    returncode, stderr = await run_cli("--config", str(path), env=hidden)
+    assert returncode == 2
+    assert b"Traceback" not in stderr
+    assert (
+        b"proxy.tracing.otlp_endpoint: OpenTelemetry is not installed; "
+        b"install the tracing extra: pip install '.[tracing]'"
+    ) in stderr
+    # The environment's endpoint asks for it as much.
+    environ = {**hidden, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    returncode, stderr = await run_cli(env=environ)
+    assert returncode == 2
+    assert b"OTEL_EXPORTER_OTLP_ENDPOINT: OpenTelemetry is not installed" in stderr

@@ -197,10 +197,10 @@ async def test_every_after_runs_when_one_fails() -> None:
         def start(self, facts: RequestFacts, early: EarlyAnswer) -> RequestHooks:
             return self._hooks
 
-    pipeline = Pipeline([Plugin(Counting()), Plugin(Failing())])
+    pipeline = Pipeline([Plugin(Failing()), Plugin(Counting())])
     facts = RequestFacts(started=0.0)
     with pytest.raises(ProxyError):
         async with pipeline.run(facts):
             raise ProxyError("the request failed")
-    assert ran == ["failing", "counting"]  # last first, and the first still ran
+    assert ran == ["failing", "counting"]  # in order, and the one after the failure ran
     assert facts.status == 500

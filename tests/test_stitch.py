@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from proxy.answers.formats import parse_cues
+from proxy.answers.formats import parse_cues, transcript_text
 from proxy.audio.sources import BufferedAudio
 from proxy.config import ChunkingSettings
 from proxy.dispatch import TranscriptionJob
 from proxy.errors import InvalidAudioError, UpstreamError
 from proxy.long_audio.chunked import LongAudio
-from proxy.long_audio.stitch import ChunkAnswer, chunk_text, stitch
+from proxy.long_audio.stitch import ChunkAnswer, stitch
 from proxy.metrics import Metrics
 from proxy.models import FormField, TranscriptDelta, TranscriptDone
 from proxy.router import Route
@@ -140,8 +140,8 @@ def test_plain_text_answers_are_joined() -> None:
         (text("just text\n"), "just text"),
     ],
 )
-def test_chunk_text_is_the_words_whatever_the_format(done: TranscriptDone, words: str) -> None:
-    assert chunk_text(done) == words
+def test_transcript_text_is_the_words_whatever_the_format(done: TranscriptDone, words: str) -> None:
+    assert transcript_text(done) == words
 
 
 # --- a recording cut, sent and stitched -------------------------------------------------------

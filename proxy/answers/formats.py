@@ -269,3 +269,15 @@ RESPONSE_FORMATS: Mapping[str, ResponseFormat] = {
         ResponseFormat("diarized_json", JSON_TYPE, frozenset({"diarized_json"}), diarized=True),
     )
 }
+
+
+def transcript_text(done: TranscriptDone) -> str:
+    """The words of an answer, whatever its format (a caption file's cues joined): for
+    stream deltas, a chunk's prompt, a realtime turn's transcript, the request log."""
+    if done.document is not None:
+        return str(done.document.get("text", "")).strip()
+    text = done.text or ""
+    cues = parse_cues(text)
+    if cues or text.lstrip().startswith("WEBVTT"):
+        return " ".join(cue.text.strip() for cue in cues if cue.text.strip())
+    return text.strip()

@@ -30,6 +30,7 @@ from .schema import (
     JwtConfig,
     KeyConfig,
     LocalSettings,
+    LogsSettings,
     ModelPrice,
     NetworkConfig,
     ProviderConfig,
@@ -37,7 +38,9 @@ from .schema import (
     ProxySettings,
     RateLimitConfig,
     RealtimeSettings,
+    TracingSettings,
     VirtualKeyConfig,
+    default_data_dir,
 )
 from .sections import Section
 
@@ -73,8 +76,9 @@ def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Confi
             providers[name] = provider
     proxy = _proxy(root.section("proxy"))
     governance = _governance(root.section("governance"))
+    logs = _logs(root.section("logs"))
     root.warn_unused()
-    return Config(providers=providers, client=client, proxy=proxy, governance=governance)
+    return Config(providers=providers, client=client, proxy=proxy, governance=governance, logs=logs)
 
 
 def _governance(section: Section) -> GovernanceConfig:
@@ -153,6 +157,7 @@ def _governance(section: Section) -> GovernanceConfig:
         jwt=jwt,
         model_prices=prices,
         reserve_audio_seconds=section.number("reserve_audio_seconds", 30.0),
+        admin_keys=section.strings("admin_keys"),
     )
     section.warn_unused()
     return governance
@@ -211,9 +216,15 @@ def _proxy(section: Section) -> ProxySettings:
         cache=_cache(section.section("cache")),
         chunking=_chunking(section.section("chunking")),
         realtime=_realtime(section.section("realtime")),
+        tracing=_tracing(section.section("tracing")),
         web_ui=section.boolean("web_ui", True),
         allowed_origins=tuple(_origin(section, o) for o in section.strings("allowed_origins")),
         allowed_hosts=tuple(h.lower() for h in section.strings("allowed_hosts")),
+        # The process's own environment, not the values a test's config is read with:
+        # where files go is the machine's business.
+        data_dir=section.string("data_dir") or default_data_dir(os.environ),
+        store=_store_url(section),
+        store_pool_size=section.integer("store_pool_size", 5, minimum=1),
     )
     section.warn_unused()
     if settings.redis_url is not None and importlib.util.find_spec("redis") is None:
@@ -223,6 +234,32 @@ def _proxy(section: Section) -> ProxySettings:
         )
     if settings.cache.store == "redis" and settings.redis_url is None:
         raise ConfigError(f"{section.path}.cache.store: redis needs {section.path}.redis_url")
+    return settings
+
+
+def _store_url(section: Section) -> str | None:
+    """``proxy.store``, its form checked (whether it connects is known when the app starts)."""
+    # Imported here: the store package imports this one (its ConfigError).
+    from ..store.urls import check_store_url
+
+    store = section.string("store")
+    if store is not None:
+        check_store_url(store, f"{section.path}.store")
+    return store
+
+
+def _logs(section: Section) -> LogsSettings:
+    settings = LogsSettings(
+        enabled=section.boolean("enabled", True),
+        content=section.boolean("content", False),
+        retention_days=section.number("retention_days", 30.0),
+        queue_max_rows=section.integer("queue_max_rows", 10_000, minimum=1),
+        batch_max_rows=section.integer("batch_max_rows", 500, minimum=1),
+        flush_interval_ms=section.integer("flush_interval_ms", 500, minimum=1),
+    )
+    if settings.retention_days < 0:
+        raise ConfigError(f"{section.path}.retention_days: must be 0 (kept forever) or more")
+    section.warn_unused()
     return settings
 
 
@@ -269,6 +306,54 @@ def _realtime(section: Section) -> RealtimeSettings:
     )
     section.warn_unused()
     return settings
+
+
+#: The OpenTelemetry environment variables read when the file does not say.
+OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+SERVICE_NAME_ENV = "OTEL_SERVICE_NAME"
+
+
+def _tracing(section: Section) -> TracingSettings:
+    """``proxy.tracing``; an endpoint (the file's, else the environment's) needs the
+    ``tracing`` extra."""
+    environ = section.environ
+    attributes = section.section("resource_attributes")
+    settings = TracingSettings(
+        otlp_endpoint=section.string("otlp_endpoint") or environ.get(OTLP_ENDPOINT_ENV) or None,
+        service_name=section.string("service_name")
+        or environ.get(SERVICE_NAME_ENV)
+        or "transcription-proxy",
+        resource_attributes={name: attributes.string(name) or "" for name in attributes.names()},
+        schedule_delay_ms=section.integer("schedule_delay_ms", 5000, minimum=1),
+    )
+    section.warn_unused()
+    endpoint = settings.otlp_endpoint
+    if endpoint is None:
+        return settings
+    named = f"{section.path}.otlp_endpoint" if section.has("otlp_endpoint") else OTLP_ENDPOINT_ENV
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{named}: the collector's OTLP/HTTP endpoint is an http:// or https:// URL "
+            "(as http://127.0.0.1:4318)"
+        )
+    if not tracing_installed():
+        raise ConfigError(
+            f"{named}: OpenTelemetry is not installed; "
+            "install the tracing extra: pip install '.[tracing]'"
+        )
+    return settings
+
+
+def tracing_installed() -> bool:
+    """Whether the ``tracing`` extra (the OpenTelemetry SDK and its OTLP/HTTP exporter) is
+    installed."""
+    try:
+        return all(
+            importlib.util.find_spec(name) is not None
+            for name in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+        )
+    except ModuleNotFoundError:  # a parent package is missing (or hidden)
+        return False
 
 
 def _cache(section: Section) -> CacheSettings:
@@ -445,4 +530,8 @@ def _default_config(environ: Mapping[str, str]) -> Config:
             network=NetworkConfig(base_url=DEFAULT_BASE_URLS["openai"]),
             max_upload_mb=HOSTED_UPLOAD_LIMIT_MB,
         )
-    return Config(providers=providers)
+    proxy = ProxySettings(
+        data_dir=default_data_dir(environ),
+        tracing=_tracing(Section("proxy.tracing", {}, environ)),
+    )
+    return Config(providers=providers, proxy=proxy)

@@ -212,6 +212,35 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    """Traces over OTLP/HTTP (``proxy.tracing``): off unless a collector is named."""
+
+    #: The collector's OTLP/HTTP base URL (``http://collector:4318``); spans are posted to
+    #: its ``/v1/traces``. None: tracing is off. The file's, else
+    #: ``OTEL_EXPORTER_OTLP_ENDPOINT``. It may hold a password: never logged.
+    otlp_endpoint: str | None = field(default=None, repr=False)
+    #: The ``service.name`` spans are sent under.
+    service_name: str = "transcription-proxy"
+    #: More attributes of the resource (``deployment.environment``, ...).
+    resource_attributes: Mapping[str, str] = field(default_factory=dict)
+    #: Longest a finished span waits for its batch to be sent (the SDK's schedule delay).
+    schedule_delay_ms: int = 5000
+
+    @property
+    def enabled(self) -> bool:
+        """Whether spans are made and sent."""
+        return self.otlp_endpoint is not None
+
+    @property
+    def traces_url(self) -> str | None:
+        """Where spans are posted: the endpoint's ``/v1/traces`` (as the SDK makes it of
+        ``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
+        if self.otlp_endpoint is None:
+            return None
+        return f"{self.otlp_endpoint.rstrip('/')}/v1/traces"
+
+
+@dataclass(frozen=True)
 class ProxySettings:
     """Our own settings, which Bifrost's file has no place for."""
 
@@ -254,6 +283,7 @@ class ProxySettings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     #: Serve the caption page at ``GET /``.
     web_ui: bool = True
     #: Browser origins (``https://app.example``) besides the proxy's own that may
@@ -262,6 +292,44 @@ class ProxySettings:
     #: Host names the proxy answers to when no credential is required, besides
     #: its listen address and loopback names (against DNS rebinding).
     allowed_hosts: tuple[str, ...] = ()
+    #: Where the proxy keeps its files (the default SQLite store); created if missing.
+    data_dir: str = field(default_factory=lambda: default_data_dir(os.environ))
+    #: The store's URL (``sqlite:///<path>`` or ``postgresql://...``); None: the
+    #: SQLite file in ``data_dir``. It may hold a password: never logged.
+    store: str | None = field(default=None, repr=False)
+    #: Connections to a PostgreSQL store kept open (each replica has its own pool).
+    store_pool_size: int = 5
+
+    @property
+    def store_url(self) -> str:
+        """The store's URL: the one configured, else ``proxy.sqlite3`` in ``data_dir``."""
+        return self.store or f"sqlite:///{self.data_dir}/proxy.sqlite3"
+
+
+def default_data_dir(environ: Mapping[str, str]) -> str:
+    """``proxy.data_dir`` when the file sets none: ``$PROXY_DATA_DIR``, else ``./data``."""
+    return environ.get("PROXY_DATA_DIR") or "data"
+
+
+@dataclass(frozen=True)
+class LogsSettings:
+    """The request log (the top-level ``logs`` section): one row per request, realtime
+    session and turn, and long-audio chunk, written to the store off the request path."""
+
+    enabled: bool = True
+    #: Store each request's transcript with its row (never its audio).
+    content: bool = False
+    #: Rows older than this are pruned in the background (0: kept forever).
+    retention_days: float = 30.0
+    #: Rows waiting to be written while the store is slow or down; past it new rows
+    #: are dropped and counted. 10,000 rows is 5 s at 2,000 requests/s, and tens of MB.
+    queue_max_rows: int = 10_000
+    #: Rows written by one INSERT: large enough that 2,000 rows/s is a few
+    #: statements a second, small enough that one failed batch loses little.
+    batch_max_rows: int = 500
+    #: Longest a row waits for its batch while the store keeps up (and so the
+    #: live tail's delay).
+    flush_interval_ms: int = 500
 
 
 @dataclass(frozen=True)
@@ -342,6 +410,9 @@ class GovernanceConfig:
     model_prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     #: Audio seconds reserved for a request before its length is known.
     reserve_audio_seconds: float = 30.0
+    #: Credentials that act as the operator (``/api/*``, ``/dashboard``), as a JWT with
+    #: the admin role does. Compared in constant time; never logged.
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -352,6 +423,7 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     governance: GovernanceConfig = field(default_factory=GovernanceConfig)
+    logs: LogsSettings = field(default_factory=LogsSettings)
 
 
 DEFAULT_BASE_URLS: Mapping[str, str] = {"openai": "https://api.openai.com"}

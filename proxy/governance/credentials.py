@@ -61,6 +61,7 @@ class Authenticator:
         # much of a guessed key was right.
         self._keys_by_digest = {_digest(key.value): key for key in governance.virtual_keys}
         self._keys_by_id = {key.id: key for key in governance.virtual_keys}
+        self._admin_digests = frozenset(_digest(key) for key in governance.admin_keys)
 
     def identify(self, headers: Mapping[str, str]) -> Caller:
         """The caller these headers prove, raising 401 or 403 when they prove nothing usable."""
@@ -75,6 +76,8 @@ class Authenticator:
                 "a client secret opens realtime sessions only (/v1/realtime), nothing else",
                 code="client_secret_not_accepted",
             )
+        if self._is_admin_key(token):
+            return ADMIN
         if token.startswith(VIRTUAL_KEY_PREFIX) or source == "x-bf-vk":
             return self._virtual_key(self._known_key(token), "virtual key")
         if self._jwt is not None and token.count(".") == 2 and token.startswith("eyJ"):
@@ -106,6 +109,21 @@ class Authenticator:
                 code="direct_key_not_accepted",
             )
         return ANONYMOUS
+
+    @property
+    def operators_configured(self) -> bool:
+        """Whether any credential acts as the operator (admin keys, or JWTs, which may
+        carry the admin role)."""
+        return bool(self._admin_digests) or self._jwt is not None
+
+    @property
+    def credentials_required(self) -> bool:
+        """Whether every request must bring a credential."""
+        return self._client.enforce_auth_on_inference
+
+    def _is_admin_key(self, token: str) -> bool:
+        # By digest: set membership takes the same time however much of a guess is right.
+        return bool(self._admin_digests) and _digest(token) in self._admin_digests
 
     def by_id(self, key_id: str) -> Caller:
         """The caller of the virtual key ``key_id`` (a client secret's), if it still is one."""

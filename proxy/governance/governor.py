@@ -57,13 +57,17 @@ class AudioReservation:
     def used(self, audio_seconds: float, tokens: TokenUsage | None) -> float:
         """What a request that used ``audio_seconds`` (and ``tokens``) takes from the counter."""
         if self.token_price is not None and tokens is not None and not self.base_seconds:
-            price = self.token_price
-            return (
-                tokens.input_audio * price.input_audio_tokens
-                + tokens.input_text * price.input_text_tokens
-                + tokens.output_text * price.output_text_tokens
-            ) / 1e6
+            return token_cost(self.token_price, tokens)
         return max(0.0, audio_seconds - self.base_seconds) * self.rate
+
+
+def token_cost(price: ModelPrice, tokens: TokenUsage) -> float:
+    """USD for ``tokens`` at ``price`` (USD per million tokens of each kind)."""
+    return (
+        tokens.input_audio * price.input_audio_tokens
+        + tokens.input_text * price.input_text_tokens
+        + tokens.output_text * price.output_text_tokens
+    ) / 1e6
 
 
 @dataclass
@@ -146,9 +150,20 @@ class Governor:
         if budget.unit == "audio_seconds":
             return 1.0, None
         price = self.price_of(route)
-        return self.price_per_second(
-            route
-        ), price if price is not None and price.per_token else None
+        by_token = price if price is not None and price.per_token else None
+        return self.price_per_second(route), by_token
+
+    def cost_of(
+        self, route: Route | None, audio_seconds: float, tokens: TokenUsage | None
+    ) -> float:
+        """What ``audio_seconds`` (and ``tokens``) cost on ``route``'s model, in USD: by the
+        token when it is priced so and the answer said its tokens, else by the second."""
+        price = self.price_of(route) if route is not None else None
+        if route is None or price is None:
+            return 0.0
+        if price.per_token and tokens is not None:
+            return token_cost(price, tokens)
+        return audio_seconds * self.price_per_second(route)
 
     async def count_request(self, caller: Caller) -> None:
         """Count a request that carries no audio (a client secret's mint) against the

@@ -15,8 +15,9 @@ from typing import Literal
 from ..answers.usage import answer_tokens, audio_seconds
 from ..models import RequestFacts, TokenUsage
 
-#: Where a settled length came from (``none``: no answer, or one from the cache).
-LengthSource = Literal["answer", "container", "reservation", "none"]
+#: Where a settled length came from (``none``: no answer, or one from the cache;
+#: ``appended``: a realtime session's audio, counted as it came).
+LengthSource = Literal["answer", "container", "reservation", "appended", "none"]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..answers.events import DELTA, deltas_of, final_answer
+from ..answers.formats import transcript_text
 from ..audio.decoder import (
     PCM_BYTES_PER_S,
     DecodingStopped,
@@ -42,7 +43,7 @@ from ..metrics import Metrics
 from ..models import FormField, TranscriptDelta, TranscriptDone, TranscriptEvent
 from .chunker import Chunker, CutChunk
 from .encoding import CHUNK_ENCODINGS
-from .stitch import ChunkAnswer, chunk_text, stitch
+from .stitch import ChunkAnswer, stitch
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class LongAudioDispatch:
                 await parallel.acquire()
                 prompt = None
                 if self._settings.carry_prompt and previous is not None:
-                    prompt = _prompt_tail(chunk_text(await previous))
+                    prompt = _prompt_tail(transcript_text(await previous))
             except BaseException:
                 item.file.close()
                 self._room.release()
@@ -312,7 +313,7 @@ def _deltas(done: TranscriptDone, *, first: bool) -> list[TranscriptDelta]:
     if done.document is not None:
         deltas = list(deltas_of(done))
     else:
-        text = chunk_text(done)
+        text = transcript_text(done)
         deltas = [TranscriptDelta({"type": DELTA, "delta": text})] if text else []
     if deltas and not first:
         head = str(deltas[0].event.get("delta", ""))

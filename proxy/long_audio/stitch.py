@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..answers.formats import RESPONSE_FORMATS, Segment, parse_cues
+from ..answers.formats import RESPONSE_FORMATS, Segment, parse_cues, transcript_text
 from ..answers.usage import is_number
 from ..models import TranscriptDone
 
@@ -23,17 +23,6 @@ class ChunkAnswer:
     start_s: float
     end_s: float
     done: TranscriptDone
-
-
-def chunk_text(done: TranscriptDone) -> str:
-    """The words of one answer, whatever its format (for stream deltas and prompts)."""
-    if done.document is not None:
-        return str(done.document.get("text", "")).strip()
-    text = done.text or ""
-    cues = parse_cues(text)
-    if cues or text.lstrip().startswith("WEBVTT"):
-        return " ".join(cue.text.strip() for cue in cues if cue.text.strip())
-    return text.strip()
 
 
 def stitch(
@@ -52,7 +41,7 @@ def stitch(
         body = captions(cues)
         return TranscriptDone(raw=body.encode(), text=body)
     if all(a.done.document is None for a in answers):  # text
-        body = _joined(chunk_text(a.done) for a in answers) + "\n"
+        body = _joined(transcript_text(a.done) for a in answers) + "\n"
         return TranscriptDone(raw=body.encode(), text=body)
     return TranscriptDone(raw=b"", document=_stitched_document(answers, duration_s))
 

@@ -13,16 +13,17 @@ its :class:`RequestHooks`, which the request calls at fixed points of its life:
     the request's audio is known to reach ``seconds`` before more of it is
     sent on (a long recording's next chunk, the embedded model's next window,
     an upload of unknown length as its bytes pass): a hook may refuse the rest;
-``on_attempt(attempt)``
-    each upstream try begins (a retry, a fallback, a chunk);
+``on_attempt(attempt)``, ``on_attempt_end(attempt, ended)``
+    each upstream try begins (a retry, a fallback, a chunk), and ends;
 ``on_routes(facts)``
     the request's routes changed on the way (a realtime session's model);
 ``on_first_event(facts)``
     the answer begins: from here the upstream's answer is the one given;
 ``after(facts)``
     the request is over, answered or not (``facts.status``, ``facts.error``):
-    settle, store, log, trace. Every hook that began gets it, in reverse order,
-    whatever the others do.
+    settle, store, log, trace. Every hook that began gets it, in the list's
+    order (so each sees what those before it concluded: governance's usage and
+    cost for the log and the trace), whatever the others do.
 
 A realtime session is one request through the same hooks (its audio told as
 it is appended, with ``on_audio``), and each of its turns another, whose
@@ -44,7 +45,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from ..dispatch import AttemptStarted
+from ..dispatch import AttemptEnded, AttemptStarted
 from ..errors import ClientGoneError, ProxyError
 from ..models import RequestFacts, TranscriptDone
 
@@ -81,6 +82,10 @@ class RequestHooks:
 
     async def on_attempt(self, attempt: AttemptStarted) -> None:
         """An upstream try begins."""
+
+    async def on_attempt_end(self, attempt: AttemptStarted, ended: AttemptEnded) -> None:
+        """An upstream try is over: answered whole (or as far as the client read), or
+        failed."""
 
     async def on_routes(self, facts: RequestFacts) -> None:
         """``facts.routes`` changed on the way (a realtime session switched its model)."""
@@ -174,6 +179,11 @@ class PipelineRun:
         for hooks in self._hooks:
             await hooks.on_attempt(attempt)
 
+    async def on_attempt_end(self, attempt: AttemptStarted, ended: AttemptEnded) -> None:
+        """Each hook's ``on_attempt_end``."""
+        for hooks in self._hooks:
+            await hooks.on_attempt_end(attempt, ended)
+
     async def on_routes(self, facts: RequestFacts) -> None:
         """Each hook's ``on_routes``; the first refusal is raised."""
         for hooks in self._hooks:
@@ -218,8 +228,8 @@ class Pipeline:
 
 
 async def _after_each(started: Sequence[RequestHooks], facts: RequestFacts) -> None:
-    """Each hook's ``after``, last first; one that fails is logged, the rest still run."""
-    for hooks in reversed(started):
+    """Each hook's ``after``, in order; one that fails is logged, the rest still run."""
+    for hooks in started:
         try:
             await hooks.after(facts)
         except Exception:

@@ -10,6 +10,8 @@ the upstream is stored.
 
 from __future__ import annotations
 
+import time
+
 from ..cache.lookup import CacheHit, CacheLookup, CacheRequest, TranscriptCache
 from ..form import repr_digest_sha256
 from ..models import RequestFacts
@@ -52,7 +54,12 @@ class _Cached(RequestHooks):
             repr_digest_sha256(facts.headers),
             task=facts.task,
         )
-        if (hit := await lookup.before_sending(form)) is not None:
+        looking = time.monotonic()
+        hit = await lookup.before_sending(form)
+        if lookup.cache_id is not None:
+            # It looked (a streamed upload without a digest is looked up at its end).
+            facts.phase("cache.lookup", looking)
+        if hit is not None:
             return _answered(facts, lookup, hit)
 
         def offer(hit: CacheHit) -> bool:

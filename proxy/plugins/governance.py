@@ -23,7 +23,7 @@ from ..audio.sources import LiveAudio
 from ..governance.allowance import AudioAllowance, audio_too_long, upload_seconds
 from ..governance.concurrency import KeySlots
 from ..governance.governor import Admission, Governor
-from ..governance.metering import audio_used
+from ..governance.metering import AudioUsed, audio_used
 from ..metrics import Metrics
 from ..models import RequestFacts
 from .base import Answer, EarlyAnswer, RequestHooks
@@ -119,7 +119,10 @@ class _GovernedSession(_Governed):
             )
 
     async def _settle(self, admission: Admission, facts: RequestFacts) -> None:
-        await self._governor.settle(admission, facts.audio_seconds_in)
+        seconds = facts.audio_seconds_in
+        facts.usage = AudioUsed(seconds, "appended")
+        facts.cost = self._governor.cost_of(facts.route, seconds, None)
+        await self._governor.settle(admission, seconds)
 
 
 class _GovernedUpload(_Governed):
@@ -166,6 +169,8 @@ class _GovernedUpload(_Governed):
     async def _settle(self, admission: Admission, facts: RequestFacts) -> None:
         reserved = admission.reserved_seconds
         used = audio_used(facts, reserved if math.isfinite(reserved) else self._reserved_s)
+        facts.usage = used
+        facts.cost = self._governor.cost_of(facts.route, used.seconds, used.tokens)
         if used.source != "none":
             self._metrics.metered(used.source, used.seconds)
         await self._governor.settle(admission, used.seconds, used.tokens, served=facts.route)

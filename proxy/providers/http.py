@@ -33,6 +33,9 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 _CONNECT_TIMEOUT_S = 10.0
 _MAX_ERROR_MESSAGE = 500
 _MIB = 1024 * 1024
+#: Which of the headers hooks add to a call (``UpstreamCall.headers``) reach the upstream:
+#: the W3C trace context's, so that the upstream's spans join the request's trace.
+PROPAGATED_HEADERS = frozenset({"traceparent", "tracestate"})
 
 
 def websocket_url(base_url: str) -> str:
@@ -190,6 +193,9 @@ class HttpProvider:
             headers[aiohttp.hdrs.CONTENT_LENGTH] = str(body.length)
         if call.request_id:
             headers["x-request-id"] = call.request_id
+        for name, value in call.headers.items():
+            if name.lower() in PROPAGATED_HEADERS and name not in headers:
+                headers[name] = value
         started = time.monotonic()
         try:
             async with deadline:

@@ -16,6 +16,7 @@ import time
 from contextlib import aclosing
 from typing import Any
 
+from ..answers.formats import transcript_text
 from ..audio.decoder import SAMPLE_BYTES, SAMPLE_RATE
 from ..config import RealtimeSettings
 from ..dispatch import Dispatcher
@@ -26,7 +27,7 @@ from ..plugins.base import Pipeline, PipelineRun
 from ..providers.base import LivePasses, LivePassOptions, SpokenTurn, has_live_passes
 from .protocol import transcription_completed, transcription_delta, transcription_failed
 from .reporter import Turn
-from .turn_request import TurnRequest, text_of, transcribe_turn
+from .turn_request import TurnRequest, transcribe_turn
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class TurnTranscriber:
                 elif not already_sent:
                     sent.append(piece)
                     turn.add(transcription_delta(turn.item_id, piece))
-        text = text_of(done) if done is not None else "".join(sent).strip()
+        text = transcript_text(done) if done is not None else "".join(sent).strip()
         if already_sent:
             rest = text[len(already_sent) :] if text.startswith(already_sent) else ""
             if rest:

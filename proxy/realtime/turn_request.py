@@ -93,11 +93,3 @@ async def transcribe_turn(
                 delta = event.event.get("delta")
                 if isinstance(delta, str) and delta:
                     yield delta
-
-
-def text_of(done: TranscriptDone) -> str:
-    """The transcript an answer holds."""
-    if done.document is not None:
-        text = done.document.get("text", "")
-        return text.strip() if isinstance(text, str) else ""
-    return (done.text or "").strip()

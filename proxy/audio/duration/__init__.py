@@ -55,6 +55,9 @@ class DurationReader:
         self._dropped_cluster: int | None = None  # timecode of the last one to leave the tail
         # WAV and MP4 are read by their walk alone: no head or tail is kept for them.
         self._keeps_ends = True
+        # The head's MPEG frame search, and what it was done on.
+        self._frame_key: tuple[int, int, str | None] | None = None
+        self._frame: mp3.FirstFrame | None = None
 
     @property
     def container(self) -> str | None:
@@ -201,7 +204,7 @@ class DurationReader:
             return webm.declared(head)
         if kind == "ogg" or not head:  # Ogg declares no length anywhere
             return None
-        return mp3.declared(head, self._mp3_chain())
+        return mp3.declared(head, self._first_frame())
 
     def _lead(self) -> int:
         """How many of the first bytes are known not to be audio, skipped by their sizes."""
@@ -223,10 +226,19 @@ class DurationReader:
         if kind in (None, "mp3") and not self._sniffing and self._head:
             # MPEG audio has no magic: frames that run in the head are what finish() counts
             # as MPEG audio, and their layer sets the rate.
-            layer = mp3.layer(self._head, self._mp3_chain())
+            layer = mp3.layer(self._first_frame())
             if layer is not None:
                 return MAX_BYTES_PER_S[MPEG_LAYERS[layer]]
         return MAX_BYTES_PER_S[kind]
+
+    def _first_frame(self) -> mp3.FirstFrame | None:
+        """Where MPEG audio starts in the head (searched once for each head it is asked of:
+        the length, the declared length and the floor all want it)."""
+        key = (len(self._head), self._head_at, self._container)
+        if self._frame_key != key:
+            self._frame_key = key
+            self._frame = mp3.first_frame(self._head, self._mp3_chain())
+        return self._frame
 
     def _mp3_chain(self) -> int:
         """How many frames alike in a row make MPEG audio of the head.
@@ -251,7 +263,7 @@ class DurationReader:
             return flac.seconds(head, tail)
         if kind is None and not head:
             return None
-        seconds = mp3.seconds(head, self._head_at, tail, self._seen, self._mp3_chain())
+        seconds = mp3.seconds(head, self._first_frame(), self._head_at, tail, self._seen)
         if seconds is not None:
             self._container = "mp3"
         return seconds

@@ -72,8 +72,15 @@ def starts_with_frame(head: Buf) -> bool:
     return _frame(head, 0) is not None
 
 
-def _first_frame(head: Buf, chain: int) -> tuple[int, _Frame] | None:
-    """The first frame of ``chain`` alike in a row: a lone sync word can be chance."""
+#: Where MPEG audio starts in a head: the first frame's offset and header.
+FirstFrame = tuple[int, "_Frame"]
+
+
+def first_frame(head: Buf, chain: int) -> FirstFrame | None:
+    """The first frame of ``chain`` alike in a row: a lone sync word can be chance.
+
+    A search through the head in Python: the reader does it once per head, and hands
+    its result to the functions below."""
     i = head.find(b"\xff")
     while i >= 0:
         if (frame := _frame(head, i)) is not None and _chained(head, i, frame, chain):
@@ -95,13 +102,13 @@ def _chained(head: Buf, i: int, frame: _Frame, chain: int) -> bool:
     return True
 
 
-def seconds(head: Buf, at: int, tail: bytes, seen: int, chain: int) -> float | None:
-    """The audio's length, or None if ``head`` holds no run of ``chain`` frames alike.
+def seconds(head: Buf, found: FirstFrame | None, at: int, tail: bytes, seen: int) -> float | None:
+    """The audio's length, or None if ``head`` holds no run of frames alike (``found``,
+    :func:`first_frame`'s).
 
     ``head`` starts at byte ``at`` of the upload, past any ID3v2 tag; ``tail`` is its
     last bytes, and ``seen`` how many there were in all.
     """
-    found = _first_frame(head, chain)
     if found is None:
         return None
     i, frame = found
@@ -127,13 +134,12 @@ def seconds(head: Buf, at: int, tail: bytes, seen: int, chain: int) -> float | N
     return max((audio * 8 / frame.bitrate) - padding / frame.rate, 0.0)
 
 
-def declared(head: Buf, chain: int) -> float | None:
+def declared(head: Buf, found: FirstFrame | None) -> float | None:
     """The length a Xing, Info or VBRI header declares, from ``head`` alone, or None.
 
-    None too if ``head`` holds no run of ``chain`` frames alike, or its first frame no
+    None too if ``head`` holds no run of frames alike (``found``), or its first frame no
     such header, or one that does not count its frames.
     """
-    found = _first_frame(head, chain)
     if found is None:
         return None
     i, frame = found
@@ -141,9 +147,8 @@ def declared(head: Buf, chain: int) -> float | None:
     return _counted(frame, vbr[0], vbr[2]) if vbr is not None and vbr[0] else None
 
 
-def layer(head: Buf, chain: int) -> int | None:
-    """The layer (1, 2 or 3) of the first run of ``chain`` frames alike in ``head``, or None."""
-    found = _first_frame(head, chain)
+def layer(found: FirstFrame | None) -> int | None:
+    """The layer (1, 2 or 3) of the first run of frames alike (``found``), or None."""
     return found[1].layer if found is not None else None
 
 

@@ -1,0 +1,181 @@
+"""Versioned schema migrations, applied when the store opens.
+
+Each migration is a version number and a function that changes the schema; the
+``schema_migrations`` table records the versions applied. All pending ones run
+in one transaction (PostgreSQL's and SQLite's DDL are both transactional), so a
+failed start leaves the schema as it was. Replicas starting together take
+turns: PostgreSQL through an advisory lock, SQLite through ``BEGIN IMMEDIATE``
+(the file's write lock), and the second finds nothing left to do.
+
+A migration builds the tables of its own version (a frozen copy, not
+:mod:`.tables`), so it means the same thing after later ones change them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    select,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..config.schema import ConfigError
+from .urls import Backend
+
+#: Serializes migrations between replicas sharing a PostgreSQL store (any constant
+#: this database does not otherwise use as an advisory lock key).
+_LOCK_KEY = 0x7472616E736372  # "transcr"
+
+_versions = Table(
+    "schema_migrations",
+    MetaData(),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False),
+    Column("applied_at", BigInteger, nullable=False),
+)
+
+
+def _request_log_v1(conn: Connection) -> None:
+    """The request log, with an index for each filter the log API offers."""
+    table = Table(
+        "request_log",
+        MetaData(),
+        Column("id", Text, primary_key=True),
+        Column("parent_request_id", Text),
+        Column("timestamp", BigInteger, nullable=False),
+        Column("object", Text, nullable=False),
+        Column("provider", Text),
+        Column("model_requested", Text),
+        Column("model_deployment", Text),
+        Column("virtual_key_id", Text),
+        Column("status", Text, nullable=False),
+        Column("status_code", Integer),
+        Column("error_code", Text),
+        Column("latency", BigInteger),
+        Column("first_event_latency", BigInteger),
+        Column("stream", Boolean, nullable=False),
+        Column("response_format", Text),
+        Column("bytes_in", BigInteger),
+        Column("audio_seconds", Double),
+        Column("audio_seconds_source", Text),
+        Column("cost", Double),
+        Column("number_of_retries", Integer, nullable=False),
+        Column("fallback_index", Integer),
+        Column("cache_hit", Boolean, nullable=False),
+        Column("replica", Text),
+        Column("content", Text),
+        Column("trace_id", Text),
+    )
+    c = table.c
+    # A time range is part of nearly every query (and retention prunes by it); each
+    # filter on a name leads with that name, so its range scan is short.
+    Index("ix_request_log_timestamp", c.timestamp)
+    Index("ix_request_log_key_time", c.virtual_key_id, c.timestamp)
+    Index("ix_request_log_provider_time", c.provider, c.timestamp)
+    Index("ix_request_log_model_time", c.model_requested, c.timestamp)
+    Index("ix_request_log_deployment_time", c.model_deployment, c.timestamp)
+    # A request's children (its realtime turns, its long-audio chunks).
+    Index("ix_request_log_parent", c.parent_request_id)
+    # The numeric filters and sort orders.
+    Index("ix_request_log_latency", c.latency)
+    Index("ix_request_log_cost", c.cost)
+    Index("ix_request_log_audio_seconds", c.audio_seconds)
+    table.create(conn)
+
+
+def _usage_rollups_v2(conn: Connection) -> None:
+    """Usage per hour and per day, with a 93-bin latency histogram (``l00``..``l92``)."""
+    metadata = MetaData()
+    Table(
+        "usage_rollup",
+        metadata,
+        Column("grain", Text, primary_key=True),
+        Column("dimension", Text, primary_key=True),
+        Column("key", Text, primary_key=True),
+        Column("start", BigInteger, primary_key=True, autoincrement=False),
+        Column("value", Text, primary_key=True),
+        Column("requests", BigInteger, nullable=False),
+        Column("errors", BigInteger, nullable=False),
+        Column("audio_seconds", Double, nullable=False),
+        Column("cost", Double, nullable=False),
+        Column("latency_p50", BigInteger),
+        Column("latency_p95", BigInteger),
+        *(Column(f"l{i:02d}", BigInteger, nullable=False) for i in range(93)),
+    )
+    Table(
+        "usage_dirty",
+        metadata,
+        Column("start", BigInteger, primary_key=True, autoincrement=False),
+        Column("marks", BigInteger, nullable=False),
+    )
+    metadata.create_all(conn)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema's history."""
+
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "request log", _request_log_v1),
+    Migration(2, "usage rollups", _usage_rollups_v2),
+)
+
+#: The schema version this code reads and writes.
+LATEST = MIGRATIONS[-1].version
+
+
+async def migrate(engine: AsyncEngine, backend: Backend, where: str) -> list[int]:
+    """Apply the migrations the store lacks; the versions applied now (none: up to date).
+
+    A store whose schema is newer than this code is a :class:`ConfigError` naming
+    ``where`` (an older proxy must not write to a schema it does not know).
+    """
+    async with engine.connect() as conn:
+        if backend == "sqlite":
+            # Takes the write lock at BEGIN: two processes cannot both read the
+            # versions as missing and then both apply them.
+            await conn.execution_options(sqlite_begin="IMMEDIATE")
+        async with conn.begin():
+            if backend == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+            await conn.run_sync(lambda sync: _versions.create(sync, checkfirst=True))
+            applied = set((await conn.execute(select(_versions.c.version))).scalars())
+            newest = max(applied, default=0)
+            if newest > LATEST:
+                raise ConfigError(
+                    f"{where}: the store's schema is version {newest}, newer than this "
+                    f"proxy's ({LATEST}): run the newer proxy, or use another store"
+                )
+            done = []
+            for migration in MIGRATIONS:
+                if migration.version in applied:
+                    continue
+                await conn.run_sync(migration.apply)
+                await conn.execute(
+                    _versions.insert().values(
+                        version=migration.version,
+                        name=migration.name,
+                        applied_at=int(time.time() * 1000),
+                    )
+                )
+                done.append(migration.version)
+            return done

@@ -1,0 +1,79 @@
+"""The store's schema as the code reads and writes it today (:mod:`.migrations` builds it).
+
+Times are Unix epoch milliseconds (UTC) in a BIGINT: the same type, comparisons
+and bucket arithmetic (``timestamp / width * width``) on SQLite and PostgreSQL,
+which share no date-time type.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, Double, Integer, MetaData, Table, Text
+
+from .latency_bins import BIN_COLUMNS
+
+metadata = MetaData()
+
+#: One row per request, realtime session, realtime turn and long-audio chunk (the
+#: last two under their session's or request's id, ``parent_request_id``).
+request_log = Table(
+    "request_log",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("parent_request_id", Text),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("object", Text, nullable=False),
+    Column("provider", Text),
+    Column("model_requested", Text),
+    Column("model_deployment", Text),
+    Column("virtual_key_id", Text),
+    Column("status", Text, nullable=False),
+    Column("status_code", Integer),
+    Column("error_code", Text),
+    Column("latency", BigInteger),
+    Column("first_event_latency", BigInteger),
+    Column("stream", Boolean, nullable=False),
+    Column("response_format", Text),
+    Column("bytes_in", BigInteger),
+    Column("audio_seconds", Double),
+    Column("audio_seconds_source", Text),
+    Column("cost", Double),
+    Column("number_of_retries", Integer, nullable=False),
+    Column("fallback_index", Integer),
+    Column("cache_hit", Boolean, nullable=False),
+    Column("replica", Text),
+    Column("content", Text),
+    Column("trace_id", Text),
+)
+
+#: Usage totals per hour and per day, recomputed from ``request_log`` once an hour has
+#: passed (and again when a late row changes it): what ``usage()`` reads instead of
+#: every row. ``dimension`` is ``virtual_key``, ``model`` or ``provider``; ``key`` is
+#: ``''`` for every key's rows together, or a virtual key's id for its own (so a key
+#: sees its usage by model or provider); ``value`` is ``''`` for rows with none.
+usage_rollup = Table(
+    "usage_rollup",
+    metadata,
+    Column("grain", Text, primary_key=True),
+    Column("dimension", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("start", BigInteger, primary_key=True, autoincrement=False),
+    Column("value", Text, primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("audio_seconds", Double, nullable=False),
+    Column("cost", Double, nullable=False),
+    # Read from the histogram when the row is written: a bucket that is one row (an
+    # hour of a 1h query, a day of a 1d one) is answered without its 93 bins.
+    Column("latency_p50", BigInteger),
+    Column("latency_p95", BigInteger),
+    *(Column(name, BigInteger, nullable=False) for name in BIN_COLUMNS),
+)
+
+#: Hours whose rows changed since their rollup was computed (``marks`` counts the
+#: changes, so a change made while the rollup is recomputed is not lost).
+usage_dirty = Table(
+    "usage_dirty",
+    metadata,
+    Column("start", BigInteger, primary_key=True, autoincrement=False),
+    Column("marks", BigInteger, nullable=False),
+)
