@@ -70,10 +70,17 @@ def as_params(row: LogRow) -> dict[str, Any]:
     not cost its whole batch)."""
     params = {name: getattr(row, name) for name in COLUMNS}
     params["timestamp"] = round(row.timestamp * 1000)
-    for name, value in params.items():
-        if isinstance(value, str) and "\x00" in value:
+    for name in _TEXT_COLUMNS:
+        value = params[name]
+        if value and "\x00" in value:
             params[name] = value.replace("\x00", "\ufffd")
     return params
+
+
+#: The columns that hold text (the only ones a NUL can be in).
+_TEXT_COLUMNS: tuple[str, ...] = tuple(
+    f.name for f in fields(LogRow) if "str" in str(f.type) and f.name != "timestamp"
+)
 
 
 def entry(columns: Mapping[Any, Any]) -> dict[str, Any]:
