@@ -38,8 +38,8 @@ from .app_state import (
     ServerState,
 )
 from .browser_boundary import BrowserBoundary, share_with_origin
-from .cache.lookup import TranscriptCache
 from .cache.stores import CacheStore, MemoryStore, RedisStore
+from .cache.transcripts import TranscriptCache
 from .config import Config
 from .dispatch import Dispatcher
 from .errors import (

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .answers.streaming import DRAIN_DEADLINE
 from .answers.writer import AnswerWriter
-from .cache.lookup import TranscriptCache
+from .cache.transcripts import TranscriptCache
 from .config import Config
 from .dispatch import Dispatcher
 from .form import FormLimits

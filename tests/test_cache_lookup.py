@@ -13,8 +13,9 @@ from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
 from proxy.audio.sources import BufferedAudio, LiveAudio
-from proxy.cache.lookup import CacheHit, CacheRequest, TranscriptCache
+from proxy.cache.lookup import CacheHit
 from proxy.cache.stores import MemoryStore
+from proxy.cache.transcripts import CacheRequest, TranscriptCache
 from proxy.config import CacheSettings, VirtualKeyConfig, parse_config
 from proxy.errors import InvalidRequestError
 from proxy.form import TranscriptionForm

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 
-from ..cache.lookup import CacheHit, CacheLookup, CacheRequest, TranscriptCache
+from ..cache.lookup import CacheHit, CacheLookup
+from ..cache.transcripts import CacheRequest, TranscriptCache
 from ..form import repr_digest_sha256
 from ..models import RequestFacts
 from .base import Answer, EarlyAnswer, RequestHooks
