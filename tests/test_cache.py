@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from proxy.cache.stores import MemoryStore
 from tests.helpers.client import URL, ProxyFactory, audio_bytes, base_url, form, json_of, payloads
 from tests.helpers.errors import assert_error
+from tests.helpers.metrics import scrape, value
 from tests.helpers.processes import RedisServer, start_proxy_process
 from tests.helpers.upstream import (
     FakeUpstream,
@@ -81,18 +82,6 @@ def repr_digest(data: bytes) -> str:
     return "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
 
 
-async def metric(server: TestServer, name: str) -> float:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{base_url(server)}/metrics") as response,
-    ):
-        text = await response.text()
-    for line in text.splitlines():
-        if line.startswith(f"{name}_total "):
-            return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
-
-
 async def test_streamed_upload_hit_abandons_the_upstream_request_before_it_is_complete(
     cached: TestServer, upstream: FakeUpstream
 ) -> None:
@@ -121,9 +110,9 @@ async def test_streamed_upload_hit_abandons_the_upstream_request_before_it_is_co
             break
         await asyncio.sleep(0.02)
     assert len(asyncio.all_tasks()) <= tasks_before
-    assert await metric(cached, "proxy_cache_hits") == 1
-    assert await metric(cached, "proxy_cache_upstream_cancelled") == 1
-    assert await metric(cached, "proxy_cache_stores") == 1
+    assert value(await scrape(cached), "proxy_cache_hits_total") == 1
+    assert value(await scrape(cached), "proxy_cache_upstream_cancelled_total") == 1
+    assert value(await scrape(cached), "proxy_cache_stores_total") == 1
 
 
 async def test_spooled_upload_hit_sends_nothing_upstream(
@@ -416,7 +405,7 @@ async def test_repr_digest_miss_is_counted_once(cached: TestServer, upstream: Fa
     audio = audio_bytes(STREAMED)
     digest = {"Repr-Digest": repr_digest(audio)}
     assert (await debug_of(cached, *model_first(audio), headers=digest))["cache_hit"] is False
-    assert await metric(cached, "proxy_cache_misses") == 1
+    assert value(await scrape(cached), "proxy_cache_misses_total") == 1
 
 
 async def test_repr_digest_hit_with_a_field_after_the_file(
@@ -548,7 +537,7 @@ async def test_redis_down_is_a_miss_and_the_request_succeeds(
     for _ in range(2):
         assert (await debug_of(server, *file_first(audio)))["cache_hit"] is False
     assert len(upstream.requests) == 2
-    assert await metric(server, "proxy_cache_errors") >= 2
+    assert value(await scrape(server), "proxy_cache_errors_total") >= 2
 
 
 async def test_memory_store_evicts_least_recently_used_by_bytes() -> None:

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 from proxy.audio.wav_header import wav_header
 from tests.helpers.client import URL, ProxyFactory, base_url, form, post
 from tests.helpers.errors import assert_error
+from tests.helpers.metrics import METERED_AUDIO_SECONDS, by_label, scrape
 from tests.helpers.processes import RedisServer, start_proxy_process
 from tests.helpers.upstream import UPSTREAM_KEY, FakeUpstream, ReceivedRequest, provider_config
 
@@ -500,21 +501,6 @@ async def test_a_budget_priced_by_the_token_settles_on_the_answers_tokens(
     assert statuses == [200, 200, 402]
 
 
-async def metered(server: TestServer) -> dict[str, float]:
-    """``proxy_metered_audio_seconds_total`` by source, from ``GET /metrics``."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{base_url(server)}/metrics") as response,
-    ):
-        text = await response.text()
-    found = {}
-    for line in text.splitlines():
-        if line.startswith("proxy_metered_audio_seconds_total{"):
-            labels, value = line.rsplit(" ", 1)
-            found[labels.split('source="')[1].split('"')[0]] = float(value)
-    return found
-
-
 async def test_an_answer_without_seconds_settles_on_the_containers_length(
     make_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:
@@ -526,7 +512,7 @@ async def test_an_answer_without_seconds_settles_on_the_containers_length(
     sample = (Path(__file__).parent / "data" / "sample.wav").read_bytes()  # 9.08 s
     statuses = await statuses_in_turn(server, 4, sample)
     assert statuses == [200, 200, 402, 402]
-    seconds = await metered(server)
+    seconds = by_label(await scrape(server), METERED_AUDIO_SECONDS, "source")
     assert abs(seconds["container"] - 2 * 9.08) < 0.05
     assert "answer" not in seconds
 
@@ -542,7 +528,8 @@ async def test_a_wav_header_that_lies_settles_on_what_was_sent(
         server, form(("model", "whisper-1"), ("file", claims_an_hour)), {"x-bf-vk": VK}
     )
     assert status == 200
-    assert abs((await metered(server))["container"] - 2.0) < 0.05
+    metered = by_label(await scrape(server), METERED_AUDIO_SECONDS, "source")
+    assert abs(metered["container"] - 2.0) < 0.05
 
 
 async def test_an_unknown_container_settles_on_the_reservation(
@@ -554,7 +541,7 @@ async def test_an_unknown_container_settles_on_the_reservation(
         server, form(("model", "whisper-1"), ("file", b"not audio at all")), {"x-bf-vk": VK}
     )
     assert status == 200
-    assert await metered(server) == {"reservation": 7.0}
+    assert by_label(await scrape(server), METERED_AUDIO_SECONDS, "source") == {"reservation": 7.0}
 
 
 @pytest.mark.parametrize("fmt", ["wav", "mp3", "ogg", "flac", "m4a"])
@@ -571,4 +558,5 @@ async def test_every_container_settles_on_its_own_length(
         {"x-bf-vk": VK},
     )
     assert status == 200
-    assert abs((await metered(server))["container"] - 7.0) < 0.05
+    metered = by_label(await scrape(server), METERED_AUDIO_SECONDS, "source")
+    assert abs(metered["container"] - 7.0) < 0.05

@@ -17,32 +17,13 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.form import BUFFERED_BODY_BYTES
 from tests.helpers.client import URL, ProxyFactory, base_url, form, post
 from tests.helpers.errors import assert_error
+from tests.helpers.metrics import scrape, value
 from tests.helpers.processes import start_proxy_process
 from tests.helpers.upstream import UPSTREAM_KEY, FakeUpstream, ReceivedRequest, provider_config
-
-
-async def scrape(server: TestServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{base_url(server)}/metrics") as response,
-    ):
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = await response.text()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def test_metrics_move_as_requests_are_made(proxy: TestServer, upstream: FakeUpstream) -> None:

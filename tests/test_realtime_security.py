@@ -20,6 +20,7 @@ from proxy.app import SECRETS_MEMORY_BYTES
 from proxy.app_state import SECRETS_KEY
 from tests.helpers.client import ProxyFactory, base_url
 from tests.helpers.errors import assert_error
+from tests.helpers.metrics import scrape, value
 from tests.helpers.realtime import (
     PATH,
     TRANSCRIPTION,
@@ -103,15 +104,8 @@ async def errors(client: Client, count: int = 1) -> list[dict[str, Any]]:
     return [e["error"] for e in await asyncio.wait_for(client.wait_for("error", count=count), 5)]
 
 
-async def metered_seconds(server: TestServer) -> float:
-    """The relayed audio seconds the proxy has counted, from its own metrics."""
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{base_url(server)}/metrics") as response,
-    ):
-        text = await response.text()
-    (line,) = [x for x in text.splitlines() if x.startswith("proxy_realtime_audio_seconds_total ")]
-    return float(line.split()[1])
+#: The relayed audio seconds the proxy has counted.
+RELAYED_SECONDS = "proxy_realtime_audio_seconds_total"
 
 
 async def relayed(client: Client) -> None:
@@ -160,7 +154,7 @@ async def test_the_meter_follows_the_format_the_upstream_says_not_the_one_asked_
         assert updated["session"]["audio"]["input"]["format"]["type"] == "audio/pcmu"
         await client.send(append(bytes(24_000)))
         await relayed(client)
-    assert await metered_seconds(server) == pytest.approx(3.0)  # 24000 bytes of pcmu
+    assert value(await scrape(server), RELAYED_SECONDS) == pytest.approx(3.0)  # 24000 bytes of pcmu
 
 
 @pytest.mark.parametrize(
@@ -188,7 +182,7 @@ async def test_while_a_switch_awaits_its_answer_the_meter_counts_the_more_second
         await client.wait_for("session.updated", count=2)
         await client.send(append(bytes(48_000)))  # now at the format the upstream took
         await relayed(client)
-    assert await metered_seconds(server) == pytest.approx(2.0 + after_answer_s)
+    assert value(await scrape(server), RELAYED_SECONDS) == pytest.approx(2.0 + after_answer_s)
 
 
 # --- 2. client events are forwarded only as they were checked --------------------------------

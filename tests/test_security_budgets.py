@@ -21,6 +21,7 @@ from proxy.audio.wav_header import wav_header
 from tests.helpers.client import URL, ProxyFactory, base_url, form, json_of, post
 from tests.helpers.declared_audio import silent_flac, with_xing_frames
 from tests.helpers.errors import assert_error
+from tests.helpers.metrics import METERED_AUDIO_SECONDS, by_label, scrape
 from tests.helpers.upstream import FakeUpstream, ReceivedRequest, provider_config
 
 VK = "sk-bf-budget-0123456789"
@@ -279,23 +280,8 @@ async def test_an_mp3_whose_xing_header_says_one_frame_is_charged_for_its_bytes(
     assert statuses.count(200) <= 60 // floor + 1
     assert statuses[-1] == 402
     # (The floor leaves out the ID3 tag before the audio: a little under len / 40,000.)
-    charged = (await metered_seconds(server))["container"]
+    charged = (by_label(await scrape(server), METERED_AUDIO_SECONDS, "source"))["container"]
     assert charged >= statuses.count(200) * floor * 0.99
-
-
-async def metered_seconds(server: TestServer) -> dict[str, float]:
-    """``proxy_metered_audio_seconds_total`` by source."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{base_url(server)}/metrics") as response,
-    ):
-        text = await response.text()
-    found = {}
-    for line in text.splitlines():
-        if line.startswith("proxy_metered_audio_seconds_total{"):
-            labels, value = line.rsplit(" ", 1)
-            found[labels.split('source="')[1].split('"')[0]] = float(value)
-    return found
 
 
 # --- chunked bodies of unknown length ---------------------------------------------------------
