@@ -20,6 +20,7 @@ from proxy.store.engine import Store, open_store
 from tests.helpers.client import ProxyFactory, base_url
 from tests.helpers.postgres import FAST, PostgresServer, unavailable
 from tests.helpers.processes import RedisServer, open_files
+from tests.helpers.realtime_upstream import FakeRealtimeUpstream
 from tests.helpers.upstream import FakeUpstream, provider_config
 
 
@@ -34,6 +35,16 @@ async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Fake
 async def backup(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> FakeUpstream:
     """A second upstream, for fallbacks."""
     fake = FakeUpstream()
+    fake.server = await aiohttp_server(fake.app)
+    return fake
+
+
+@pytest.fixture
+async def realtime_upstream(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> FakeRealtimeUpstream:
+    """A fake realtime upstream (OpenAI's WebSocket), for relayed sessions."""
+    fake = FakeRealtimeUpstream()
     fake.server = await aiohttp_server(fake.app)
     return fake
 

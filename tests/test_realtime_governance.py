@@ -3,26 +3,25 @@ permissions on every update, limits and budgets as the audio is appended."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.helpers.client import ProxyFactory, base_url
+from tests.helpers.client import ProxyFactory
 from tests.helpers.errors import assert_error
-from tests.helpers.realtime import PATH, TRANSCRIPTION, session, tone, transcription
+from tests.helpers.realtime import (
+    PATH,
+    TRANSCRIPTION,
+    refused_upgrade,
+    session,
+    tone,
+    transcription,
+)
 from tests.helpers.upstream import FakeUpstream, provider_config
 
 VK = "sk-bf-realtime-0123456789"
 AZURE_PATH = "/openai/realtime?api-version=2025-04-01-preview&intent=transcription"
-UPGRADE = {
-    "Connection": "Upgrade",
-    "Upgrade": "websocket",
-    "Sec-WebSocket-Version": "13",
-    "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode(),
-}
 
 
 def governed(
@@ -44,18 +43,6 @@ def governed(
     }
     config["proxy"] = {"realtime": {"vad": "loudness", "reserve_step_s": 1}}
     return config
-
-
-async def refused_upgrade(
-    server: TestServer, path: str = PATH, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """An upgrade the proxy refuses: its status, error body and headers (never a 101)."""
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{base_url(server)}{path}", headers={**UPGRADE, **(headers or {})}) as response,
-    ):
-        assert response.status != 101
-        return response.status, await response.json(), dict(response.headers)
 
 
 @pytest.fixture

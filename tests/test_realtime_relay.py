@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -20,15 +19,6 @@ from tests.helpers.realtime_upstream import FakeRealtimeUpstream, relay_config
 from tests.helpers.upstream import UPSTREAM_KEY
 
 VK = "sk-bf-relay-0123456789"
-
-
-@pytest.fixture
-async def realtime_upstream(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-) -> FakeRealtimeUpstream:
-    fake = FakeRealtimeUpstream()
-    fake.server = await aiohttp_server(fake.app)
-    return fake
 
 
 @pytest.fixture

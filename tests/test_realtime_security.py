@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -39,15 +39,6 @@ FORBIDDEN = "gpt-4o-mini-transcribe"
 SECRETS = "/v1/realtime/client_secrets"
 #: How long a test waits for what must come promptly.
 PROMPT_S = 5.0
-
-
-@pytest.fixture
-async def realtime_upstream(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-) -> FakeRealtimeUpstream:
-    fake = FakeRealtimeUpstream()
-    fake.server = await aiohttp_server(fake.app)
-    return fake
 
 
 def with_keys(config: dict[str, Any], **more: Any) -> dict[str, Any]:
