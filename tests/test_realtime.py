@@ -515,3 +515,64 @@ async def test_a_draining_server_sends_new_sessions_elsewhere(proxy: TestServer)
     assert refused.value.status == 503
     assert refused.value.headers is not None
     assert refused.value.headers["Retry-After"] == "0"
+
+
+# --- clients that find turns themselves ---------------------------------------------------------
+
+
+async def test_a_client_commit_just_after_the_servers_is_taken_without_an_error(
+    proxy: TestServer, upstream: FakeUpstream
+) -> None:
+    # The client's own detector hears the speech stop after server_vad did, and commits
+    # the turn the server already committed: no error (LiveKit ends the session on one).
+    async with session(proxy) as client:
+        await client.stream(tone(1.0) + silence(1.0))
+        await client.wait_for("input_audio_buffer.committed")
+        await client.send({"type": "input_audio_buffer.commit", "event_id": "late"})
+        await client.send({"type": "input_audio_buffer.commit", "event_id": "again"})
+        (error,) = await client.wait_for("error")
+        await client.wait_for(f"{TRANSCRIPTION}.completed")
+        await client.stream(tone(1.0) + silence(1.0))
+        await client.wait_for(f"{TRANSCRIPTION}.completed", count=2)
+    # Only the second commit, with nothing since the first, is an empty one.
+    assert error["error"]["code"] == "input_audio_buffer_commit_empty"
+    assert error["error"]["event_id"] == "again"
+    assert len(client.of("error")) == 1
+    assert len(client.of("input_audio_buffer.committed")) == 2
+    assert len(upstream.requests) == 2
+
+
+@pytest.mark.parametrize("model", ["gpt-realtime-whisper", "openai/gpt-live-transcribe"])
+async def test_a_client_commit_model_without_turn_detection_waits_for_the_clients_commits(
+    proxy: TestServer, upstream: FakeUpstream, model: str
+) -> None:
+    update = {"type": "transcription", "audio": {"input": {"transcription": {"model": model}}}}
+    async with session(proxy, update=update) as client:
+        (updated,) = client.of("session.updated")
+        assert updated["session"]["audio"]["input"]["turn_detection"] is None
+        await client.stream(tone(1.0) + silence(1.0) + tone(0.5))
+        await client.send({"type": "input_audio_buffer.commit"})
+        (completed,) = await client.wait_for(f"{TRANSCRIPTION}.completed")
+    assert "input_audio_buffer.speech_started" not in client.types()
+    assert "error" not in client.types()
+    assert completed["transcript"]
+    # One turn of all 2.5 s (the resampler holds back its last few samples).
+    assert [wav_of(r)[2] for r in upstream.requests] == [pytest.approx(40_000, abs=32)]
+
+
+async def test_turn_detection_the_client_chose_stays_whatever_the_model(
+    proxy: TestServer,
+) -> None:
+    async with session(proxy, update=transcription("gpt-realtime-whisper")) as client:
+        (updated,) = client.of("session.updated")
+        assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        # A model change later keeps what the client chose, and off stays off.
+        await client.send({"type": "session.update", "session": MANUAL})
+        await client.wait_for("session.updated", count=2)
+        switch = {
+            "type": "transcription",
+            "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+        }
+        await client.send({"type": "session.update", "session": switch})
+        updates = await client.wait_for("session.updated", count=3)
+    assert updates[-1]["session"]["audio"]["input"]["turn_detection"] is None

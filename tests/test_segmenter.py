@@ -7,6 +7,7 @@ speech), 16 kHz as the segmenter takes it; positions are in samples.
 from __future__ import annotations
 
 from proxy.realtime.segmenter import (
+    AlreadyCommitted,
     Cleared,
     CommitReason,
     NothingToCommit,
@@ -158,6 +159,29 @@ def test_a_client_commit_under_server_vad_ends_the_turn_at_once() -> None:
     assert turn.reason is CommitReason.CLIENT
     # The detector listens for a new turn: speech going on starts one.
     assert segmenter.append(speech(0.1)) == [SpeechStarted(at(1.0))]
+
+
+def test_a_client_commit_of_the_turn_the_server_just_committed_is_no_error() -> None:
+    segmenter = vad_segmenter()
+    (turn,) = commits(segmenter.append(speech(1.0) + quiet(1.0)))
+    assert turn.reason is CommitReason.SPEECH_STOPPED
+
+    # The client's own detector commits the same turn a moment later: taken as said.
+    assert segmenter.commit() == [AlreadyCommitted()]
+    # Once: a commit after that, with nothing new, is an empty one.
+    assert segmenter.commit() == [NothingToCommit(0)]
+
+
+def test_a_commit_after_a_clear_or_the_clients_own_commit_is_an_empty_one() -> None:
+    segmenter = vad_segmenter()
+    segmenter.append(speech(1.0) + quiet(1.0))
+    segmenter.clear()
+    assert segmenter.commit() == [NothingToCommit(0)]
+
+    segmenter.append(speech(1.0))
+    (turn,) = segmenter.commit()
+    assert isinstance(turn, TurnCommitted)
+    assert segmenter.commit() == [NothingToCommit(0)]
 
 
 def test_clear_drops_the_turn_in_progress() -> None:

@@ -99,6 +99,13 @@ class NothingToCommit:
 
 
 @dataclass(frozen=True)
+class AlreadyCommitted:
+    """The client's commit came just after the server had committed the turn it meant
+    (``server_vad`` heard the speech stop before the client's own detector did): the
+    turn is in hand, so the commit is taken as said, without an error."""
+
+
+@dataclass(frozen=True)
 class Cleared:
     """The client cleared the buffer: the turn in progress, if any, is dropped."""
 
@@ -110,6 +117,7 @@ SegmentEvent = (
     | SpeechStopped
     | TurnCommitted
     | NothingToCommit
+    | AlreadyCommitted
     | Cleared
 )
 
@@ -124,6 +132,9 @@ class TurnSegmenter:
         self._score = score
         self._turn_detection = turn_detection
         self._audio = TurnAudio(_keep_before(turn_detection))
+        #: The server committed a turn and the client has not committed since: a client
+        #: with turn detection of its own commits the same turn a moment later.
+        self._server_committed = False
         self._detector = TurnDetector(turn_detection, score()) if turn_detection else None
 
     @property
@@ -170,9 +181,13 @@ class TurnSegmenter:
         return events
 
     def commit(self) -> list[SegmentEvent]:
-        """The client's commit: the turn in progress, if it holds 100 ms or more."""
+        """The client's commit: the turn in progress, if it holds 100 ms or more; nothing,
+        without an error, when the server has just committed the turn it meant."""
         samples = self._audio.turn_samples
         if not self.turn_open or samples < MIN_COMMIT_SAMPLES:
+            if self._server_committed:
+                self._server_committed = False
+                return [AlreadyCommitted()]
             return [NothingToCommit(samples_ms(samples))]
         if self._detector is not None:
             self._detector.reset()
@@ -181,6 +196,7 @@ class TurnSegmenter:
     def clear(self) -> list[SegmentEvent]:
         """The client's clear: everything appended so far is dropped."""
         self._audio.clear()
+        self._server_committed = False
         if self._detector is not None:
             self._detector.reset()
         return [Cleared()]
@@ -228,6 +244,7 @@ class TurnSegmenter:
     def _commit(
         self, end: int | None, reason: CommitReason, *, speech_end: int | None = None
     ) -> TurnCommitted:
+        self._server_committed = reason in (CommitReason.SPEECH_STOPPED, CommitReason.LONGEST)
         return TurnCommitted(self._audio.take(end), reason, speech_end)
 
 

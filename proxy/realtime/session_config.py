@@ -30,6 +30,9 @@ _GA_TO_BETA_FORMATS: dict[AudioFormat, str] = {v: k for k, v in BETA_TO_GA_FORMA
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 #: The default transcription model when the client names none.
 DEFAULT_MODEL = "whisper-1"
+#: Models made for realtime sessions whose clients find turns themselves and commit
+#: them: with these, turn detection is off unless the client turns it on.
+CLIENT_COMMIT_MODELS = frozenset({"gpt-realtime-whisper", "gpt-live-transcribe"})
 #: A session lives this long, as OpenAI's do.
 SESSION_LIFETIME_S = 3600
 
@@ -76,6 +79,20 @@ class SessionConfig:
     turn_detection: ServerVad | None = field(default_factory=ServerVad)
     noise_reduction: dict[str, Any] | None = None
     include: tuple[str, ...] = ()
+    #: Whether the client chose the turn detection (else it follows the model).
+    turn_detection_chosen: bool = False
+
+    def transcribing(self, transcription: Transcription) -> SessionConfig:
+        """This configuration with ``transcription``; turn detection the client has not
+        chosen follows its model: off for a model whose clients commit turns themselves
+        (LiveKit's and OpenAI's own clients leave it out for those), else ``server_vad``."""
+        config = replace(self, transcription=transcription)
+        if self.turn_detection_chosen:
+            return config
+        model = transcription.model.rsplit("/", 1)[-1]
+        if model in CLIENT_COMMIT_MODELS:
+            return replace(config, turn_detection=None)
+        return replace(config, turn_detection=config.turn_detection or ServerVad())
 
     def as_session(self, dialect: Dialect) -> dict[str, Any]:
         """The session object of ``session.created`` / ``session.updated`` (or the beta
@@ -166,11 +183,10 @@ class SessionConfig:
     ) -> SessionConfig:
         config = self
         if transcription in inputs:
-            config = replace(
-                config,
-                transcription=_transcription(
+            config = config.transcribing(
+                _transcription(
                     inputs[transcription], config.transcription, f"{where}.{transcription}"
-                ),
+                )
             )
         if turn_detection in inputs:
             config = replace(
@@ -178,6 +194,7 @@ class SessionConfig:
                 turn_detection=_turn_detection(
                     inputs[turn_detection], config.turn_detection, f"{where}.{turn_detection}"
                 ),
+                turn_detection_chosen=True,
             )
         if noise_reduction in inputs:
             value = inputs[noise_reduction]

@@ -24,7 +24,6 @@ import contextlib
 import functools
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 
 from ..errors import ProxyError
 from ..governance.credentials import Caller
@@ -86,7 +85,7 @@ class SynthesizedSession:
         self.key_id = key_id_of(caller)
         self._dialect: Dialect = dialect
         settings = services.settings
-        config = replace(config or SessionConfig(), transcription=request.transcription)
+        config = (config or SessionConfig()).transcribing(request.transcription)
         self._reporter = TurnReporter(socket.send)
         self._transcriber = TurnTranscriber(
             services.dispatcher, services.pipeline, services.metrics, settings, request

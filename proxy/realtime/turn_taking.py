@@ -16,6 +16,7 @@ from .protocol import (
 )
 from .reporter import Turn, TurnReporter, TurnState
 from .segmenter import (
+    AlreadyCommitted,
     Cleared,
     NothingToCommit,
     SegmentEvent,
@@ -108,6 +109,8 @@ class TurnTaking:
             transcriber.committed(turn, event.pcm, event.speech_end)
         elif isinstance(event, NothingToCommit):
             await self._send(commit_empty_error(event.buffered_ms, caused_by))
+        elif isinstance(event, AlreadyCommitted):
+            return  # its turn's events are on their way
         else:
             assert isinstance(event, Cleared)
             await transcriber.dropped()
