@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 pytest.importorskip("opentelemetry.sdk", reason="the tracing extra is not installed")
 
 from tests.helpers.client import URL, ProxyFactory, base_url, form, post
+from tests.helpers.metrics import scrape, value
 from tests.helpers.otlp import OtlpReceiver, ReceivedSpan, in_trace, tree
 from tests.helpers.processes import free_port
 from tests.helpers.realtime import session, tone, transcription
@@ -34,7 +35,6 @@ from tests.helpers.upstream import (
     streaming,
     two_providers,
 )
-from tests.test_cache import metric
 from tests.test_log_api import api, request_id_of
 
 #: The client's trace: its id, and its own span that the proxy's continues.
@@ -428,7 +428,7 @@ async def test_an_unreachable_collector_costs_requests_nothing(
         assert (await transcribe(server))[0] == 200
     assert loop.time() - began < 2.0
     for _ in range(200):
-        dropped = await metric(server, "proxy_spans_dropped")
+        dropped = value(await scrape(server), "proxy_spans_dropped_total")
         if dropped >= 30:  # three spans a request
             break
         await asyncio.sleep(0.05)
@@ -446,10 +446,10 @@ async def test_a_refusing_collector_counts_what_it_refused(
     server = await make_proxy(traced(provider_config(upstream), receiver.endpoint))
     assert (await transcribe(server))[0] == 200
     for _ in range(200):
-        if await metric(server, "proxy_spans_dropped") >= 3:
+        if value(await scrape(server), "proxy_spans_dropped_total") >= 3:
             break
         await asyncio.sleep(0.05)
-    assert await metric(server, "proxy_spans_dropped") == 3
+    assert value(await scrape(server), "proxy_spans_dropped_total") == 3
     assert receiver.spans == []
 
 
