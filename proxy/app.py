@@ -533,8 +533,18 @@ def _access_log(
             "chunks": facts.events_sent,
             "cache": ("hit" if facts.cache_hit else "miss") if facts.cache_debug else None,
             "trace_id": facts.trace_id,
+            **(_session_fields(facts) if facts.kind == "realtime.session" else {}),
         },
     )
+
+
+def _session_fields(facts: RequestFacts) -> dict[str, object]:
+    """What the access line says of a realtime session besides its request's fields."""
+    return {
+        "audio_seconds": round(facts.audio_seconds_in, 3),
+        "turns": facts.turns,
+        "close_code": facts.close_code,
+    }
 
 
 def _route_name(request: web.Request) -> str:

@@ -214,6 +214,12 @@ class RequestFacts:
     error: ProxyError | None = None
     #: The status the request ended with (499: the client left), once it is over.
     status: int | None = None
+    # --- a realtime session: its turns' requests, and its endpoint once it has ended --------
+    #: Turns committed in the session (each a request of its own, a child of this one).
+    turns: int = 0
+    #: The WebSocket close code the session ended with (1000 closed normally, 1008 a
+    #: limit spent or a key refused, 1012 the server restarting, 1006 the client vanished).
+    close_code: int | None = None
     # --- each stage that times a phase: its own (the handler's form reading, the cache's) ---
     #: The request's timed phases, in the order they ended: for its trace.
     phases: list[Phase] = field(default_factory=list)

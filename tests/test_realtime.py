@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
+import logging
 import signal
 import wave
 from pathlib import Path
@@ -23,7 +25,7 @@ from aiohttp.test_utils import TestServer
 from openai.types.realtime import ConversationItemInputAudioTranscriptionCompletedEvent
 
 from proxy.app import start_draining
-from tests.helpers.client import ProxyFactory, base_url
+from tests.helpers.client import ProxyFactory, base_url, eventually
 from tests.helpers.processes import start_proxy_process
 from tests.helpers.realtime import (
     PATH,
@@ -576,3 +578,64 @@ async def test_turn_detection_the_client_chose_stays_whatever_the_model(
         await client.send({"type": "session.update", "session": switch})
         updates = await client.wait_for("session.updated", count=3)
     assert updates[-1]["session"]["audio"]["input"]["turn_detection"] is None
+
+
+# --- what is logged of a session ---------------------------------------------------------------
+
+
+def access_line(caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
+    """The access log's line of the one realtime session served."""
+    (record,) = [
+        r
+        for r in caplog.records
+        if r.name == "proxy.access" and r.__dict__["route"] == "/v1/realtime"
+    ]
+    return record.__dict__
+
+
+async def test_a_sessions_access_line_says_what_it_was_and_how_it_ended(
+    proxy: TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    async with session(proxy, update=transcription("gpt-4o-transcribe")) as client:
+        await client.stream(tone(1.0) + silence(1.0) + tone(1.0) + silence(1.0))
+        await client.wait_for(f"{TRANSCRIPTION}.completed", count=2)
+    await eventually(lambda: [r for r in caplog.records if r.name == "proxy.access"])
+    line = access_line(caplog)
+    assert line["status"] == 101
+    assert line["close_code"] == 1000
+    assert line["model"] == "gpt-4o-transcribe"  # the session's, not the URL's default
+    assert line["bytes_in"] == 4 * 48_000  # 4 s of 24 kHz PCM as the client sent it
+    assert line["audio_seconds"] == pytest.approx(4.0)
+    assert line["turns"] == 2
+
+
+async def test_a_client_that_vanishes_ends_its_session_without_leaving_a_task(
+    proxy: TestServer, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    hold = asyncio.Event()
+
+    async def slow(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
+        hold.set()
+        await asyncio.sleep(60)
+        return web.json_response({"text": "never"})
+
+    upstream.respond = slow
+    async with session(proxy, update=MANUAL) as client:
+        await client.stream(tone(0.5))
+        await client.send({"type": "input_audio_buffer.commit"})
+        await hold.wait()
+        # No close frame: the connection just goes.
+        transport = client.ws._response.connection.transport  # type: ignore[union-attr]
+        assert transport is not None
+        transport.abort()
+    await eventually(lambda: [r for r in caplog.records if r.name == "proxy.access"])
+    line = access_line(caplog)
+    assert line["status"] == 101
+    assert line["close_code"] == 1006
+    assert line["turns"] == 1
+    gc.collect()
+    await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]
+    assert not {t for t in asyncio.all_tasks() if "realtime" in repr(t.get_coro())}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.helpers.client import URL, base_url, json_of
+from tests.helpers.client import URL, base_url, eventually, json_of
 from tests.helpers.upstream import FakeUpstream
 
 BOUNDARY = "test-boundary-7f3a"
@@ -90,13 +90,6 @@ def upstream_connections(upstream: FakeUpstream) -> int:
     runner_server = upstream.server.runner.server  # type: ignore[union-attr]
     assert runner_server is not None
     return len(runner_server.connections)
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Poll ``condition``: what it watches (closing sockets, ending tasks) has no event to await."""
-    async with asyncio.timeout(5):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("model_first", [True, False], ids=["streaming", "spooling"])

@@ -71,8 +71,9 @@ class InputAudio:
     def __init__(self, audio_format: AudioFormat) -> None:
         self._format = audio_format
         self._resample = resampler(_SOURCE[audio_format][0])
-        #: Seconds of audio appended so far.
+        #: Seconds of audio appended so far, and the bytes they came in.
         self.seconds = 0.0
+        self.size = 0
 
     def switch(self, audio_format: AudioFormat) -> None:
         """Take later frames in ``audio_format``."""
@@ -100,6 +101,7 @@ class InputAudio:
                 code="invalid_audio",
                 param="audio",
             )
+        self.size += len(data)
         if self._format == "audio/pcmu":
             data = audioop.ulaw2lin(data, 2)
         elif self._format == "audio/pcma":

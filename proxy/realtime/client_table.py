@@ -111,10 +111,10 @@ class ClientEventTable:
         if pending >= self._services.settings.max_pending_turns:
             await self._send(buffer_full_error(pending, event.event_id))
             return
-        before = self._input.seconds
+        before, size_before = self._input.seconds, self._input.size
         pcm = self._input.decode(event.body.get("audio"))
         appended = self._input.seconds - before
-        refused = await self._meter.add(appended)
+        refused = await self._meter.add(appended, self._input.size - size_before)
         if refused is not None:
             await self._spent(refused, event.event_id)
             return

@@ -13,8 +13,10 @@ parameter (Azure's).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
@@ -258,16 +260,45 @@ async def _serve(request: web.Request, socket: ClientSocket, session: RealtimeSe
     """Upgrade, and serve the session; a shutdown can drain it meanwhile."""
     state = request.app[STATE_KEY]
     sessions = state.sessions
+    facts = request[FACTS_KEY]
     try:
         await socket.accept(request)
+        facts.status = HTTPStatus.SWITCHING_PROTOCOLS
         sessions.add(session)
         if state.draining:
             # Admitted before the drain began, opened after it had told the others.
             state.drain_session(session)
-        await session.run()
+        await _to_its_end(request, session)
     finally:
         sessions.discard(session)
         await session.aclose()
+        facts.close_code = socket.close_code
+
+
+async def _to_its_end(request: web.Request, session: RealtimeSession) -> None:
+    """Serve ``session`` until it ends its own way.
+
+    aiohttp cancels the handler of a connection that is lost (the app runs with
+    ``handler_cancellation``, so an upload's upstream request stops with its
+    client). For a session that is only its client leaving, which it hears on its
+    socket too: it winds down as it would (its turns stopped, its meter and its
+    facts settled) instead of being cut off wherever it was. Any other
+    cancellation (the server's shutdown) is passed on to it.
+    """
+    running = asyncio.ensure_future(session.run())
+    try:
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            raise
+        await running
+        # The cancellation said the connection was lost, and that has been dealt with.
+        task = asyncio.current_task()
+        assert task is not None
+        task.uncancel()
 
 
 def _offered(request: web.Request) -> list[str]:

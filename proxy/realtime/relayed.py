@@ -190,9 +190,10 @@ class RelayedSession:
         audio = event.get("audio")
         if not isinstance(audio, str):
             return True  # no audio to count: the upstream says what is wrong with it
-        seconds = decoded_length(audio) / self._rate.bytes_per_s
+        size = decoded_length(audio)
+        seconds = size / self._rate.bytes_per_s
         self._services.metrics.realtime_audio_seconds.inc(seconds)
-        refused = await self._meter.add(seconds)
+        refused = await self._meter.add(seconds, size)
         if refused is None:
             return True
         await self._socket.end_with(

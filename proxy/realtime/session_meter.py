@@ -30,15 +30,18 @@ class SessionMeter:
         """Seconds of audio the client has appended."""
         return self._facts.audio_seconds_in
 
-    async def add(self, seconds: float) -> ProxyError | None:
-        """Count ``seconds`` more; when a limit or budget is spent, the error the client is
-        told instead (and the refused audio is not counted)."""
-        total = self._facts.audio_seconds_in + seconds
+    async def add(self, seconds: float, size: int) -> ProxyError | None:
+        """Count ``seconds`` more, sent as ``size`` bytes of audio; when a limit or budget
+        is spent, the error the client is told instead (and the refused audio is not
+        counted)."""
+        facts = self._facts
+        total = facts.audio_seconds_in + seconds
         try:
             await self._run.on_audio(total)
         except ProxyError as exc:
             return exc
-        self._facts.audio_seconds_in = total
+        facts.audio_seconds_in = total
+        facts.audio_bytes += size
         return None
 
     async def reroute(self, routes: Sequence[Route]) -> None:
@@ -51,6 +54,7 @@ class SessionMeter:
         except ProxyError:
             facts.routes = before
             raise
+        facts.model_requested = routes[0].requested
 
 
 def spent(exc: ProxyError) -> str:

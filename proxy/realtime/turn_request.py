@@ -38,6 +38,7 @@ class TurnRequest:
     def turn_facts(self, item: str) -> RequestFacts:
         """A new turn's request, a child of the session's."""
         session = self.session
+        session.turns += 1
         return RequestFacts(
             started=time.monotonic(),
             request_id=f"{session.request_id}.{item}",

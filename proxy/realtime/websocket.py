@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from typing import Protocol
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from .protocol import ServerEvent, binary_frame_error, encode
 
@@ -43,6 +43,12 @@ class ClientSocket:
     def closed(self) -> bool:
         """Whether the socket is closed (or closing)."""
         return self._ws.closed
+
+    @property
+    def close_code(self) -> int:
+        """The code the socket was closed with, by either side (1006 when no close frame
+        was exchanged: the connection was lost)."""
+        return self._ws.close_code or WSCloseCode.ABNORMAL_CLOSURE
 
     async def accept(self, request: web.Request) -> None:
         """Answer the client's upgrade."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -72,3 +73,11 @@ def payloads(frames: Frames) -> list[dict[str, Any]]:
             continue
         out.append(json_of(frame.removeprefix(b"data: ")))
     return out
+
+
+async def eventually(condition: Callable[[], object], timeout_s: float = 5.0) -> None:
+    """Poll ``condition`` until it holds: what it watches (closing sockets, ending tasks,
+    a log line written after the answer) has no event to await."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
