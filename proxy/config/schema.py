@@ -176,9 +176,12 @@ class RealtimeSettings:
     #: How speech is told from silence for ``server_vad``: Silero (with the
     #: ``local`` extra; ``auto`` uses it when installed) or loudness.
     vad: RealtimeVad = "auto"
-    #: The embedded model's beam width for realtime turns: 1 (greedy) keeps its
-    #: passes quick enough for a transcript within a second of speech's end.
-    beam_size: int = 1
+    #: The embedded model's beam width for a turn's transcript (``completed``): 5, as
+    #: the HTTP path decodes, so a turn reads as the same audio sent as a file would.
+    beam_size: int = 5
+    #: Its beam width for partial captions: 1 (greedy) keeps those passes quick; they
+    #: are interim text the transcript replaces.
+    partial_beam_size: int = 1
     #: Audio seconds reserved against limits and budgets at a time, as a session goes.
     reserve_step_s: float = 30.0
     #: Sessions one virtual key may hold open at once (so one tenant cannot take them all).

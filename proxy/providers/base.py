@@ -97,6 +97,16 @@ class SpokenTurn(Protocol):
 
 
 @dataclass(frozen=True)
+class TurnTranscript:
+    """A committed turn's transcript from its live passes: ``text``, from a pass over the
+    whole turn, and ``delta``, what the partial captions still lack of it (they are
+    append-only interim text; a client replaces them with ``text``)."""
+
+    text: str
+    delta: str
+
+
+@dataclass(frozen=True)
 class LivePassOptions:
     """How live passes hear a turn."""
 
@@ -104,8 +114,9 @@ class LivePassOptions:
     language: str | None = None
     #: The session's prompt, if it has one.
     prompt: str | None = None
-    #: The model's beam width: 1 (greedy) keeps passes quick.
-    beam_size: int = 1
+    #: The model's beam width for the turn's transcript, and for partial captions.
+    beam_size: int = 5
+    partial_beam_size: int = 1
     #: A pass every this many seconds, for partial captions; None: none (a pass only
     #: when silence begins, for the transcript).
     interval_s: float | None = None
@@ -122,7 +133,7 @@ class LivePasses(Protocol):
     def silence_began(self) -> None:
         """The speaker may have finished: a pass over all of it is worth starting now."""
 
-    async def transcript(self, speech_end: int | None, pcm: bytes) -> str:
+    async def transcript(self, speech_end: int | None, pcm: bytes) -> TurnTranscript:
         """The committed turn's transcript (``pcm`` is all of it; ``speech_end`` where its
         speech ended, when known); raises the provider's error when it cannot make one."""
 

@@ -69,6 +69,7 @@ class TurnTranscriber:
             language=transcription.language,
             prompt=transcription.prompt,
             beam_size=self._settings.beam_size,
+            partial_beam_size=self._settings.partial_beam_size,
             interval_s=interval / 1000 if interval else None,
         )
         self._passes = provider.open_live_passes(
@@ -166,14 +167,13 @@ class TurnTranscriber:
         fallbacks to answer."""
         sent = passes.sent
         try:
-            text = await passes.transcript(speech_end, pcm)
+            transcript = await passes.transcript(speech_end, pcm)
         except ProxyError:
             log.warning("live passes failed a realtime turn; trying its routes")
             return None, sent
-        rest = text[len(sent) :] if text.startswith(sent) else text
-        if rest.strip():
-            turn.add(transcription_delta(turn.item_id, rest))
-        return text, sent
+        if transcript.delta.strip():
+            turn.add(transcription_delta(turn.item_id, transcript.delta))
+        return transcript.text, sent
 
     async def _from_routes(
         self,

@@ -4,9 +4,11 @@ While a turn is spoken, the embedded model transcribes the turn so far
 again and again. A later pass may change the last words of an earlier one
 (the speaker had not finished them), so a word goes out only once two
 passes in a row agree on it and on every word before it, as
-whisper_streaming's LocalAgreement-2 does. When the turn is committed, the
-last pass over all of it gives the rest. The deltas of a turn put together
-are always its transcript.
+whisper_streaming's LocalAgreement-2 does. When the turn is committed, its
+transcript (a pass over all of it, at the transcript's beam) gives the rest
+of the captions. The captions are interim text: the transcript itself is the
+whole pass's, which may read the confirmed words otherwise, and clients
+replace the captions with it.
 """
 
 from __future__ import annotations

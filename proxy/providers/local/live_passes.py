@@ -1,12 +1,14 @@
 """The embedded model's passes over a realtime turn while it is spoken.
 
-Two things come of them. Partial captions: the turn so far is transcribed
-again every ``partial_interval_ms`` and the words two passes agree on go out
-(:class:`~.agreement.LocalAgreement`). And a turn's transcript before its
-commit: when the speech detector hears silence begin, a pass starts at once
-over everything said; if the silence lasts until the turn is committed,
-that pass already holds the whole turn, and the transcript comes
+Two kinds of pass. Partial passes, every ``partial_interval_ms``, greedy (the
+partial beam): the turn so far transcribed again, and the words two passes
+agree on sent as captions (:class:`~.agreement.LocalAgreement`); they are
+interim text, never the transcript. Whole passes, at the transcript's beam
+(the HTTP path's): when the speech detector hears silence begin, one starts
+at once over everything said; if the silence lasts until the turn is
+committed, that pass already holds the whole turn and is its transcript,
 ``silence_duration_ms`` sooner than a pass begun at the commit would give it.
+At the commit a partial pass still running is abandoned, never waited for.
 
 Realtime reaches this through :class:`~proxy.providers.base.LivePasses`,
 never by importing it: the model is imported only when it is configured.
@@ -22,7 +24,7 @@ from typing import Protocol
 
 from ...audio.decoder import SAMPLE_BYTES, SAMPLE_RATE
 from ...errors import ProxyError
-from ..base import SpokenTurn
+from ..base import SpokenTurn, TurnTranscript
 from .agreement import LocalAgreement
 from .passes import DecodeOptions
 
@@ -57,20 +59,25 @@ class TurnPasses:
     def __init__(
         self,
         model: PcmModel,
-        options: DecodeOptions,
         turn: SpokenTurn,
         *,
+        partial: DecodeOptions,
+        whole: DecodeOptions,
         interval_s: float | None,
         emit: Callable[[str], None],
     ) -> None:
         self._model = model
-        self._options = options
         self._turn = turn
+        self._partial = partial
+        self._whole = whole
         self._interval_s = interval_s
         self._emit = emit
         self._agreement = LocalAgreement() if interval_s else None
-        self._latest: Heard | None = None
+        #: The last whole pass: the turn's transcript, if it heard all its speech.
+        self._heard_whole: Heard | None = None
         self._running: asyncio.Task[Heard | None] | None = None
+        #: Whether the pass running (or the last one) is a whole pass.
+        self._running_whole = False
         self._wake = asyncio.Event()
         #: Whether silence has begun since the last pass started (the next is whole).
         self._silence = False
@@ -86,27 +93,32 @@ class TurnPasses:
         self._silence = True
         self._wake.set()
 
-    async def transcript(self, speech_end: int | None, pcm: bytes) -> str:
-        """The committed turn's transcript: a pass that covered all its speech (``speech_end``,
-        where known), else a pass over ``pcm``, its whole audio. With partial captions,
-        what they sent followed by the rest."""
+    async def transcript(self, speech_end: int | None, pcm: bytes) -> TurnTranscript:
+        """The committed turn's transcript: a whole pass that covered all its speech
+        (``speech_end``, where known), else a whole pass over ``pcm``, its audio; and
+        what the partial captions still lack of it."""
         await self._stop_passes()
-        heard = self._latest
+        heard = self._heard_whole
         running = self._running
-        if running is not None and (heard is None or not _covers(heard, speech_end)):
-            # Waited for, not awaited: this task's own cancellation must not be
-            # taken for the pass's.
-            await asyncio.wait((running,))
-            if not running.cancelled() and running.exception() is None:
-                heard = running.result() or heard
+        if running is not None and not running.done():
+            if self._running_whole:
+                # Waited for, not awaited: this task's own cancellation must not be
+                # taken for the pass's. It is what a pass begun now would decode.
+                await asyncio.wait((running,))
+                if not running.cancelled() and running.exception() is None:
+                    heard = running.result() or heard
+            else:
+                # A caption nobody will see: its model slot frees itself when the
+                # decode under way ends; the transcript does not wait for that.
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
         if heard is None or not _covers(heard, speech_end):
-            text = await self._model.transcribe_pcm(pcm, self._options) or ""
+            text = await self._model.transcribe_pcm(pcm, self._whole) or ""
         else:
             text = heard.text
         if self._agreement is None:
-            return text
-        self._agreement.finish(text.split())
-        return self._agreement.text
+            return TurnTranscript(text, text)
+        return TurnTranscript(text, self._agreement.finish(text.split()))
 
     async def aclose(self) -> None:
         """Stop every pass (the turn was dropped, or the session ended)."""
@@ -134,7 +146,8 @@ class TurnPasses:
                 next_at = loop.time() + _RECHECK_S
                 continue
             started = loop.time()
-            whole, self._silence = self._silence, False
+            whole = self._running_whole = self._silence
+            self._silence = False
             self._running = asyncio.ensure_future(self._pass(pcm, self._turn.end, whole=whole))
             try:
                 heard = await asyncio.shield(self._running)
@@ -143,14 +156,16 @@ class TurnPasses:
             next_at = started + (self._interval_s or 0.0)
             if heard is None:
                 continue  # the model was busy: a caption is not worth waiting for
-            self._latest = heard
+            if heard.whole:
+                self._heard_whole = heard
             if self._agreement is not None:
                 delta = self._agreement.delta(heard.text.split())
                 if delta:
                     self._emit(delta)
 
     async def _pass(self, pcm: bytes, end: int, *, whole: bool) -> Heard | None:
-        text = await self._model.transcribe_pcm(pcm, self._options, wait=False, whole=whole)
+        options = self._whole if whole else self._partial
+        text = await self._model.transcribe_pcm(pcm, options, wait=False, whole=whole)
         return Heard(end, text, whole) if text is not None else None
 
 

@@ -224,10 +224,19 @@ class LocalProvider:
         self, turn: SpokenTurn, options: LivePassOptions, emit: Callable[[str], None]
     ) -> LivePasses:
         """Passes over a realtime turn while it is spoken (:mod:`.live_passes`)."""
-        decode = DecodeOptions.for_turn(
-            beam_size=options.beam_size, language=options.language, prompt=options.prompt
+        def decode(beam_size: int) -> DecodeOptions:
+            return DecodeOptions.for_turn(
+                beam_size=beam_size, language=options.language, prompt=options.prompt
+            )
+
+        return TurnPasses(
+            self,
+            turn,
+            partial=decode(options.partial_beam_size),
+            whole=decode(options.beam_size),
+            interval_s=options.interval_s,
+            emit=emit,
         )
-        return TurnPasses(self, decode, turn, interval_s=options.interval_s, emit=emit)
 
     def _done(self) -> None:
         """A decode is over: its slot is free, and once none is left for a while, so is
