@@ -13,8 +13,19 @@ from aiohttp.test_utils import TestServer
 pytest.importorskip("faster_whisper", reason="the local extra is not installed")
 
 from tests.helpers.client import ProxyFactory, base_url
-from tests.helpers.realtime import TRANSCRIPTION, session, silence, to_24k, transcription
+from tests.helpers.errors import assert_error
+from tests.helpers.realtime import (
+    PATH,
+    TRANSCRIPTION,
+    refused_upgrade,
+    session,
+    silence,
+    to_24k,
+    tone,
+    transcription,
+)
 from tests.helpers.speech import SENTENCES, WORDS, espeak, pause, say, wav
+from tests.helpers.upstream import FakeUpstream, provider_config
 
 pytestmark = pytest.mark.skipif(
     espeak() is None, reason="espeak-ng is not installed (scripts/test installs it)"
@@ -100,3 +111,38 @@ async def test_a_turns_transcript_reads_as_the_same_audio_sent_as_a_file(
             model="whisper-1", file=("a.wav", wav(speech)), language="en"
         )
     assert words(completed["transcript"]) == words(posted.text)
+
+
+async def test_past_its_live_sessions_the_model_refuses_new_ones_rather_than_serve_all_late(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    config = provider_config(upstream)
+    config["providers"]["local"] = {}
+    config["proxy"] = {"local": {"max_live_sessions": 2}, "realtime": {"vad": "loudness"}}
+    server = await make_proxy(config)
+    on_local = f"{PATH}&model=local/whisper-1"
+    async with session(server, path=on_local), session(server, path=on_local):
+        status, body, headers = await refused_upgrade(server, on_local)
+        assert status == 503
+        assert_error(
+            body,
+            status=503,
+            code="live_sessions_full",
+            error_type="api_error",
+            bifrost=True,
+            request_type="realtime",
+        )
+        assert headers["Retry-After"] == "5"
+        # A session on another provider is not held to it, and cannot move onto it.
+        async with session(server, path=f"{PATH}&model=openai/whisper-1") as other:
+            await other.send(
+                {"type": "session.update", "session": transcription("local/whisper-1")}
+            )
+            (error,) = await other.wait_for("error")
+            assert error["error"]["code"] == "live_sessions_full"
+            await other.stream(tone(1.0) + silence(1.0))
+            await other.wait_for(f"{TRANSCRIPTION}.completed")
+        assert len(upstream.requests) == 1  # its turn went where it was
+    # Both ended: their seats are free again.
+    async with session(server, path=on_local), session(server, path=on_local):
+        pass

@@ -384,6 +384,7 @@ def _local(section: Section) -> LocalSettings:
         vad_filter=section.boolean("vad_filter", False),
         first_window_s=section.number("first_window_s", 10.0, positive=True),
         return_memory=section.boolean("return_memory", True),
+        max_live_sessions=section.integer("max_live_sessions", 4, minimum=1),
     )
     if not 1 <= settings.first_window_s <= 30:
         raise ConfigError(

@@ -136,6 +136,9 @@ class LocalSettings:
     #: Give freed memory back to the system once no decode is running (glibc:
     #: at most two malloc arenas, and ``malloc_trim``).
     return_memory: bool = True
+    #: Realtime sessions transcribed live at once; past it a new one is refused (the
+    #: rest would all be served late). README, "Realtime sessions", has the measure.
+    max_live_sessions: int = 4
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,13 @@ class LivePassProvider(Provider, Protocol):
     ) -> LivePasses:
         """Start passes over ``turn``, and ``emit`` each partial caption's new text."""
 
+    def take_live_seat(self) -> bool:
+        """Room for one more session transcribed live, taken; False when as many sessions
+        as it serves at its latency goal are on it already."""
+
+    def give_back_live_seat(self) -> None:
+        """A session transcribed live here has ended, or moved to another model."""
+
 
 class RealtimeRelayProvider(Provider, Protocol):
     """A provider with ``capabilities.relays_realtime``: it has a Realtime API of its own."""

@@ -10,12 +10,13 @@ rates); appended audio is metered before it is taken, and refused while
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..errors import ProxyError
 from ..governance.credentials import Caller
 from .audio_in import InputAudio
 from .client_events import ClientEvent
+from .live_seat import SessionSeat
 from .protocol import (
     APPEND,
     BETA_SESSION_UPDATE,
@@ -44,6 +45,8 @@ class Routing:
     fallbacks: Sequence[str] = ()
     #: The session's model names an Azure deployment (Azure's URL form).
     azure_deployment: bool = False
+    #: Its seat on a model that transcribes it live, moving with it.
+    seat: SessionSeat = field(default_factory=SessionSeat)
 
 
 class ClientEventTable:
@@ -96,7 +99,14 @@ class ClientEventTable:
                 routing.fallbacks,
                 azure_deployment=routing.azure_deployment,
             )
-            await self._meter.reroute(routes)
+            seat = routing.seat
+            seat.need(routes)
+            try:
+                await self._meter.reroute(routes)
+            except ProxyError:
+                seat.fit(request.routes)
+                raise
+            seat.fit(routes)
         self._transcriber.request = replace(
             request, routes=routes, transcription=config.transcription
         )

@@ -47,6 +47,7 @@ from ..providers.redaction import Redactor
 from ..router import Route, Router
 from .client_events import ClientEventError
 from .client_secrets import Redeemed
+from .live_seat import SessionSeat
 from .relayed import RelayedSession
 from .services import SessionServices
 from .session import RealtimeSession
@@ -211,6 +212,8 @@ async def _session(
     # A beta client (its subprotocol) is answered in the beta shape from the first event.
     offered = _offered(request)
     beta = "realtime" not in offered and "openai-beta.realtime-v1" in offered
+    seat = SessionSeat()
+    seat.need(facts.routes)  # refused before the upgrade when the model is full
     return SynthesizedSession(
         socket,
         services,
@@ -222,6 +225,7 @@ async def _session(
         config=initial,
         fallbacks=fallbacks,
         azure_deployment=azure_deployment,
+        seat=seat,
         dialect="beta" if beta else "ga",
         expires_at=expires_at,
     )

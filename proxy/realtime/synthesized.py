@@ -30,6 +30,7 @@ from ..governance.credentials import Caller
 from .client_events import ClientEventError, read_client_event
 from .client_table import ClientEventTable, Routing
 from .lifetime import Lifetime
+from .live_seat import SessionSeat
 from .protocol import (
     CLOSE_POLICY,
     CLOSE_RESTARTING,
@@ -76,6 +77,7 @@ class SynthesizedSession:
         config: SessionConfig | None = None,
         fallbacks: Sequence[str] = (),
         azure_deployment: bool = False,
+        seat: SessionSeat | None = None,
         dialect: Dialect = "ga",
         expires_at: float | None = None,
     ) -> None:
@@ -84,6 +86,8 @@ class SynthesizedSession:
         #: The virtual key the session acts for, if it has one.
         self.key_id = key_id_of(caller)
         self._dialect: Dialect = dialect
+        #: Its seat on a model that transcribes it live (the endpoint took it).
+        self._seat = seat or SessionSeat()
         settings = services.settings
         config = (config or SessionConfig()).transcribing(request.transcription)
         self._reporter = TurnReporter(socket.send)
@@ -100,7 +104,7 @@ class SynthesizedSession:
         self._table = ClientEventTable(
             services,
             config,
-            routing=Routing(caller, tuple(fallbacks), azure_deployment),
+            routing=Routing(caller, tuple(fallbacks), azure_deployment, self._seat),
             meter=meter,
             turns=self._turns,
             transcriber=self._transcriber,
@@ -154,7 +158,8 @@ class SynthesizedSession:
         await asyncio.gather(reporting, watch, return_exceptions=True)
 
     async def aclose(self) -> None:
-        """Nothing more to release: the session's tasks end with :meth:`run`."""
+        """Give back the session's seat on a live model; its tasks end with :meth:`run`."""
+        self._seat.fit(())
 
     async def _close(self, code: int, reason: str) -> None:
         """End the session with a close frame."""

@@ -135,6 +135,8 @@ class LocalProvider:
         # Bounds the streaming decoders; a request takes a decode slot before
         # its decoder starts, so this one never makes it wait.
         self._decoders = asyncio.Semaphore(settings.max_concurrent)
+        #: Realtime sessions transcribed live here now.
+        self._live_sessions = 0
 
     @property
     def name(self) -> str:
@@ -224,6 +226,7 @@ class LocalProvider:
         self, turn: SpokenTurn, options: LivePassOptions, emit: Callable[[str], None]
     ) -> LivePasses:
         """Passes over a realtime turn while it is spoken (:mod:`.live_passes`)."""
+
         def decode(beam_size: int) -> DecodeOptions:
             return DecodeOptions.for_turn(
                 beam_size=beam_size, language=options.language, prompt=options.prompt
@@ -237,6 +240,17 @@ class LocalProvider:
             interval_s=options.interval_s,
             emit=emit,
         )
+
+    def take_live_seat(self) -> bool:
+        """Room for one more live session, up to ``max_live_sessions``."""
+        if self._live_sessions >= self._settings.max_live_sessions:
+            return False
+        self._live_sessions += 1
+        return True
+
+    def give_back_live_seat(self) -> None:
+        """A live session has ended here, or moved off."""
+        self._live_sessions -= 1
 
     def _done(self) -> None:
         """A decode is over: its slot is free, and once none is left for a while, so is
