@@ -139,12 +139,13 @@ def test_without_turn_detection_the_client_commits_the_turn() -> None:
     assert segmenter.append(speech(0.05)) == [TurnOpened(0)]
     # Less than 100 ms: nothing committed, and the turn goes on.
     assert segmenter.commit() == [NothingToCommit(50)]
-    assert segmenter.append(speech(0.5) + quiet(2.0)) == []  # silence ends nothing here
+    # Silence ends nothing here; where it begins is told, for a pass over the whole turn.
+    assert segmenter.append(speech(0.5) + quiet(2.0)) == [SilenceBegan(at(0.56))]
 
     (turn,) = segmenter.commit()
     assert isinstance(turn, TurnCommitted)
     assert turn.reason is CommitReason.CLIENT
-    assert turn.speech_end is None
+    assert turn.speech_end == at(0.56)  # where the speech the client committed ended
     assert turn.pcm == speech(0.05) + speech(0.5) + quiet(2.0)
     # The next audio begins the next turn where it lands.
     assert segmenter.append(quiet(0.1)) == [TurnOpened(at(2.55))]
@@ -232,10 +233,20 @@ def test_turn_detection_turned_off_leaves_the_commits_to_the_client() -> None:
     segmenter = vad_segmenter()
     segmenter.configure(None)
 
-    assert segmenter.append(speech(1.0) + quiet(2.0)) == [TurnOpened(0)]
+    assert segmenter.append(speech(1.0) + quiet(2.0)) == [TurnOpened(0), SilenceBegan(at(1.0))]
     (turn,) = segmenter.commit()
     assert isinstance(turn, TurnCommitted)
     assert len(turn.pcm) // 2 == at(3.0)
+
+
+def test_a_client_commit_mid_speech_says_no_speech_end() -> None:
+    segmenter = client_segmenter()
+    segmenter.append(speech(1.0) + quiet(0.2) + speech(0.5))
+
+    (turn,) = segmenter.commit()
+    assert isinstance(turn, TurnCommitted)
+    # Speech went on after the pause: a pass begun at the pause did not hear it all.
+    assert turn.speech_end is None
 
 
 def test_the_turn_so_far_is_there_for_live_passes() -> None:

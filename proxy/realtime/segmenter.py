@@ -83,8 +83,9 @@ class SpeechStopped:
 
 @dataclass(frozen=True)
 class TurnCommitted:
-    """The turn in progress is over: its audio, why, and where its speech ended (when
-    ``server_vad`` heard it end)."""
+    """The turn in progress is over: its audio, why, and where its speech ended (when a
+    detector heard it end: ``server_vad``'s, or the one listening while the client
+    commits)."""
 
     pcm: bytes = field(repr=False)
     reason: CommitReason
@@ -125,7 +126,11 @@ SegmentEvent = (
 class TurnSegmenter:
     """One session's audio and its turns; positions in samples since its first audio.
 
-    ``score`` makes a fresh speech scorer whenever turn detection is turned on.
+    ``score`` makes a fresh speech scorer whenever turn detection is turned on. With
+    turn detection off (the client commits), a detector still listens, with
+    ``server_vad``'s defaults, for where speech pauses: it commits nothing, but a
+    live pass over the whole turn can begin when the silence does, and the client's
+    commit says where the speech ended, so that pass is the turn's transcript.
     """
 
     def __init__(self, turn_detection: ServerVad | None, score: Callable[[], SpeechScore]) -> None:
@@ -136,6 +141,7 @@ class TurnSegmenter:
         #: with turn detection of its own commits the same turn a moment later.
         self._server_committed = False
         self._detector = TurnDetector(turn_detection, score()) if turn_detection else None
+        self._listener = TurnDetector(ServerVad(), score()) if not turn_detection else None
 
     @property
     def turn_open(self) -> bool:
@@ -156,9 +162,15 @@ class TurnSegmenter:
         turn in progress goes on."""
         if turn_detection != self._turn_detection:
             self._turn_detection = turn_detection
+            position = self._audio.end
             self._detector = (
-                TurnDetector(turn_detection, self._score(), position=self._audio.end)
+                TurnDetector(turn_detection, self._score(), position=position)
                 if turn_detection is not None
+                else None
+            )
+            self._listener = (
+                TurnDetector(ServerVad(), self._score(), position=position)
+                if turn_detection is None
                 else None
             )
         self._audio.keep_before = _keep_before(turn_detection)
@@ -172,8 +184,12 @@ class TurnSegmenter:
         if self._detector is not None:
             for found in self._detector.feed(pcm):
                 events += self._heard(found)
-        elif not self.turn_open:
-            events.append(self._open(self._audio.end - len(pcm) // SAMPLE_BYTES, announced=False))
+        else:
+            if not self.turn_open:
+                events.append(
+                    self._open(self._audio.end - len(pcm) // SAMPLE_BYTES, announced=False)
+                )
+            events += self._listen(pcm)
         # One append may hold more than a turn's longest: cut as often as it takes.
         while self.turn_open and self._audio.turn_samples >= MAX_TURN_SAMPLES:
             events += self._cut()
@@ -189,9 +205,11 @@ class TurnSegmenter:
                 self._server_committed = False
                 return [AlreadyCommitted()]
             return [NothingToCommit(samples_ms(samples))]
-        if self._detector is not None:
-            self._detector.reset()
-        return [self._commit(None, CommitReason.CLIENT)]
+        detector = self._detector or self._listener
+        speech_end = detector.quiet_since if detector is not None else None
+        if detector is not None:
+            detector.reset()
+        return [self._commit(None, CommitReason.CLIENT, speech_end=speech_end)]
 
     def clear(self) -> list[SegmentEvent]:
         """The client's clear: everything appended so far is dropped."""
@@ -207,6 +225,16 @@ class TurnSegmenter:
         if not self.turn_open or not self._audio.turn_samples:
             return []
         return [self._commit(None, CommitReason.FLUSH)]
+
+    def _listen(self, pcm: bytes) -> list[SegmentEvent]:
+        """Where the speech of a turn the client commits pauses (nothing else is acted on)."""
+        if self._listener is None:
+            return []
+        return [
+            SilenceBegan(found.sample)
+            for found in self._listener.feed(pcm)
+            if isinstance(found, Pause) and self.turn_open
+        ]
 
     def _heard(self, found: VadEvent) -> list[SegmentEvent]:
         """What the detector's ``found`` means for the turns."""

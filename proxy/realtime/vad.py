@@ -63,6 +63,8 @@ class TurnDetector:
         self._last_end = position
         self.speaking = False
         self._quiet = 0
+        #: Where the silence under way began (None while speech is heard).
+        self.quiet_since: int | None = None
 
     @property
     def settings(self) -> ServerVad:
@@ -79,12 +81,15 @@ class TurnDetector:
                 if score >= threshold:
                     self.speaking = True
                     self._quiet = 0
+                    self.quiet_since = None
                     events.append(Onset(max(self._last_end, start - self._prefix)))
                 continue
             if score >= threshold - _HYSTERESIS:
                 self._quiet = 0
+                self.quiet_since = None
                 continue
             if not self._quiet:
+                self.quiet_since = start
                 events.append(Pause(start))
             self._quiet += self._frame
             if self._quiet >= self._silence:
@@ -97,6 +102,7 @@ class TurnDetector:
         """The turn was ended by the client (committed or cleared): listen for a new one."""
         self.speaking = False
         self._quiet = 0
+        self.quiet_since = None
         self._last_end = self._position
 
     def cut(self, sample: int) -> None:
