@@ -11,6 +11,14 @@ its speech start.
 - ``embedded``: the embedded model (tiny.en), partial captions on and off:
   speech end to ``completed`` (p50, p95), speech start to the turn's first
   delta, and the word error rate of the completed transcripts.
+- ``accuracy``: the embedded model on three sets of sentences no setting was
+  tuned on (scripts/speech.py: other texts, voices and rates), each posted
+  over HTTP (the baseline) and streamed through a session with server_vad
+  and one whose client commits 0.5 s after each sentence: word error rates,
+  speech end to ``completed``, first delta, client commit to ``completed``.
+- ``capacity``: 1, 2, 3, 4, 6 sessions speaking at once (started 0.25 s
+  apart): speech end to ``completed`` and whether each turn reads as it did
+  in a session alone; the most held at p50 <= 1.0 s, p95 <= 2.0 s.
 - ``synthesized``: the fake upstream: speech end to ``completed`` against
   ``silence_duration_ms`` (500).
 - ``load``: N sessions at once (100) streaming to the fake upstream: the
@@ -22,7 +30,7 @@ its speech start.
   N sessions at once (200) appending 100 ms of audio every 100 ms: the
   proxy's CPU per session-second and RSS per session.
 
-    .venv/bin/python scripts/bench_realtime.py [embedded synthesized load relay] [--sessions 100]
+    .venv/bin/python scripts/bench_realtime.py [embedded accuracy capacity synthesized load relay]
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 from benchlib import ROOT, PeakRss, cpu_seconds, free_port, percentile, proxy_with, rss_kib, running
-from speech import word_error_rate
+from speech import SPEECH_SETS, word_error_rate
 
 sys.path.insert(0, str(ROOT))
 
@@ -77,6 +85,8 @@ class Run:
     first_delta: dict[str, float] = field(default_factory=dict)
     completed: list[tuple[str, float, str]] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
+    #: When the client committed (with its own speech detector).
+    commits: list[float] = field(default_factory=list)
     #: Wall time each 100 ms append went out.
     sent: list[float] = field(default_factory=list)
 
@@ -94,11 +104,16 @@ def loud_span(pcm: bytes) -> tuple[int, int]:
 
 
 def stream_of(sentences: int) -> tuple[bytes, list[Sentence]]:
-    """The sentences as one 24 kHz stream with a pause after each."""
+    """The tests' sentences as one 24 kHz stream with a pause after each."""
+    texts = [SENTENCES[n % len(SENTENCES)] for n in range(sentences)]
+    return stream_from(texts, [say(text) for text in texts])
+
+
+def stream_from(texts: list[str], spoken: list[bytes]) -> tuple[bytes, list[Sentence]]:
+    """Sentences (16 kHz PCM) as one 24 kHz stream with a pause after each."""
     pcm, spans = b"", []
-    for n in range(sentences):
-        text = SENTENCES[n % len(SENTENCES)]
-        speech = to_24k(say(text))
+    for text, sentence in zip(texts, spoken, strict=True):
+        speech = to_24k(sentence)
         first, last = loud_span(speech)
         spans.append(Sentence(text, len(pcm) + first, len(pcm) + last))
         pcm += speech + silence(PAUSE_S)
@@ -106,10 +121,18 @@ def stream_of(sentences: int) -> tuple[bytes, list[Sentence]]:
 
 
 async def one_session(
-    url: str, pcm: bytes, *, update: dict[str, Any] | None = None, settle_s: float = 4.0
+    url: str,
+    pcm: bytes,
+    *,
+    update: dict[str, Any] | None = None,
+    settle_s: float = 4.0,
+    commits: tuple[int, ...] = (),
 ) -> Run:
-    """Stream ``pcm`` at real time through one session; what came back, timed."""
+    """Stream ``pcm`` at real time through one session; what came back, timed. With
+    ``commits`` (byte offsets), the client commits once the stream has passed each, as
+    a client with its own speech detector does."""
     run = Run()
+    pending = list(commits)
     started = time.perf_counter()
     async with (
         aiohttp.ClientSession() as http,
@@ -142,6 +165,10 @@ async def one_session(
             await ws.send_str(
                 orjson.dumps({"type": "input_audio_buffer.append", "audio": audio}).decode()
             )
+            if pending and offset + CHUNK_BYTES >= pending[0]:
+                pending.pop(0)
+                run.commits.append(time.perf_counter() - started)
+                await ws.send_str(orjson.dumps({"type": "input_audio_buffer.commit"}).decode())
         await asyncio.sleep(settle_s)
         await ws.close()
         await reader
@@ -206,7 +233,10 @@ async def embedded(args: argparse.Namespace) -> None:
             "providers": {"local": {}},
             "proxy": {
                 "local": {"preload": True},
-                "realtime": {"partial_interval_ms": interval, "beam_size": args.beam},
+                "realtime": {
+                    "partial_interval_ms": interval,
+                    **({"beam_size": args.beam} if args.beam else {}),
+                },
             },
         }
         async with proxy_with(config) as (port, _):
@@ -230,6 +260,145 @@ async def embedded(args: argparse.Namespace) -> None:
         f"{statistics.median(floors):.2f} s "
         "(a caption two passes agree on needs at least two, after the turn's first second)"
     )
+
+
+#: How long after a sentence's last sound a client with its own speech detector commits.
+CLIENT_COMMIT_AFTER_S = 0.5
+LANGUAGE_EN = {"transcription": {"model": "whisper-1", "language": "en"}}
+SERVER_VAD_EN = {"type": "transcription", "audio": {"input": LANGUAGE_EN}}
+
+
+def local_config(**local: Any) -> dict[str, Any]:
+    """The embedded model, loaded at start, realtime settings as they ship."""
+    return {
+        "providers": {"local": {}},
+        "proxy": {"web_ui": False, "local": {"preload": True, **local}},
+    }
+
+
+async def posted(url: str, spoken: list[bytes]) -> str:
+    """The baseline: each sentence posted as a WAV file to /v1/audio/transcriptions."""
+    heard = []
+    async with aiohttp.ClientSession() as http:
+        for pcm in spoken:
+            form = aiohttp.FormData()
+            form.add_field("model", "whisper-1")
+            form.add_field("language", "en")
+            form.add_field("file", wav_header(len(pcm)) + pcm, filename="a.wav")
+            async with http.post(f"{url}/v1/audio/transcriptions", data=form) as response:
+                heard.append((await response.json())["text"])
+    return " ".join(heard)
+
+
+def commit_latencies(run: Run) -> list[float]:
+    """Each client commit to its turn's ``completed``."""
+    done = {item: at for item, at, _ in run.completed}
+    return [
+        done[item] - at for item, at in zip(run.items, run.commits, strict=False) if item in done
+    ]
+
+
+async def accuracy(args: argparse.Namespace) -> None:
+    """Word error rate and latency of realtime against the same speech posted over HTTP, on
+    sets of sentences no setting was tuned on, in the same run."""
+    print(
+        "\nembedded model, realtime against the same speech over HTTP (the baseline), "
+        "each set streamed in real time"
+    )
+    print(
+        "| speech | WER over HTTP | WER realtime, server_vad | WER realtime, client commits "
+        "| speech end to completed, p50 / p95 | speech start to first delta, p50 / p95 "
+        "| client commit to completed, p50 / p95 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    ends_all: list[float] = []
+    firsts_all: list[float] = []
+    commits_all: list[float] = []
+    config = local_config()
+    if args.beam:
+        config["proxy"]["realtime"] = {"beam_size": args.beam}
+    async with proxy_with(config) as (port, _):
+        url = f"http://127.0.0.1:{port}"
+        floor = await one_pass(url)
+        for speech_set in SPEECH_SETS[: args.sets]:
+            spoken = speech_set.spoken()
+            texts = list(speech_set.sentences)
+            reference = " ".join(texts)
+            pcm, spans = stream_from(texts, spoken)
+            http = await posted(url, spoken)
+            vad = await one_session(
+                url, pcm, update={"type": "transcription", "audio": {"input": LANGUAGE_EN}}
+            )
+            ends, firsts, heard = turn_times(vad, spans)
+            manual = {
+                "type": "transcription",
+                "audio": {"input": {**LANGUAGE_EN, "turn_detection": None}},
+            }
+            commits = tuple(span.end + int(CLIENT_COMMIT_AFTER_S * 48_000) for span in spans)
+            client = await one_session(url, pcm, update=manual, commits=commits)
+            _, _, committed_heard = turn_times(client, spans)
+            latencies = commit_latencies(client)
+            ends_all += ends
+            firsts_all += firsts
+            commits_all += latencies
+            print(
+                f"| {speech_set.name} | {100 * word_error_rate(reference, http):.1f} % "
+                f"| {100 * word_error_rate(reference, heard):.1f} % "
+                f"({len(vad.completed)}/{len(spans)} turns) "
+                f"| {100 * word_error_rate(reference, committed_heard):.1f} % "
+                f"| {summary(ends)} | {summary(firsts)} | {summary(latencies)} |"
+            )
+    print(
+        f"| all sets | | | | {summary(ends_all)} | {summary(firsts_all)} | {summary(commits_all)} |"
+    )
+    print(
+        f"one pass of the model over 1 s of speech, in the same run: {floor:.2f} s "
+        "(a first caption needs two that agree, after the turn's first second)"
+    )
+
+
+async def capacity(args: argparse.Namespace) -> None:
+    """How many sessions speaking at once the embedded model serves at the latency goal
+    (speech end to completed p50 <= 1.0 s, p95 <= 2.0 s), each transcript against the
+    same speech in a session alone."""
+    speech_set = SPEECH_SETS[0]
+    texts = list(speech_set.sentences)
+    pcm, spans = stream_from(texts, speech_set.spoken())
+    update = SERVER_VAD_EN
+    print(f"\nembedded model, sessions speaking at once ({speech_set.name}, real time)")
+    print("| sessions | speech end to completed, p50 / p95 | turns as heard alone | goal met |")
+    print("|---|---|---|---|")
+    async with proxy_with(local_config(max_live_sessions=max(args.capacity))) as (port, _):
+        url = f"http://127.0.0.1:{port}"
+        alone_run = await one_session(url, pcm, update=update)
+        alone = {n: text for n, (_, _, text) in enumerate(alone_run.completed)}
+        held = 0
+        for count in args.capacity:
+
+            async def staggered(n: int) -> Run:
+                await asyncio.sleep(n * 0.25)  # speakers do not start on the same sample
+                return await one_session(url, pcm, update=update)
+
+            runs = await asyncio.gather(*(staggered(n) for n in range(count)))
+            ends: list[float] = []
+            same = total = 0
+            for run in runs:
+                run_ends, _, _ = turn_times(run, spans)
+                ends += run_ends
+                for n, (_, _, text) in enumerate(run.completed):
+                    total += 1
+                    same += text == alone.get(n)
+            ordered = sorted(ends)
+            p50 = statistics.median(ends) if ends else float("inf")
+            p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ends else p50
+            met = p50 <= 1.0 and p95 <= 2.0 and total == count * len(spans)
+            if met:
+                held = count
+            print(
+                f"| {count} | {summary(ends)} | {same}/{total} of {count * len(spans)} "
+                f"| {'yes' if met else 'no'} |"
+            )
+    print(f"sessions held at the goal on this machine: {held}")
 
 
 @asynccontextmanager
@@ -426,7 +595,14 @@ async def relay(args: argparse.Namespace) -> None:
 
 
 async def bench(args: argparse.Namespace) -> None:
-    parts = {"embedded": embedded, "synthesized": synthesized, "load": load, "relay": relay}
+    parts = {
+        "embedded": embedded,
+        "accuracy": accuracy,
+        "capacity": capacity,
+        "synthesized": synthesized,
+        "load": load,
+        "relay": relay,
+    }
     for name in args.parts:
         await parts[name](args)
 
@@ -449,7 +625,16 @@ def main() -> None:
     parser.add_argument("--relay-sessions", type=int, default=200, help="relayed sessions at once")
     parser.add_argument("--relay-seconds", type=float, default=20.0, help="each relayed session")
     parser.add_argument("--rounds", type=int, default=4, help="relay latency rounds, interleaved")
-    parser.add_argument("--beam", type=int, default=1, help="the embedded model's beam (1)")
+    parser.add_argument(
+        "--beam", type=int, default=0, help="the transcript's beam (0: as configured by default)"
+    )
+    parser.add_argument("--sets", type=int, default=3, help="speech sets for accuracy (3)")
+    parser.add_argument(
+        "--capacity",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 2, 3, 4, 6],
+        help="sessions at once for capacity (1,2,3,4,6)",
+    )
     parser.add_argument(
         "--vad", default="auto", help="speech detector for the fake-upstream runs (auto)"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchlib import ROOT, system_binary
@@ -21,6 +22,66 @@ from proxy.audio.wav_header import wav_header
 from tests.helpers.speech import SENTENCES, pause, say
 
 PAUSES_S = (0.4, 0.9, 0.6, 1.3, 0.5, 0.8)
+
+
+@dataclass(frozen=True)
+class SpeechSet:
+    """Sentences no test or setting was tuned on, and the espeak-ng voice and rate that
+    say them: quality figures are measured on several, since a setting chosen on one
+    set of sentences need not hold on another."""
+
+    name: str
+    voice: str
+    words_per_minute: int
+    sentences: tuple[str, ...]
+
+    def spoken(self) -> list[bytes]:
+        """Each sentence as 16 kHz PCM."""
+        system_binary("espeak-ng", "espeak-ng")
+        return [say(s, self.voice, self.words_per_minute) for s in self.sentences]
+
+
+SPEECH_SETS = (
+    SpeechSet(
+        "news, en-us at 150 wpm",
+        "en-us",
+        150,
+        (
+            "The city council approved a plan to build a new bridge across the river.",
+            "Heavy rain is expected along the coast for the rest of the weekend.",
+            "Scientists discovered a rare species of frog in the mountain forest.",
+            "The museum will open an exhibition about ancient Egyptian art next spring.",
+            "Local farmers say the dry summer has damaged most of their wheat.",
+            "The national team won the final after a dramatic penalty shootout.",
+        ),
+    ),
+    SpeechSet(
+        "kitchen, en-gb at 180 wpm",
+        "en-gb",
+        180,
+        (
+            "Preheat the oven and grease a large baking tray with a little butter.",
+            "Chop the onions finely and fry them gently until they turn golden.",
+            "Add the tomatoes, a pinch of salt and some fresh basil leaves.",
+            "Let the sauce simmer slowly while you cook the pasta in boiling water.",
+            "Whisk the eggs with sugar until the mixture becomes pale and fluffy.",
+            "Serve the soup hot with a slice of warm bread on the side.",
+        ),
+    ),
+    SpeechSet(
+        "travel, en-gb-x-rp at 195 wpm",
+        "en-gb-x-rp",
+        195,
+        (
+            "Our flight was delayed because of a storm over the northern mountains.",
+            "The hotel room had a beautiful view of the harbour and the old lighthouse.",
+            "We rented bicycles and rode along the canal to the village market.",
+            "The train to the capital leaves every hour from the central station.",
+            "Remember to bring your passport and a warm jacket for the evening.",
+            "The guide showed us a hidden garden behind the cathedral walls.",
+        ),
+    ),
+)
 
 
 def recording(directory: Path, seconds: float) -> tuple[Path, str]:

@@ -81,15 +81,16 @@ def espeak() -> str | None:
 
 
 @functools.cache
-def say(sentence: str) -> bytes:
-    """``sentence`` spoken by espeak-ng, as 16 kHz mono 16-bit PCM."""
+def say(sentence: str, voice: str = "en-us", words_per_minute: int = 165) -> bytes:
+    """``sentence`` spoken by espeak-ng (``voice``, at ``words_per_minute``), as 16 kHz mono
+    16-bit PCM."""
     import av
 
     program = espeak()
     if program is None:
         raise RuntimeError("espeak-ng is not installed")
     wav = subprocess.run(
-        [program, "-v", "en-us", "-s", "165", "--stdout", sentence],
+        [program, "-v", voice, "-s", str(words_per_minute), "--stdout", sentence],
         capture_output=True,
         check=True,
     ).stdout
