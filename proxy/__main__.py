@@ -13,7 +13,7 @@ from types import FrameType
 
 from . import logs
 from .config import Config, ConfigError, load_config
-from .serving import serve
+from .serving import STOP_SIGNALS, serve
 
 log = logging.getLogger("proxy")
 
@@ -66,6 +66,17 @@ def _serve(config: Config, host: str, port: int, *, reuse_port: bool) -> None:
 def _supervise(config: Config, host: str, port: int, workers: int) -> int:
     """Fork ``workers`` servers sharing the port (SO_REUSEPORT); pass signals on; wait."""
     children: list[int] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):  # already gone
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    # Held back while forking: a worker takes them once its server listens for them
+    # (serving.STOP_SIGNALS), and one sent meanwhile is not lost, nor fatal to it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
@@ -81,15 +92,8 @@ def _supervise(config: Config, host: str, port: int, workers: int) -> int:
             finally:
                 os._exit(code)
         children.append(pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     log.info("serving with %d worker processes", workers)
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):  # already gone
-                os.kill(child, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
     failed = 0
     for child in children:
         _, status = os.waitpid(child, 0)

@@ -39,12 +39,23 @@ log = logging.getLogger("proxy")
 _SETTLE_S = 0.05
 
 
+#: The signals that stop the server (a second one cuts its drain short).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
 def serve(config: Config, host: str, port: int, *, reuse_port: bool = False) -> None:
     """Serve ``config``'s proxy on ``host:port`` until SIGTERM or SIGINT, then drain."""
     asyncio.run(_serve(config, host, port, reuse_port=reuse_port))
 
 
 async def _serve(config: Config, host: str, port: int, *, reuse_port: bool) -> None:
+    # Listened for before anything starts: a signal during the start (a worker's
+    # supervisor passing one on) then drains a server with nothing to drain.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held back until now
     app = create_app(config)
     runner = web.AppRunner(
         app,
@@ -59,10 +70,6 @@ async def _serve(config: Config, host: str, port: int, *, reuse_port: bool) -> N
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
         await site.start()
         log.info("serving on %s", site.name)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         stop.clear()
         for listening in list(runner.sites):

@@ -295,6 +295,19 @@ async def test_workers_share_the_port(upstream: FakeUpstream, tmp_path: Path) ->
     assert await asyncio.wait_for(process.wait(), 30) == 0
 
 
+async def test_a_stop_signal_while_workers_start_stops_them_cleanly(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    # The first worker answers while the other may still be starting: the signal the
+    # supervisor passes on must stop that one too, not kill it.
+    for _ in range(3):
+        process, _ = await start_proxy_process(
+            provider_config(upstream), tmp_path, "--workers", "2"
+        )
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
 async def test_a_request_leaves_no_reference_cycle_behind(
     proxy: TestServer, upstream: FakeUpstream
 ) -> None:
