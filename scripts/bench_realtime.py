@@ -277,14 +277,16 @@ def local_config(**local: Any) -> dict[str, Any]:
 
 
 async def posted(url: str, spoken: list[bytes]) -> str:
-    """The baseline: each sentence posted as a WAV file to /v1/audio/transcriptions."""
+    """The baseline: each sentence posted to /v1/audio/transcriptions as a WAV file of the
+    same 24 kHz audio a session is streamed (both are resampled to 16 kHz by the proxy)."""
     heard = []
     async with aiohttp.ClientSession() as http:
-        for pcm in spoken:
+        for sentence in spoken:
+            pcm = to_24k(sentence)
             form = aiohttp.FormData()
             form.add_field("model", "whisper-1")
             form.add_field("language", "en")
-            form.add_field("file", wav_header(len(pcm)) + pcm, filename="a.wav")
+            form.add_field("file", wav_header(len(pcm), 24_000) + pcm, filename="a.wav")
             async with http.post(f"{url}/v1/audio/transcriptions", data=form) as response:
                 heard.append((await response.json())["text"])
     return " ".join(heard)

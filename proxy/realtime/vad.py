@@ -19,6 +19,9 @@ from .speech_score import SpeechScore
 #: Once speaking, a frame this far under the threshold still counts as speech
 #: (Silero's own hysteresis).
 _HYSTERESIS = 0.15
+#: How long a silence lasts before it is told as a pause (Whisper hears a word's end
+#: in the 0.2 s after it; gaps between words and at commas are shorter).
+_PAUSE_SAMPLES = SAMPLE_RATE // 5
 
 
 @dataclass(frozen=True)
@@ -39,8 +42,8 @@ class Offset:
 
 @dataclass(frozen=True)
 class Pause:
-    """A speaker's first quiet frame: speech may have ended at ``sample`` (if the silence
-    lasts ``silence_duration_ms``, :class:`Offset` follows)."""
+    """A speaker has been quiet for 0.2 s: speech may have ended at ``sample`` (if the
+    silence lasts ``silence_duration_ms``, :class:`Offset` follows)."""
 
     sample: int
 
@@ -57,6 +60,9 @@ class TurnDetector:
         self._frame = score.frame_samples
         self._prefix = vad.prefix_padding_ms * SAMPLE_RATE // 1000
         self._silence = vad.silence_duration_ms * SAMPLE_RATE // 1000
+        # A pause is told once it has lasted a little: a comma's gap is no pause, and a
+        # pass over the turn begun then hears its last word end rather than cut off.
+        self._pause = min(self._silence, _PAUSE_SAMPLES)
         #: Samples scored so far (a detector may start mid-session).
         self._position = position
         #: Where the last turn's audio ended (the next one's prefix starts no earlier).
@@ -90,8 +96,9 @@ class TurnDetector:
                 continue
             if not self._quiet:
                 self.quiet_since = start
-                events.append(Pause(start))
             self._quiet += self._frame
+            if self._quiet - self._frame < self._pause <= self._quiet:
+                events.append(Pause(self.quiet_since or start))
             if self._quiet >= self._silence:
                 self.speaking = False
                 self._last_end = self._position

@@ -164,8 +164,10 @@ class TurnPasses:
                     self._emit(delta)
 
     async def _pass(self, pcm: bytes, end: int, *, whole: bool) -> Heard | None:
+        # A caption is not worth a wait for the model (None when it is busy); a whole
+        # pass, likely the transcript, waits its turn.
         options = self._whole if whole else self._partial
-        text = await self._model.transcribe_pcm(pcm, options, wait=False, whole=whole)
+        text = await self._model.transcribe_pcm(pcm, options, wait=whole, whole=whole)
         return Heard(end, text, whole) if text is not None else None
 
 
