@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 from . import handlers, logs
 from .answers.responses import error_response
 from .answers.writer import AnswerWriter
+from .api.governance import add_governance_api
 from .api.logs import add_log_api
 from .app_state import (
     ANSWERS_KEY,
@@ -54,6 +55,7 @@ from .governance.concurrency import KeySlots
 from .governance.counters import Counters, MemoryCounters, RedisCounters
 from .governance.credentials import Authenticator
 from .governance.governor import Governor
+from .governance.runtime import managed_governance
 from .long_audio.chunked import LongAudio
 from .metrics import Metrics
 from .models import RequestFacts
@@ -72,10 +74,11 @@ from .realtime.endpoint import (
 )
 from .redis_client import connect_redis
 from .router import Router
+from .store.app_key import STORE_KEY
 from .store.engine import open_store
 from .store.log_queries import LogQueries
 from .store.request_log import RequestLog
-from .web_ui import add_web_ui
+from .web_ui import add_dashboard, add_web_ui
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +190,8 @@ def create_app(
     app.cleanup_ctx.append(_request_log)
     app.cleanup_ctx.append(_tracing)
     app.cleanup_ctx.append(_stores(plugins))
+    # After the stores: it needs the store and the Redis client.
+    app.cleanup_ctx.append(managed_governance(REPLICA))
     app.cleanup_ctx.append(_upstreams(providers))
     app.on_response_prepare.append(_tag_response)
     app.on_response_prepare.append(share_with_origin)
@@ -199,8 +204,10 @@ def create_app(
     app.router.add_get("/metrics", handlers.metrics_page)
     app.router.add_get("/v1/models", handlers.list_models)
     add_log_api(app)
+    add_governance_api(app)
     if proxy.web_ui:
         add_web_ui(app)
+        add_dashboard(app)
     for paths, handler in (
         (TRANSCRIPTION_PATHS, handlers.create_transcription),
         (AZURE_TRANSCRIPTION_PATHS, handlers.create_azure_transcription),
@@ -268,6 +275,7 @@ async def _request_log(app: web.Application) -> AsyncIterator[None]:
     log.start()
     app[REQUEST_LOG_KEY] = log
     app[LOG_QUERIES_KEY] = LogQueries(store)
+    app[STORE_KEY] = store
     try:
         yield
     finally:

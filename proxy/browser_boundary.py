@@ -35,7 +35,7 @@ SHARED_WITH = web.RequestKey("cors_origin", str)
 
 #: Response headers a page may read besides the CORS-safelisted ones.
 _EXPOSED = "x-request-id, x-bf-provider, x-bf-model, x-bf-latency-ms, retry-after"
-_METHODS = "GET, POST, DELETE, OPTIONS"
+_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 #: How long a browser may keep a preflight's answer.
 _PREFLIGHT_MAX_AGE_S = "600"
 _DEFAULT_PORTS = {"http": 80, "https": 443}

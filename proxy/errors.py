@@ -129,6 +129,16 @@ class NotFoundError(ProxyError):
     is_bifrost_error = False
 
 
+class ConflictError(ProxyError):
+    """The change conflicts with what is there: an id taken, an entry something else
+    names, an entry the config file holds (409)."""
+
+    status = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+    is_bifrost_error = False
+
+
 class MethodNotAllowedError(ProxyError):
     """The path exists but not for this method."""
 

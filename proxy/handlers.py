@@ -59,10 +59,8 @@ async def ready(request: web.Request) -> web.Response:
     if state.draining:
         return json_response({"status": "draining"}, status=503)
     config = app[CONFIG_KEY]
-    limited = any(
-        key.rate_limit is not None or key.budget is not None
-        for key in config.governance.virtual_keys
-    )
+    # The config file's keys and those managed at run time alike.
+    limited = app[AUTH_KEY].keys.any_limited()
     if state.redis is not None and limited and not config.proxy.redis_fail_open:
         try:
             async with asyncio.timeout(READY_REDIS_TIMEOUT_S):

@@ -5,12 +5,20 @@ this process, and Debian's chromium (driven by Playwright) drops a file on
 the page and photographs it while the captions are still arriving.
 
     .venv/bin/python scripts/screenshot.py            # writes scripts/data/caption-page.png
+
+It then photographs the dashboard (``/dashboard``) over a day of made-up requests
+written through the request log:
+
+    .venv/bin/python scripts/screenshot.py dashboard  # writes scripts/data/dashboard.png only
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import orjson
@@ -21,7 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from proxy.app import create_app  # noqa: E402
+from proxy.app_state import REQUEST_LOG_KEY  # noqa: E402
 from proxy.config import parse_config  # noqa: E402
+from proxy.store.log_rows import LogRow  # noqa: E402
 
 LINES = [
     (0.0, 3.2, "Good morning, and thanks for joining the quarterly review."),
@@ -93,5 +103,97 @@ async def main() -> None:
     print(f"wrote {out.relative_to(ROOT)}")
 
 
+def day_of_requests(now: float) -> list[LogRow]:
+    """A day of plausible rows: three teams on two providers, a busy evening, a few
+    errors."""
+    rng = random.Random(7)
+    teams = ("team-a", "team-b", "support")
+    routes = (
+        ("openai", "whisper-1"),
+        ("openai", "gpt-4o-transcribe"),
+        ("groq", "whisper-large-v3"),
+    )
+    rows = []
+    for n in range(900):
+        at = now - rng.triangular(0, 86_400, 30_000)
+        provider, model = routes[rng.randrange(3) if n % 4 else 0]
+        failed = rng.random() < 0.03
+        audio = round(rng.uniform(5, 240), 1)
+        rows.append(
+            LogRow(
+                id=f"req_{n:05d}{rng.getrandbits(40):010x}",
+                object="transcription",
+                timestamp=at,
+                provider=provider,
+                model_requested=model,
+                model_deployment=model,
+                virtual_key_id=teams[min(2, int(rng.expovariate(1.2)))],
+                status="error" if failed else "success",
+                status_code=502 if failed else 200,
+                error_code="bad_gateway" if failed else None,
+                latency=int(rng.lognormvariate(6.6, 0.5)),
+                audio_seconds=None if failed else audio,
+                audio_seconds_source="answer",
+                cost=0.0 if failed else round(audio / 60 * 0.006, 6),
+                number_of_retries=int(rng.random() < 0.05),
+                fallback_index=None if failed else 0,
+            )
+        )
+    return rows
+
+
+async def dashboard() -> None:
+    """The dashboard over a day of requests, in a store of its own (a temporary directory)."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        config = {
+            "providers": {"openai": {"keys": [{"value": "sk-demo"}]}},
+            "proxy": {"data_dir": data_dir},
+            "governance": {
+                "virtual_keys": [
+                    {
+                        "id": team,
+                        "value": f"sk-bf-{team}-demo-0123456789",
+                        "provider_configs": [{"provider": "openai", "allowed_models": ["*"]}],
+                        "budget_id": budget,
+                    }
+                    for team, budget in (
+                        ("team-a", "monthly"),
+                        ("team-b", "monthly"),
+                        ("support", "daily"),
+                    )
+                ],
+                "budgets": [
+                    {"id": "monthly", "max_limit": 25, "reset_duration": "1M"},
+                    {"id": "daily", "max_limit": 1, "reset_duration": "1d"},
+                ],
+            },
+        }
+        proxy = TestServer(create_app(parse_config(config, {})))
+        await proxy.start_server()
+        log = proxy.app[REQUEST_LOG_KEY]
+        for row in day_of_requests(time.time()):
+            log.add(row)
+        await log.flush(30)
+        from playwright.async_api import async_playwright
+
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
+            )
+            page = await browser.new_page(viewport={"width": 1280, "height": 1180})
+            await page.goto(str(proxy.make_url("/dashboard")))
+            await page.wait_for_selector("body[data-painted]")
+            out = ROOT / "scripts" / "data" / "dashboard.png"
+            await page.screenshot(path=str(out))
+            await browser.close()
+        await proxy.close()
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    # Both pictures, or the one named: caption or dashboard.
+    chosen = sys.argv[1:] or ["caption", "dashboard"]
+    if "caption" in chosen:
+        asyncio.run(main())
+    if "dashboard" in chosen:
+        asyncio.run(dashboard())

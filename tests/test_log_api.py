@@ -10,14 +10,19 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 import openai
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, make_mocked_request
 
+from proxy.api.access import reader_of
+from proxy.app import create_app
+from proxy.config import parse_config
+from proxy.errors import AuthenticationError
 from tests.helpers.client import ProxyFactory, base_url, form, post
 from tests.helpers.errors import assert_error
 from tests.helpers.realtime import session, tone, transcription
@@ -190,6 +195,36 @@ async def test_on_the_loopback_default_whoever_reaches_it_is_its_operator(
     status, _, _ = await post(server, form(("model", "whisper-1"), ("file", b"RIFF")))
     assert status == 200
     assert len(await rows_of(server, 1, key="")) == 1
+
+
+@pytest.mark.parametrize(
+    ("peer", "operator"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.0.0.5", False),
+        ("192.168.1.20", False),
+        ("2001:db8::1", False),
+        (None, False),  # a Unix socket's peer: no address to trust
+    ],
+)
+def test_on_the_default_only_a_caller_on_this_machine_is_the_operator(
+    peer: str | None, operator: bool
+) -> None:
+    # A proxy bound to 0.0.0.0 without admin keys must not hand its keys and logs to
+    # its network: the transport's peer address is what decides.
+    app = create_app(parse_config({}, {}))
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (peer, 40000) if name == "peername" and peer is not None else default
+    )
+    request = make_mocked_request("GET", "/api/logs", app=app, transport=transport)
+    if operator:
+        assert reader_of(request).is_operator
+    else:
+        with pytest.raises(AuthenticationError):
+            reader_of(request)
 
 
 @pytest.mark.parametrize(

@@ -84,58 +84,18 @@ def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Confi
 def _governance(section: Section) -> GovernanceConfig:
     rate_limits = {}
     for item in section.sections("rate_limits"):
-        limit_id = item.string("id") or ""
-        rate_limits[limit_id] = RateLimitConfig(
-            id=limit_id,
-            request_max_limit=item.integer("request_max_limit", 0, minimum=0) or None,
-            request_reset_s=item.duration("request_reset_duration", 60.0),
-            audio_seconds_max_limit=item.number("audio_seconds_max_limit", 0.0) or None,
-            audio_seconds_reset_s=item.duration("audio_seconds_reset_duration", 3600.0),
-        )
+        limit = rate_limit_of(item)
+        rate_limits[limit.id] = limit
         item.warn_unused()
     budgets = {}
     for item in section.sections("budgets"):
-        budget_id = item.string("id") or ""
-        unit = item.string("unit", "usd") or "usd"
-        if unit not in ("usd", "audio_seconds"):
-            raise ConfigError(f"{item.path}.unit: usd or audio_seconds, got {unit!r}")
-        budgets[budget_id] = BudgetConfig(
-            id=budget_id,
-            max_limit=item.number("max_limit", 0.0),
-            reset_s=item.duration("reset_duration", 2592000.0),
-            unit=unit,
-        )
+        budget = budget_of(item)
+        budgets[budget.id] = budget
         item.warn_unused()
     keys = []
     for item in section.sections("virtual_keys"):
-        value = item.string("value")
-        if not value:
-            raise ConfigError(f"{item.path}.value: required")
-        allowed = {}
-        for provider in item.sections("provider_configs"):
-            name = provider.string("provider")
-            if not name:
-                raise ConfigError(f"{provider.path}.provider: required")
-            allowed[name] = (
-                provider.strings("allowed_models") if provider.has("allowed_models") else ("*",)
-            )
-            provider.warn_unused()
-        key_limit, key_budget = item.string("rate_limit_id"), item.string("budget_id")
-        if key_limit is not None and key_limit not in rate_limits:
-            raise ConfigError(f"{item.path}.rate_limit_id: no rate limit {key_limit!r}")
-        if key_budget is not None and key_budget not in budgets:
-            raise ConfigError(f"{item.path}.budget_id: no budget {key_budget!r}")
-        keys.append(
-            VirtualKeyConfig(
-                id=item.string("id") or value[:12],
-                value=value,
-                is_active=item.boolean("is_active", True),
-                allowed=allowed,
-                rate_limit=rate_limits.get(key_limit or ""),
-                budget=budgets.get(key_budget or ""),
-            )
-        )
-        item.warn_unused()
+        keys.append(virtual_key_of(item, rate_limits, budgets))
+        item.warn_unused(nested=True)
     jwt_section = section.section("jwt")
     jwt = None
     if jwt_section.names():
@@ -154,6 +114,8 @@ def _governance(section: Section) -> GovernanceConfig:
     prices = {name: _model_price(prices_section, name) for name in prices_section.names()}
     governance = GovernanceConfig(
         virtual_keys=tuple(keys),
+        rate_limits=rate_limits,
+        budgets=budgets,
         jwt=jwt,
         model_prices=prices,
         reserve_audio_seconds=section.number("reserve_audio_seconds", 30.0),
@@ -161,6 +123,63 @@ def _governance(section: Section) -> GovernanceConfig:
     )
     section.warn_unused()
     return governance
+
+
+def rate_limit_of(item: Section) -> RateLimitConfig:
+    """One of ``governance.rate_limits`` (the governance API takes the same shape)."""
+    return RateLimitConfig(
+        id=item.string("id") or "",
+        request_max_limit=item.integer("request_max_limit", 0, minimum=0) or None,
+        request_reset_s=item.duration("request_reset_duration", 60.0, window=True),
+        audio_seconds_max_limit=item.number("audio_seconds_max_limit", 0.0, minimum=0) or None,
+        audio_seconds_reset_s=item.duration("audio_seconds_reset_duration", 3600.0, window=True),
+    )
+
+
+def budget_of(item: Section) -> BudgetConfig:
+    """One of ``governance.budgets`` (the governance API takes the same shape)."""
+    unit = item.string("unit", "usd") or "usd"
+    if unit not in ("usd", "audio_seconds"):
+        raise item.error("unit", f"usd or audio_seconds, got {unit!r}")
+    return BudgetConfig(
+        id=item.string("id") or "",
+        max_limit=item.number("max_limit", 0.0, minimum=0),
+        reset_s=item.duration("reset_duration", 2592000.0, window=True),
+        unit=unit,
+    )
+
+
+def virtual_key_of(
+    item: Section,
+    rate_limits: Mapping[str, RateLimitConfig],
+    budgets: Mapping[str, BudgetConfig],
+) -> VirtualKeyConfig:
+    """One of ``governance.virtual_keys``, naming one of ``rate_limits`` and ``budgets``
+    (the governance API takes the same shape)."""
+    value = item.string("value")
+    if not value:
+        raise item.error("value", "required")
+    allowed = {}
+    for provider in item.sections("provider_configs"):
+        name = provider.string("provider")
+        if not name:
+            raise provider.error("provider", "required")
+        allowed[name] = (
+            provider.strings("allowed_models") if provider.has("allowed_models") else ("*",)
+        )
+    key_limit, key_budget = item.string("rate_limit_id"), item.string("budget_id")
+    if key_limit is not None and key_limit not in rate_limits:
+        raise item.error("rate_limit_id", f"no rate limit {key_limit!r}")
+    if key_budget is not None and key_budget not in budgets:
+        raise item.error("budget_id", f"no budget {key_budget!r}")
+    return VirtualKeyConfig(
+        id=item.string("id") or value[:12],
+        value=value,
+        is_active=item.boolean("is_active", True),
+        allowed=allowed,
+        rate_limit=rate_limits.get(key_limit or ""),
+        budget=budgets.get(key_budget or ""),
+    )
 
 
 def _model_price(prices: Section, name: str) -> ModelPrice:
@@ -225,6 +244,7 @@ def _proxy(section: Section) -> ProxySettings:
         data_dir=section.string("data_dir") or default_data_dir(os.environ),
         store=_store_url(section),
         store_pool_size=section.integer("store_pool_size", 5, minimum=1),
+        governance_poll_s=section.number("governance_poll_s", 0.5, positive=True),
     )
     section.warn_unused()
     if settings.redis_url is not None and importlib.util.find_spec("redis") is None:

@@ -16,6 +16,11 @@ MIB = 1024 * 1024
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names the key path."""
 
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        #: The key path at fault, when one is (the governance API's ``param``).
+        self.path = path
+
 
 @dataclass(frozen=True)
 class AzureKeyConfig:
@@ -290,7 +295,7 @@ class ProxySettings:
     chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
-    #: Serve the caption page at ``GET /``.
+    #: Serve the caption page at ``GET /`` and the dashboard at ``GET /dashboard``.
     web_ui: bool = True
     #: Browser origins (``https://app.example``) besides the proxy's own that may
     #: call it: WebSocket upgrades and CORS requests from any other are refused.
@@ -305,6 +310,9 @@ class ProxySettings:
     store: str | None = field(default=None, repr=False)
     #: Connections to a PostgreSQL store kept open (each replica has its own pool).
     store_pool_size: int = 5
+    #: How often a replica asks the store whether governance changed at run time (with
+    #: Redis, changes are also announced at once; this is the safety net when one is lost).
+    governance_poll_s: float = 0.5
 
     @property
     def store_url(self) -> str:
@@ -411,6 +419,9 @@ class GovernanceConfig:
     """Bifrost's ``governance`` section, with audio-priced budgets."""
 
     virtual_keys: tuple[VirtualKeyConfig, ...] = ()
+    #: By id: what the keys above name (and keys managed at run time may name too).
+    rate_limits: Mapping[str, RateLimitConfig] = field(default_factory=dict)
+    budgets: Mapping[str, BudgetConfig] = field(default_factory=dict)
     jwt: JwtConfig | None = None
     #: Prices by model (``whisper-1``) or ``provider/model``.
     model_prices: Mapping[str, ModelPrice] = field(default_factory=dict)

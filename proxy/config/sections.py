@@ -20,11 +20,13 @@ class Section:
 
     def __init__(self, path: str, data: object, environ: Mapping[str, str]) -> None:
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected an object, got {_json_type(data)}")
+            raise ConfigError(f"{path}: expected an object, got {_json_type(data)}", path=path)
         self.path = path
         self.environ = environ
         self._data: dict[str, Any] = data
         self._used: set[str] = set()
+        #: The objects read under this one, for :meth:`unknown`.
+        self._children: list[Section] = []
 
     def _get(self, key: str) -> object:
         self._used.add(key)
@@ -32,6 +34,11 @@ class Section:
 
     def _where(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str) -> ConfigError:
+        """The error of ``key``'s value: ``message`` after the key's path."""
+        where = self._where(key)
+        return ConfigError(f"{where}: {message}", path=where)
 
     def has(self, key: str) -> bool:
         """Whether the object has ``key`` at all."""
@@ -44,7 +51,9 @@ class Section:
     def section(self, key: str) -> Section:
         """The object under ``key`` (empty when absent)."""
         value = self._get(key)
-        return Section(self._where(key), {} if value is None else value, self.environ)
+        child = Section(self._where(key), {} if value is None else value, self.environ)
+        self._children.append(child)
+        return child
 
     def sections(self, key: str) -> list[Section]:
         """The objects of the array under ``key`` (none when absent)."""
@@ -52,9 +61,11 @@ class Section:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise ConfigError(f"{self._where(key)}: expected an array, got {_json_type(value)}")
+            raise self.error(key, f"expected an array, got {_json_type(value)}")
         where = self._where(key)
-        return [Section(f"{where}[{i}]", item, self.environ) for i, item in enumerate(value)]
+        items = [Section(f"{where}[{i}]", item, self.environ) for i, item in enumerate(value)]
+        self._children += items
+        return items
 
     def names(self) -> list[str]:
         """Every key of the object, in file order."""
@@ -66,11 +77,11 @@ class Section:
         if value is None:
             return default
         if not isinstance(value, str):
-            raise ConfigError(f"{self._where(key)}: expected a string, got {_json_type(value)}")
+            raise self.error(key, f"expected a string, got {_json_type(value)}")
         if value.startswith("env."):
             name = value[4:]
             if name not in self.environ:
-                raise ConfigError(f"{self._where(key)}: environment variable {name} is not set")
+                raise self.error(key, f"environment variable {name} is not set")
             return self.environ[name]
         return value
 
@@ -80,7 +91,7 @@ class Section:
         if value is None:
             return ()
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{self._where(key)}: expected an array of strings")
+            raise self.error(key, "expected an array of strings")
         return tuple(value)
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -89,9 +100,7 @@ class Section:
         if value is None:
             return default
         if not isinstance(value, bool):
-            raise ConfigError(
-                f"{self._where(key)}: expected true or false, got {_json_type(value)}"
-            )
+            raise self.error(key, f"expected true or false, got {_json_type(value)}")
         return value
 
     def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
@@ -100,42 +109,62 @@ class Section:
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{self._where(key)}: expected an integer, got {_json_type(value)}")
+            raise self.error(key, f"expected an integer, got {_json_type(value)}")
         if value < minimum:
-            raise ConfigError(f"{self._where(key)}: must be at least {minimum}, got {value}")
+            raise self.error(key, f"must be at least {minimum}, got {value}")
         return value
 
-    def number(self, key: str, default: float, *, positive: bool = False) -> float:
-        """A number; above 0 when ``positive``."""
+    def number(
+        self, key: str, default: float, *, positive: bool = False, minimum: float | None = None
+    ) -> float:
+        """A number; above 0 when ``positive``, at least ``minimum`` when given."""
         value = self._get(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{self._where(key)}: expected a number, got {_json_type(value)}")
+            raise self.error(key, f"expected a number, got {_json_type(value)}")
         if positive and value <= 0:
-            raise ConfigError(f"{self._where(key)}: must be greater than 0, got {value}")
+            raise self.error(key, f"must be greater than 0, got {value}")
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"must be at least {minimum:g}, got {value}")
         return float(value)
 
-    def duration(self, key: str, default: float) -> float:
-        """A duration setting: a Bifrost duration string, or a number of seconds."""
+    def duration(self, key: str, default: float, *, window: bool = False) -> float:
+        """A duration setting: a Bifrost duration string, or a number of seconds (never
+        negative; from 1 s to 10 years when it is a ``window``'s length, which counters
+        are kept for and reset at: a shorter one counts nothing, and a longer one is a
+        typo that would overflow what is computed of it)."""
         raw = self.peek(key)
         if isinstance(raw, int | float) and not isinstance(raw, bool):
-            return self.number(key, default)
-        value = self.string(key)
-        if value is None:
-            return default
-        try:
-            return parse_duration(value)
-        except ValueError:
-            raise ConfigError(
-                f"{self._where(key)}: expected a duration such as 30s, 1m, 1h, 1d, 1w, 1M; "
-                f"got {value!r}"
-            ) from None
+            seconds = self.number(key, default, minimum=0)
+            shown = f"{raw!r}"
+        else:
+            value = self.string(key)
+            if value is None:
+                return default
+            try:
+                seconds = parse_duration(value)
+            except ValueError:
+                raise self.error(
+                    key, f"expected a duration such as 30s, 1m, 1h, 1d, 1w, 1M; got {value!r}"
+                ) from None
+            shown = repr(value)
+        if window and not WINDOW_MIN_S <= seconds <= WINDOW_MAX_S:  # NaN too
+            raise self.error(key, f"must be from 1s to 10Y, got {shown}")
+        return seconds
 
-    def warn_unused(self) -> None:
+    def unknown(self, *, nested: bool = True) -> list[str]:
+        """The paths of every key no one asked for, here and (``nested``) in the objects
+        read under this one: what an API that takes this shape refuses."""
+        here = [self._where(key) for key in sorted(self._data.keys() - self._used)]
+        if not nested:
+            return here
+        return here + [path for child in self._children for path in child.unknown()]
+
+    def warn_unused(self, *, nested: bool = False) -> None:
         """Warn of every key no one asked for: Bifrost files have many we do not use."""
-        for key in sorted(self._data.keys() - self._used):
-            log.warning("config: ignoring unknown key %s", self._where(key))
+        for path in self.unknown(nested=nested):
+            log.warning("config: ignoring unknown key %s", path)
 
 
 def _json_type(value: object) -> str:
@@ -151,6 +180,10 @@ def _json_type(value: object) -> str:
         return "an array"
     return "an object"
 
+
+#: The shortest and longest window a rate limit or budget may have.
+WINDOW_MIN_S = 1.0
+WINDOW_MAX_S = 10 * 31536000.0
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000, "Y": 31536000}
 

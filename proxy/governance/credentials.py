@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 from ..config import ClientConfig, ConfigError, GovernanceConfig, JwtConfig, VirtualKeyConfig
 from ..errors import AuthenticationError, PermissionDeniedError
+from .directory import KeyDirectory, KnownKey, key_digest
 
 if TYPE_CHECKING:
     from ..router import Route
@@ -36,6 +35,12 @@ class Caller:
     virtual_key: VirtualKeyConfig | None = None
     #: A provider key the client brought, sent upstream in place of ours.
     direct_key: str | None = field(default=None, repr=False)
+    #: Which admin credential it is (``governance.admin_keys[0]``, ``jwt:<sub>``): what
+    #: the governance API records as who changed what. Never the credential itself.
+    name: str | None = None
+    #: The digest of the virtual key's value it proved (None: a JWT naming the key), so
+    #: what it opened ends when that value is rotated away.
+    key_digest: bytes | None = field(default=None, repr=False)
 
 
 ANONYMOUS = Caller("anonymous")
@@ -59,9 +64,9 @@ class Authenticator:
             )
         # Looked up by digest: the time a lookup takes says nothing about how
         # much of a guessed key was right.
-        self._keys_by_digest = {_digest(key.value): key for key in governance.virtual_keys}
-        self._keys_by_id = {key.id: key for key in governance.virtual_keys}
-        self._admin_digests = frozenset(_digest(key) for key in governance.admin_keys)
+        #: The config file's virtual keys, and the ones managed at run time.
+        self.keys = KeyDirectory(governance.virtual_keys)
+        self._admin_digests = {key_digest(key): i for i, key in enumerate(governance.admin_keys)}
 
     def identify(self, headers: Mapping[str, str]) -> Caller:
         """The caller these headers prove, raising 401 or 403 when they prove nothing usable."""
@@ -76,10 +81,13 @@ class Authenticator:
                 "a client secret opens realtime sessions only (/v1/realtime), nothing else",
                 code="client_secret_not_accepted",
             )
-        if self._is_admin_key(token):
-            return ADMIN
+        admin_index = self._admin_index(token)
+        if admin_index is not None:
+            return Caller("admin", name=f"governance.admin_keys[{admin_index}]")
         if token.startswith(VIRTUAL_KEY_PREFIX) or source == "x-bf-vk":
-            return self._virtual_key(self._known_key(token), "virtual key")
+            known = self._known_key(token)
+            caller = self._virtual_key(known.key if known else None, "virtual key")
+            return replace(caller, key_digest=known.digest if known else None)
         if self._jwt is not None and token.count(".") == 2 and token.startswith("eyJ"):
             return self._from_jwt(token, self._jwt)
         if self._client.allow_direct_keys and source == "bearer":
@@ -121,20 +129,35 @@ class Authenticator:
         """Whether every request must bring a credential."""
         return self._client.enforce_auth_on_inference
 
-    def _is_admin_key(self, token: str) -> bool:
-        # By digest: set membership takes the same time however much of a guess is right.
-        return bool(self._admin_digests) and _digest(token) in self._admin_digests
+    def knows(self, token: str) -> bool:
+        """Whether ``token`` is a credential here already (an admin key, a virtual key):
+        a new key's value must not be one."""
+        known = self.keys.by_digest(key_digest(token))
+        return known is not None or self._admin_index(token) is not None
 
-    def by_id(self, key_id: str) -> Caller:
-        """The caller of the virtual key ``key_id`` (a client secret's), if it still is one."""
-        return self._virtual_key(self._keys_by_id.get(key_id), "virtual key of the client secret")
+    def _admin_index(self, token: str) -> int | None:
+        # By digest: a lookup takes the same time however much of a guess is right.
+        return self._admin_digests.get(key_digest(token)) if self._admin_digests else None
 
-    def _known_key(self, token: str) -> VirtualKeyConfig | None:
-        """The virtual key ``token`` is, compared in constant time."""
-        key = self._keys_by_digest.get(_digest(token))
-        if key is None or not hmac.compare_digest(key.value.encode(), token.encode()):
-            return None
-        return key
+    def by_id(self, key_id: str, digest: bytes | None = None) -> Caller:
+        """The caller of the virtual key ``key_id`` (a client secret's), if it still is one:
+        active, and, when the secret was minted with a value of ``digest``, still that
+        value (a secret minted with a leaked value ends with its rotation)."""
+        caller = self._virtual_key(self.keys.by_id(key_id), "virtual key of the client secret")
+        refusal = self.keys.refusal(key_id, digest)
+        if refusal is not None:
+            raise refusal
+        return replace(caller, key_digest=digest)
+
+    def _known_key(self, token: str) -> KnownKey | None:
+        """The virtual key ``token`` is, with its digest.
+
+        Found by a dict lookup on the SHA-256 of the token, which is no timing oracle:
+        how long the lookup takes depends on the digest, and a guess that shares a prefix
+        with a key shares nothing predictable with its digest, so timing it tells an
+        attacker nothing about a 256-bit random value they do not already have.
+        """
+        return self.keys.by_digest(key_digest(token))
 
     def _virtual_key(self, key: VirtualKeyConfig | None, what: str) -> Caller:
         if key is None:
@@ -180,15 +203,11 @@ class Authenticator:
                 "the JWT's signature or claims are invalid", code="invalid_token"
             ) from None
         if claims.get(config.role_claim) == config.admin_role:
-            return ADMIN
+            return Caller("admin", name=f"jwt:{claims.get('sub', '?')}")
         key_id = claims.get(config.virtual_key_claim)
         if not isinstance(key_id, str):
             raise PermissionDeniedError("the JWT names no virtual key and no admin role")
-        return self._virtual_key(self._keys_by_id.get(key_id), "virtual key named by the JWT")
-
-
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode()).digest()
+        return self._virtual_key(self.keys.by_id(key_id), "virtual key named by the JWT")
 
 
 def _jwt() -> ModuleType:

@@ -94,6 +94,8 @@ class ClientSecrets:
         session = config.as_session("ga")
         record = {
             "virtual_key": caller.virtual_key.id if caller.virtual_key else None,
+            # The value the key was proven with: the secret ends when it is rotated away.
+            "key_digest": caller.key_digest.hex() if caller.key_digest else None,
             "admin": caller.kind == "admin",
             "expires_at": expires_at,
             "session": session,
@@ -137,7 +139,8 @@ class ClientSecrets:
         key_id = record.get("virtual_key")
         if key_id is None:
             return ANONYMOUS
-        return self._authenticator.by_id(key_id)
+        digest = record.get("key_digest")
+        return self._authenticator.by_id(key_id, bytes.fromhex(digest) if digest else None)
 
 
 def _ttl(expires_after: object) -> int:

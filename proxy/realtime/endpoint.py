@@ -20,7 +20,6 @@ from http import HTTPStatus
 from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
@@ -31,16 +30,14 @@ from ..app_state import (
     DISPATCHER_KEY,
     FACTS_KEY,
     GOVERNOR_KEY,
-    LIMITS_KEY,
     METRICS_KEY,
     PIPELINE_KEY,
     ROUTER_KEY,
     SECRETS_KEY,
     STATE_KEY,
 )
-from ..errors import InvalidRequestError, ServiceUnavailableError
-from ..form.body import ClientBody
-from ..form.limits import check_declared_length
+from ..errors import InvalidRequestError, ProxyError, ServiceUnavailableError
+from ..form.json_body import read_json_object
 from ..governance.credentials import CLIENT_SECRET_PREFIX, Caller, credential_of
 from ..providers.base import RealtimeRelayProvider, relays_realtime
 from ..providers.redaction import Redactor
@@ -269,6 +266,11 @@ async def _serve(request: web.Request, socket: ClientSocket, session: RealtimeSe
         await socket.accept(request)
         facts.status = HTTPStatus.SWITCHING_PROTOCOLS
         sessions.add(session)
+        # A key revoked after the caller was identified, before the session was in the
+        # set a revocation ends: nothing awaits between these lines and the add.
+        refusal = _revoked(request)
+        if refusal is not None:
+            await session.revoke(refusal)
         if state.draining:
             # Admitted before the drain began, opened after it had told the others.
             state.drain_session(session)
@@ -303,6 +305,15 @@ async def _to_its_end(request: web.Request, session: RealtimeSession) -> None:
         task = asyncio.current_task()
         assert task is not None
         task.uncancel()
+
+
+def _revoked(request: web.Request) -> ProxyError | None:
+    """Why the session's virtual key may no longer be used, if it may not."""
+    caller = request[FACTS_KEY].caller
+    key = caller.virtual_key if caller is not None else None
+    if caller is None or key is None:
+        return None
+    return request.app[AUTH_KEY].keys.refusal(key.id, caller.key_digest)
 
 
 def _offered(request: web.Request) -> list[str]:
@@ -353,18 +364,5 @@ async def create_client_secret(request: web.Request) -> web.Response:
 
 
 async def _secret_request(request: web.Request) -> dict[str, Any]:
-    """A mint's JSON body, read under the body clocks and a byte cap counted on the
-    bytes read (a chunked body declares no length to check)."""
-    limits = replace(request.app[LIMITS_KEY], max_body_bytes=MAX_SECRET_REQUEST_BYTES)
-    check_declared_length(request, limits)
-    # A request without a body has aiohttp's shared empty stream, not one to read.
-    if not request.can_read_body:
-        return {}
-    raw = await ClientBody(request, limits, on_end=lambda: None).read_all()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError:
-        raise InvalidRequestError("the body must be a JSON object", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("the body must be a JSON object", code="invalid_json")
-    return body
+    """A mint's JSON body (none: an empty one)."""
+    return await read_json_object(request, MAX_SECRET_REQUEST_BYTES, empty={})

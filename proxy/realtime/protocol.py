@@ -9,12 +9,12 @@ of its events failed. No other module spells an event's type.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any, Literal, NewType
 
 import orjson
 
 from ..errors import ProxyError
+from ..ids import new_id
 from .client_events import ClientEventError
 
 #: The two shapes of the API: GA (``session.update``) and beta (``transcription_session.*``).
@@ -57,11 +57,6 @@ CLOSE_POLICY = 1008
 CLOSE_FAILED = 1011
 #: The server is restarting: reconnect.
 CLOSE_RESTARTING = 1012
-
-
-def new_id(prefix: str) -> str:
-    """A fresh id in OpenAI's style: ``event_...``, ``item_...``, ``sess_...``."""
-    return f"{prefix}_{secrets.token_hex(10)}"
 
 
 def encode(event: ServerEvent) -> str:

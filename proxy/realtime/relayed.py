@@ -143,6 +143,12 @@ class RelayedSession:
         await self._socket.close(CLOSE_RESTARTING, "server restarting")
         await self.aclose()
 
+    async def revoke(self, refusal: ProxyError) -> None:
+        """The session's key may no longer be used: tell the client why, and close both
+        sides (1008)."""
+        await self._socket.end_with(proxy_error_event(refusal), CLOSE_POLICY, spent(refusal))
+        await self.aclose()
+
     async def _watch(self) -> None:
         """End the session when its secret expires or its client has gone quiet."""
         ending = await self._lifetime.ended()

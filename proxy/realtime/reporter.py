@@ -14,7 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .protocol import ServerEvent, new_id
+from ..ids import new_id
+from .protocol import ServerEvent
 
 
 class TurnState(enum.Enum):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
+from ..errors import ProxyError
 from ..governance.credentials import Caller
 
 SessionKind = Literal["synthesized", "relayed"]
@@ -31,6 +32,10 @@ class RealtimeSession(Protocol):
     async def drain(self, deadline_s: float) -> None:
         """The server is stopping: tell the client to reconnect, and close by
         ``deadline_s`` from now (1012)."""
+
+    async def revoke(self, refusal: ProxyError) -> None:
+        """The session's virtual key may no longer be used (deactivated, deleted, given a
+        new value): tell the client why (an ``error`` event), and close (1008)."""
 
     async def aclose(self) -> None:
         """Release what the session holds once :meth:`run` has returned."""

@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from ..ids import new_id
 from .client_events import ClientEventError
-from .protocol import Dialect, new_id
+from .protocol import Dialect
 
 AudioFormat = Literal["audio/pcm", "audio/pcmu", "audio/pcma"]
 

@@ -171,6 +171,11 @@ class SynthesizedSession:
         await self._socket.send(proxy_error_event(exc, caused_by))
         await self._close(CLOSE_POLICY, spent(exc))
 
+    async def revoke(self, refusal: ProxyError) -> None:
+        """The session's key may no longer be used: the client is told, and the session
+        ends (1008), as when a limit is spent."""
+        await self._spent(refusal, None)
+
     async def drain(self, deadline_s: float) -> None:
         """The server is stopping: tell the client to reconnect; at the deadline, commit
         the turn in progress, send what is pending, and close 1012."""

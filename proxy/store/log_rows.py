@@ -58,6 +58,10 @@ class LogRow:
     #: The transcript, only when ``logs.content`` is on; never audio.
     content: str | None = None
     trace_id: str | None = None
+    #: An operator's change (``governance.*``): who made it (an admin key's place in the
+    #: config, a JWT's subject), and the id of what it changed.
+    actor: str | None = None
+    subject: str | None = None
 
 
 #: The columns, in the order of :class:`LogRow`'s fields.

@@ -125,6 +125,52 @@ def _usage_rollups_v2(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+def _governance_v3(conn: Connection) -> None:
+    """Virtual keys, rate limits and budgets managed at run time (each in the config file's
+    shape, as JSON), one version number every change moves on (what replicas poll), and
+    the ids of deleted keys."""
+    metadata = MetaData()
+    entries = Table(
+        "governance_entries",
+        metadata,
+        Column("kind", Text, primary_key=True),
+        Column("id", Text, primary_key=True),
+        Column("spec", Text, nullable=False),
+        Column("rate_limit_id", Text),
+        Column("budget_id", Text),
+        Column("value_hash", Text, unique=True),
+        Column("value_last4", Text),
+        Column("created_at", BigInteger, nullable=False),
+        Column("updated_at", BigInteger, nullable=False),
+        Column("actor", Text, nullable=False),
+    )
+    # What a deleted rate limit or budget is still named by.
+    Index("ix_governance_entries_rate_limit", entries.c.rate_limit_id)
+    Index("ix_governance_entries_budget", entries.c.budget_id)
+    version = Table(
+        "governance_version",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("version", BigInteger, nullable=False),
+    )
+    # Deleted keys' ids, never reused: logs, usage, counters and JWTs name keys by id.
+    Table(
+        "governance_retired",
+        metadata,
+        Column("kind", Text, primary_key=True),
+        Column("id", Text, primary_key=True),
+        Column("retired_at", BigInteger, nullable=False),
+    )
+    metadata.create_all(conn)
+    conn.execute(version.insert().values(id=1, version=0))
+
+
+def _change_authors_v5(conn: Connection) -> None:
+    """Who made an operator's change, and to what, on its request log row."""
+    for name in ("actor", "subject"):
+        conn.execute(text(f"ALTER TABLE request_log ADD COLUMN {name} TEXT"))
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema's history."""
@@ -137,10 +183,13 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "request log", _request_log_v1),
     Migration(2, "usage rollups", _usage_rollups_v2),
+    Migration(3, "governance at run time", _governance_v3),
+    Migration(5, "who made an operator's change", _change_authors_v5),
 )
 
-#: The schema version this code reads and writes.
-LATEST = MIGRATIONS[-1].version
+#: The schema version this code reads and writes (the highest: versions may land out of
+#: order, and each is applied when missing).
+LATEST = max(migration.version for migration in MIGRATIONS)
 
 
 async def migrate(engine: AsyncEngine, backend: Backend, where: str) -> list[int]:

@@ -43,6 +43,8 @@ request_log = Table(
     Column("replica", Text),
     Column("content", Text),
     Column("trace_id", Text),
+    Column("actor", Text),
+    Column("subject", Text),
 )
 
 #: Usage totals per hour and per day, recomputed from ``request_log`` once an hour has
@@ -76,4 +78,41 @@ usage_dirty = Table(
     metadata,
     Column("start", BigInteger, primary_key=True, autoincrement=False),
     Column("marks", BigInteger, nullable=False),
+)
+
+#: Virtual keys (``kind`` ``virtual_key``), rate limits and budgets managed at run time:
+#: ``spec`` is the config file's shape as JSON, without ``id`` and never with a key's
+#: value (only its SHA-256, hex, and last four characters). ``actor`` made the last change.
+governance_entries = Table(
+    "governance_entries",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("id", Text, primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("rate_limit_id", Text),
+    Column("budget_id", Text),
+    Column("value_hash", Text, unique=True),
+    Column("value_last4", Text),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("actor", Text, nullable=False),
+)
+
+#: One row (``id`` 1) whose ``version`` every change to ``governance_entries`` moves on, in
+#: the change's own transaction: replicas poll it to know when to read them again.
+governance_version = Table(
+    "governance_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+)
+
+#: The ids of deleted virtual keys, never given to another key: the request log, usage,
+#: counters and JWTs name a key by id, and a new key would inherit them all.
+governance_retired = Table(
+    "governance_retired",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("id", Text, primary_key=True),
+    Column("retired_at", BigInteger, nullable=False),
 )

@@ -258,6 +258,11 @@ def _hour(ms: int) -> int:
     return ms // HOUR_MS * HOUR_MS
 
 
+#: Rows that are usage: not an operator's change (``governance.*``), and not an async
+#: job's submission (``async.*.submit``: its run, a row of its own, is the usage).
+_IS_USAGE = and_(c.object.not_like("governance.%"), c.object.not_like("%.submit"))
+
+
 def _hour_groups(hour: int) -> Any:
     """One hour's rows counted by key, model, provider and latency bin."""
     rows = (
@@ -270,7 +275,7 @@ def _hour_groups(hour: int) -> Any:
             c.audio_seconds,
             c.cost,
         )
-        .where(c.timestamp >= hour, c.timestamp < hour + HOUR_MS)
+        .where(c.timestamp >= hour, c.timestamp < hour + HOUR_MS, _IS_USAGE)
         .subquery()
     )
     return select(
@@ -501,7 +506,7 @@ def _whole(
 
 def _raw(query: UsageQuery, ranges: Sequence[Range], virtual_key_id: str | None) -> Any:
     width = INTERVAL_MS[query.interval]
-    where = [_within(c.timestamp, ranges)]
+    where = [_within(c.timestamp, ranges), _IS_USAGE]
     if virtual_key_id is not None:
         where.append(c.virtual_key_id == virtual_key_id)
     rows = (
