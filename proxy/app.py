@@ -56,6 +56,7 @@ from .governance.counters import Counters, MemoryCounters, RedisCounters
 from .governance.credentials import Authenticator
 from .governance.governor import Governor
 from .governance.runtime import managed_governance
+from .jobs import add_job_routes, jobs_context
 from .long_audio.chunked import LongAudio
 from .metrics import Metrics
 from .models import RequestFacts
@@ -193,6 +194,8 @@ def create_app(
     # After the stores: it needs the store and the Redis client.
     app.cleanup_ctx.append(managed_governance(REPLICA))
     app.cleanup_ctx.append(_upstreams(providers))
+    # After the stores and upstreams: jobs run through them, and stop before them.
+    app.cleanup_ctx.append(jobs_context)
     app.on_response_prepare.append(_tag_response)
     app.on_response_prepare.append(share_with_origin)
     # Our own serving loop starts the drain at SIGTERM; a runner that only has
@@ -205,6 +208,7 @@ def create_app(
     app.router.add_get("/v1/models", handlers.list_models)
     add_log_api(app)
     add_governance_api(app)
+    add_job_routes(app)
     if proxy.web_ui:
         add_web_ui(app)
         add_dashboard(app)

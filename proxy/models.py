@@ -26,6 +26,8 @@ RequestKind = Literal[
     "realtime.turn",
     "async.transcription",
     "async.translation",
+    "async.transcription.submit",
+    "async.translation.submit",
 ]
 
 #: Each task's path under OpenAI's ``/v1`` (and an Azure deployment's ``/openai/deployments/{id}``).
@@ -230,6 +232,12 @@ class RequestFacts:
     #: the request is over).
     usage: AudioUsed | None = None
     cost: float | None = None
+    #: An async job's reservation against its key's limits and budgets (governance's record
+    #: of it, :mod:`proxy.governance.held`): made at its submit, settled by its run.
+    reservation: dict[str, Any] | None = None
+    #: Whether a job now holds ``reservation`` (the job endpoint's, once the job is stored):
+    #: its submit then leaves it outstanding, for the run to settle.
+    reservation_kept: bool = False
     #: The request's trace id in hex, for its log lines and its row (tracing's, as the
     #: request begins; None with tracing off).
     trace_id: str | None = None

@@ -27,6 +27,7 @@ from .schema import (
     Config,
     ConfigError,
     GovernanceConfig,
+    JobsSettings,
     JwtConfig,
     KeyConfig,
     LocalSettings,
@@ -42,7 +43,7 @@ from .schema import (
     VirtualKeyConfig,
     default_data_dir,
 )
-from .sections import Section
+from .sections import Section, parse_duration
 
 log = logging.getLogger("proxy.config")
 
@@ -179,6 +180,8 @@ def virtual_key_of(
         allowed=allowed,
         rate_limit=rate_limits.get(key_limit or ""),
         budget=budgets.get(key_budget or ""),
+        webhook_secret=item.string("webhook_secret"),
+        webhook_url=item.string("webhook_url"),
     )
 
 
@@ -236,6 +239,7 @@ def _proxy(section: Section) -> ProxySettings:
         chunking=_chunking(section.section("chunking")),
         realtime=_realtime(section.section("realtime")),
         tracing=_tracing(section.section("tracing")),
+        jobs=_jobs(section.section("jobs")),
         web_ui=section.boolean("web_ui", True),
         allowed_origins=tuple(_origin(section, o) for o in section.strings("allowed_origins")),
         allowed_hosts=tuple(h.lower() for h in section.strings("allowed_hosts")),
@@ -254,6 +258,39 @@ def _proxy(section: Section) -> ProxySettings:
         )
     if settings.cache.store == "redis" and settings.redis_url is None:
         raise ConfigError(f"{section.path}.cache.store: redis needs {section.path}.redis_url")
+    return settings
+
+
+def _jobs(section: Section) -> JobsSettings:
+    """``proxy.jobs``: async jobs, their spool and their webhooks."""
+    try:
+        schedule = tuple(parse_duration(d) for d in section.strings("webhook_retry_schedule"))
+    except ValueError:
+        raise ConfigError(
+            f"{section.path}.webhook_retry_schedule: expected durations such as 5s, 2m, 0.01"
+        ) from None
+    secret = section.string("webhook_secret")
+    if secret is not None and not secret.startswith("whsec_"):
+        raise ConfigError(f"{section.path}.webhook_secret: expected whsec_<base64>")
+    settings = JobsSettings(
+        workers=section.integer("workers", 2, minimum=0),
+        spool_dir=section.string("spool_dir"),
+        max_spool_bytes=section.integer("max_spool_bytes", 0, minimum=0),
+        result_ttl_s=section.number("result_ttl_s", 3600.0, positive=True),
+        max_result_ttl_s=section.number("max_result_ttl_s", 7 * 86400.0, positive=True),
+        lease_s=section.number("lease_s", 30.0, positive=True),
+        poll_interval_s=section.number("poll_interval_s", 1.0, positive=True),
+        sweep_interval_s=section.number("sweep_interval_s", 60.0, positive=True),
+        webhook_secret=secret,
+        webhook_allowed_hosts=tuple(h.lower() for h in section.strings("webhook_allowed_hosts")),
+        webhook_retry_schedule_s=(
+            schedule
+            if section.has("webhook_retry_schedule")
+            else JobsSettings.webhook_retry_schedule_s
+        ),
+        webhook_timeout_s=section.number("webhook_timeout_s", 10.0, positive=True),
+    )
+    section.warn_unused()
     return settings
 
 

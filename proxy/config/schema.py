@@ -252,6 +252,39 @@ class TracingSettings:
 
 
 @dataclass(frozen=True)
+class JobsSettings:
+    """Async jobs and their signed webhooks (``proxy.jobs``; README, "Async jobs")."""
+
+    #: Jobs this replica runs at once.
+    workers: int = 2
+    #: Where uploads wait for their job, named by job id (``<data_dir>/jobs`` when None);
+    #: a volume every replica mounts lets any replica take over another's jobs.
+    spool_dir: str | None = None
+    #: Bytes the spool may hold in all; past it new jobs are refused with 507 (0: the
+    #: disk's own limit).
+    max_spool_bytes: int = 0
+    #: A job's result (and its spool) is kept this long unless the request's
+    #: ``x-bf-async-job-result-ttl`` says otherwise, and never longer than the max.
+    result_ttl_s: float = 3600.0
+    max_result_ttl_s: float = 7 * 86400.0
+    #: A claimed job's lease: renewed while it runs, taken over once it lapses.
+    lease_s: float = 30.0
+    #: How often an idle worker looks for work other replicas queued.
+    poll_interval_s: float = 1.0
+    #: How often expired jobs and their spool files are deleted.
+    sweep_interval_s: float = 60.0
+    #: Standard Webhooks' ``whsec_<base64>``, when a key has no secret of its own.
+    webhook_secret: str | None = field(default=None, repr=False)
+    #: Hosts (names or addresses, no port) a webhook may name over plain http, or at a
+    #: loopback, link-local or private address.
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    #: Waits before each retry of a failed delivery; past the last, it is given up.
+    webhook_retry_schedule_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 3600.0)
+    #: A receiver that has not answered within this is cut off (and retried).
+    webhook_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class ProxySettings:
     """Our own settings, which Bifrost's file has no place for."""
 
@@ -295,6 +328,7 @@ class ProxySettings:
     chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    jobs: JobsSettings = field(default_factory=JobsSettings)
     #: Serve the caption page at ``GET /`` and the dashboard at ``GET /dashboard``.
     web_ui: bool = True
     #: Browser origins (``https://app.example``) besides the proxy's own that may
@@ -379,6 +413,10 @@ class VirtualKeyConfig:
     allowed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     rate_limit: RateLimitConfig | None = None
     budget: BudgetConfig | None = None
+    #: The key's own Standard Webhooks secret for its jobs' webhooks (``whsec_...``).
+    webhook_secret: str | None = field(default=None, repr=False)
+    #: Where its async jobs' webhooks go when a job names no ``webhook_url``.
+    webhook_url: str | None = None
 
     def allows(self, provider: str, model: str) -> bool:
         """Whether this key may send ``model`` to ``provider``."""

@@ -10,7 +10,9 @@ session reserves a block of audio seconds. As the audio proves longer (or a
 session's is appended), more is reserved before it is sent on; when the
 request is over, the reservations are settled to the audio it used, at the
 price of the route that served it. A session's turns are not governed on
-their own: their audio is the session's, metered as it came.
+their own: their audio is the session's, metered as it came. An async job is
+admitted and reserved for at its submit, and that reservation is kept with the
+job (:mod:`proxy.governance.held`): its run settles it rather than reserving again.
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ from ..audio.sources import LiveAudio
 from ..governance.allowance import AudioAllowance, audio_too_long, upload_seconds
 from ..governance.concurrency import KeySlots
 from ..governance.governor import Admission, Governor
+from ..governance.held import held_record, resumed
 from ..governance.metering import AudioUsed, audio_used
 from ..metrics import Metrics
-from ..models import RequestFacts
+from ..models import RequestFacts, RequestKind
 from .base import Answer, EarlyAnswer, RequestHooks
+
+#: An async job's submit (admitted and reserved for, the reservation kept with the job) and
+#: its run (which settles that reservation rather than making one).
+_JOB_SUBMITS: frozenset[RequestKind] = frozenset(
+    {"async.transcription.submit", "async.translation.submit"}
+)
+_JOB_RUNS: frozenset[RequestKind] = frozenset({"async.transcription", "async.translation"})
 
 
 class GovernancePlugin:
@@ -77,9 +87,10 @@ class _Governed(RequestHooks, abc.ABC):
             await self._allowance.cover(seconds)
 
     async def after(self, facts: RequestFacts) -> None:
-        """Settle the reservations, and give the slot back."""
+        """Settle the reservations (unless an async job now holds them, for its run to
+        settle), and give the slot back."""
         try:
-            if self._admission is not None:
+            if self._admission is not None and not facts.reservation_kept:
                 await self._settle(self._admission, facts)
         finally:
             self._slot.close()
@@ -149,12 +160,20 @@ class _GovernedUpload(_Governed):
         assert form is not None
         assert form.audio is not None
         assert length is not None, "the form reader measures every upload it reads"
+        held = facts.reservation if facts.kind in _JOB_RUNS else None
+        if held is not None:
+            # An async job's run: its submit was admitted and reserved for it. Taken up
+            # before anything may refuse the run, so that a refusal gives it back.
+            self._admission = resumed(caller.virtual_key, held)
         governor.check_routes(caller, facts.routes)
         seconds = await upload_seconds(form.audio, length, facts.declared_bytes)
         if seconds is not None and seconds > self._max_audio_seconds:
             raise audio_too_long(self._max_audio_seconds)
         self._reserved_s = max(governor.reserve_step_s, seconds or 0.0)
-        self._admission = await governor.admit(caller, facts.routes, reserve_s=self._reserved_s)
+        if self._admission is None:
+            self._admission = await governor.admit(caller, facts.routes, reserve_s=self._reserved_s)
+        if facts.kind in _JOB_SUBMITS:
+            facts.reservation = held_record(self._admission)
         self._allowance = AudioAllowance(
             governor,
             self._admission,

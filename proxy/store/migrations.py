@@ -125,6 +125,69 @@ def _usage_rollups_v2(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+def _async_jobs_v4(conn: Connection) -> None:
+    """Async jobs (one row each: its lease, its result, its webhook's state) and every
+    delivery attempt of their webhooks."""
+    metadata = MetaData()
+    jobs = Table(
+        "async_jobs",
+        metadata,
+        Column("id", Text, primary_key=True),
+        Column("task", Text, nullable=False),
+        Column("status", Text, nullable=False),
+        Column("request_id", Text, nullable=False),
+        Column("caller_kind", Text, nullable=False),
+        Column("virtual_key_id", Text),
+        Column("model", Text, nullable=False),
+        Column("fields", Text, nullable=False),
+        Column("filename", Text, nullable=False),
+        Column("content_type", Text, nullable=False),
+        Column("headers", Text, nullable=False),
+        Column("size", BigInteger, nullable=False),
+        Column("sha256", Text, nullable=False),
+        Column("length", Text),
+        Column("created_at", BigInteger, nullable=False),
+        Column("expires_at", BigInteger, nullable=False),
+        Column("started_at", BigInteger),
+        Column("finished_at", BigInteger),
+        Column("claims", Integer, nullable=False),
+        Column("lease_owner", Text),
+        Column("lease_token", Text),
+        Column("lease_until", BigInteger),
+        Column("status_code", Integer),
+        Column("result", Text),
+        Column("error", Text),
+        Column("webhook_url", Text),
+        Column("webhook_message_id", Text),
+        Column("webhook_state", Text),
+        Column("webhook_attempts", Integer, nullable=False),
+        Column("webhook_next_at", BigInteger),
+        # What its submit reserved against its key's limits and budgets (JSON).
+        Column("reservation", Text),
+    )
+    c = jobs.c
+    # What a worker claims next, what the sweeper deletes, which deliveries are due.
+    Index("ix_async_jobs_status_created", c.status, c.created_at)
+    Index("ix_async_jobs_expires", c.expires_at)
+    Index("ix_async_jobs_webhook_next", c.webhook_next_at)
+    deliveries = Table(
+        "async_job_deliveries",
+        metadata,
+        Column("id", Text, primary_key=True),
+        Column("job_id", Text, nullable=False),
+        Column("message_id", Text, nullable=False),
+        Column("attempt", Integer, nullable=False),
+        Column("attempted_at", BigInteger, nullable=False),
+        Column("outcome", Text, nullable=False),
+        Column("status_code", Integer),
+        Column("error", Text),
+        Column("latency_ms", BigInteger, nullable=False),
+        Column("next_attempt_at", BigInteger),
+    )
+    Index("ix_async_job_deliveries_job", deliveries.c.job_id, deliveries.c.attempted_at)
+    metadata.create_all(conn)
+
+
 def _governance_v3(conn: Connection) -> None:
     """Virtual keys, rate limits and budgets managed at run time (each in the config file's
     shape, as JSON), one version number every change moves on (what replicas poll), and
@@ -184,6 +247,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "request log", _request_log_v1),
     Migration(2, "usage rollups", _usage_rollups_v2),
     Migration(3, "governance at run time", _governance_v3),
+    Migration(4, "async jobs and webhook deliveries", _async_jobs_v4),
     Migration(5, "who made an operator's change", _change_authors_v5),
 )
 

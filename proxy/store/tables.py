@@ -116,3 +116,58 @@ governance_retired = Table(
     Column("id", Text, primary_key=True),
     Column("retired_at", BigInteger, nullable=False),
 )
+
+#: One row per async job (:mod:`proxy.jobs`): what to run, who may see it, its lease
+#: while a worker runs it, its result, and its webhook's delivery state. Times in ms.
+async_jobs = Table(
+    "async_jobs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("task", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("request_id", Text, nullable=False),
+    Column("caller_kind", Text, nullable=False),
+    Column("virtual_key_id", Text),
+    Column("model", Text, nullable=False),
+    Column("fields", Text, nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("content_type", Text, nullable=False),
+    Column("headers", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("length", Text),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger),
+    Column("claims", Integer, nullable=False),
+    Column("lease_owner", Text),
+    Column("lease_token", Text),
+    Column("lease_until", BigInteger),
+    Column("status_code", Integer),
+    Column("result", Text),
+    Column("error", Text),
+    Column("webhook_url", Text),
+    Column("webhook_message_id", Text),
+    Column("webhook_state", Text),
+    Column("webhook_attempts", Integer, nullable=False),
+    Column("webhook_next_at", BigInteger),
+    # What its submit reserved against its key's limits and budgets (JSON).
+    Column("reservation", Text),
+)
+
+#: Every attempt to deliver a job's webhook (``GET .../{job_id}/deliveries``).
+async_job_deliveries = Table(
+    "async_job_deliveries",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("job_id", Text, nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("attempted_at", BigInteger, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("latency_ms", BigInteger, nullable=False),
+    Column("next_attempt_at", BigInteger),
+)
