@@ -9,7 +9,6 @@ whole). :func:`word_error_rate` scores a transcript against the text spoken.
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from benchlib import ROOT, system_binary
 sys.path.insert(0, str(ROOT))
 
 from proxy.audio.wav_header import wav_header
-from tests.helpers.speech import SENTENCES, pause, say
+from tests.helpers.speech import SENTENCES, pause, say, word_errors, words_of
 
 PAUSES_S = (0.4, 0.9, 0.6, 1.3, 0.5, 0.8)
 
@@ -110,17 +109,6 @@ def recording(directory: Path, seconds: float) -> tuple[Path, str]:
     return path, text
 
 
-def words_of(text: str) -> list[str]:
-    """Lower-case words, punctuation dropped."""
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
-
-
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """Word-level edit distance over the reference's word count."""
-    ref, hyp = words_of(reference), words_of(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, word in enumerate(ref, 1):
-        diagonal, row[0] = row[0], i
-        for j, heard in enumerate(hyp, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (word != heard))
-    return row[-1] / max(1, len(ref))
+    return word_errors(reference, hypothesis) / max(1, len(words_of(reference)))

@@ -3,7 +3,6 @@ captions while a turn is spoken, and each turn's transcript as the HTTP path hea
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import openai
@@ -24,7 +23,7 @@ from tests.helpers.realtime import (
     tone,
     transcription,
 )
-from tests.helpers.speech import SENTENCES, WORDS, espeak, pause, say, wav
+from tests.helpers.speech import SENTENCES, WORDS, espeak, pause, say, wav, word_errors
 from tests.helpers.upstream import FakeUpstream, provider_config
 
 pytestmark = pytest.mark.skipif(
@@ -89,10 +88,6 @@ async def test_without_partials_a_turn_is_still_heard_whole(make_proxy: ProxyFac
     assert [d["delta"] for d in deltas] == [completed["transcript"]]
 
 
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
-
-
 @pytest.mark.parametrize("sentence", [SENTENCES[3], SENTENCES[12], SENTENCES[19]])
 async def test_a_turns_transcript_reads_as_the_same_audio_sent_as_a_file(
     local: TestServer, sentence: str
@@ -110,7 +105,9 @@ async def test_a_turns_transcript_reads_as_the_same_audio_sent_as_a_file(
         posted = await sdk.audio.transcriptions.create(
             model="whisper-1", file=("a.wav", wav(speech)), language="en"
         )
-    assert words(completed["transcript"]) == words(posted.text)
+    # As well as the file is heard: a word more wrong at most (a turn's audio and the
+    # file's start and end a little differently, and tiny.en hears edges differently).
+    assert word_errors(sentence, completed["transcript"]) <= word_errors(sentence, posted.text) + 1
 
 
 async def test_past_its_live_sessions_the_model_refuses_new_ones_rather_than_serve_all_late(

@@ -46,12 +46,18 @@ def frames(pcm: bytes) -> Iterator[bytes]:
         yield pcm[start : start + step]
 
 
+def stem(word: str) -> str:
+    """``word`` without a plural's ``s``, as a pattern."""
+    return re.escape(word.removesuffix("s"))
+
+
 def heard(finals: list[str]) -> list[str]:
     """The unique words of SAID's sentences the final transcripts hold, in spoken order."""
     expected = [WORDS[i] for i in SAID]
     found: list[str] = []
     for text in finals:
-        hits = sorted((m.start(), w) for w in expected for m in re.finditer(w, text.lower()))
+        # By stem: the model may hear a plural as its singular ("orders", "order").
+        hits = sorted((m.start(), w) for w in expected for m in re.finditer(stem(w), text.lower()))
         found += [w for _, w in hits]
     return found
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import shutil
 import subprocess
 from typing import Any
@@ -113,3 +114,20 @@ def pause(seconds: float) -> bytes:
 def wav(pcm: bytes) -> bytes:
     """PCM as a WAV file."""
     return wav_bytes(pcm)
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-case words, punctuation dropped."""
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def word_errors(reference: str, heard: str) -> int:
+    """Words substituted, dropped or added in ``heard`` against ``reference`` (edit
+    distance over words)."""
+    ref, hyp = words_of(reference), words_of(heard)
+    row = list(range(len(hyp) + 1))
+    for i, word in enumerate(ref, 1):
+        diagonal, row[0] = row[0], i
+        for j, said in enumerate(hyp, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (word != said))
+    return row[-1]
