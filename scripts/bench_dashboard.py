@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
 import tempfile
@@ -32,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from proxy.store.engine import open_store
 from proxy.store.usage import UsageRollups
+from tests.helpers.browser import launch
 
 TARGET_MS = 1000.0
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 async def filled(data_dir: Path, rows: int) -> tuple[float, float]:
@@ -113,9 +112,7 @@ async def bench(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(
-                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
-            )
+            browser = await launch(playwright)
             try:
                 baseline = await measure(Path(empty), browser, args.times, month=False)
                 loaded = await measure(Path(full), browser, args.times, month=True)

@@ -32,6 +32,7 @@ from proxy.app import create_app  # noqa: E402
 from proxy.app_state import REQUEST_LOG_KEY  # noqa: E402
 from proxy.config import parse_config  # noqa: E402
 from proxy.store.log_rows import LogRow  # noqa: E402
+from tests.helpers.browser import launch  # noqa: E402
 
 LINES = [
     (0.0, 3.2, "Good morning, and thanks for joining the quarterly review."),
@@ -84,9 +85,7 @@ async def main() -> None:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
-        )
+        browser = await launch(playwright)
         page = await browser.new_page(viewport={"width": 900, "height": 820})
         await page.goto(str(proxy.make_url("/")))
         await page.select_option("#format", "json")
@@ -177,9 +176,7 @@ async def dashboard() -> None:
         from playwright.async_api import async_playwright
 
         async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(
-                executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
-            )
+            browser = await launch(playwright)
             page = await browser.new_page(viewport={"width": 1280, "height": 1180})
             await page.goto(str(proxy.make_url("/dashboard")))
             await page.wait_for_selector("body[data-painted]")

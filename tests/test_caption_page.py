@@ -24,13 +24,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.helpers.browser import launch
 from tests.helpers.client import ProxyFactory, base_url
 from tests.helpers.upstream import FakeUpstream, ReceivedRequest, provider_config
 
 playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SAMPLE = Path(__file__).parent / "data" / "sample.wav"
 pytestmark = pytest.mark.skipif(
     shutil.which("chromium") is None, reason="chromium is not installed (scripts/test installs it)"
@@ -71,19 +71,11 @@ async def chromium(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         target.writeframes(source.readframes(source.getnframes()))
         target.writeframes(bytes(int(1.5 * source.getframerate()) * source.getsampwidth()))
     async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={microphone}",
-            ],
+        browser = await launch(
+            playwright,
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={microphone}",
         )
 
         async def open_page(url: str) -> Browser:

@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestServer
 from proxy.app_state import REQUEST_LOG_KEY, STATE_KEY
 from proxy.store.log_rows import LogRow
 from proxy.web_ui import DASHBOARD_MODULES
+from tests.helpers.browser import launch
 from tests.helpers.client import ProxyFactory, base_url, form, post
 from tests.helpers.upstream import (
     FakeUpstream,
@@ -36,7 +37,6 @@ from tests.helpers.upstream import (
 playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
     shutil.which("chromium") is None, reason="chromium is not installed (scripts/test installs it)"
 )
@@ -119,17 +119,7 @@ class Page:
 async def chromium() -> AsyncIterator[Callable[..., Any]]:
     """Opens the dashboard of a proxy in a fresh headless Chromium; closes it after the test."""
     async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = await launch(playwright)
 
         async def open_page(server: TestServer, width: int = 1280) -> Page:
             context = await browser.new_context(viewport={"width": width, "height": 900})

@@ -36,7 +36,7 @@ from tests.helpers.realtime import (
     tone,
     transcription,
 )
-from tests.helpers.upstream import FakeUpstream, ReceivedRequest, provider_config
+from tests.helpers.upstream import FakeUpstream, ReceivedRequest, hanging, provider_config
 
 MANUAL = transcription(turn_detection=None)
 
@@ -615,13 +615,7 @@ async def test_a_client_that_vanishes_ends_its_session_without_leaving_a_task(
 ) -> None:
     caplog.set_level(logging.INFO)
     hold = asyncio.Event()
-
-    async def slow(request: web.Request, received: ReceivedRequest) -> web.StreamResponse:
-        hold.set()
-        await asyncio.sleep(60)
-        return web.json_response({"text": "never"})
-
-    upstream.respond = slow
+    upstream.respond = hanging(60, reached=hold)
     async with session(proxy, update=MANUAL) as client:
         await client.stream(tone(0.5))
         await client.send({"type": "input_audio_buffer.commit"})

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..config.schema import ConfigError
 from .migrations import migrate
@@ -44,6 +46,21 @@ class Store:
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+    @asynccontextmanager
+    async def serialized(
+        self, lock: Callable[[AsyncConnection], Awaitable[object]]
+    ) -> AsyncIterator[AsyncConnection]:
+        """A transaction that runs alone among those of its kind, on every replica: SQLite
+        takes the file's write lock at BEGIN; on PostgreSQL ``lock`` takes, first thing,
+        the lock that stands for the kind (a row FOR UPDATE, an advisory lock)."""
+        async with self.engine.connect() as conn:
+            if self.backend == "sqlite":
+                await conn.execution_options(sqlite_begin="IMMEDIATE")
+            async with conn.begin():
+                if self.backend == "postgresql":
+                    await lock(conn)
+                yield conn
 
 
 async def open_store(

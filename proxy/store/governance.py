@@ -236,17 +236,8 @@ class GovernanceStore:
         changes that each read before the other wrote could both be made (a key naming
         a deleted budget). SQLite takes its write lock at BEGIN; PostgreSQL locks the
         version row every change moves on, first thing."""
-        async with self._store.engine.connect() as conn:
-            if self._store.backend == "sqlite":
-                await conn.execution_options(sqlite_begin="IMMEDIATE")
-            async with conn.begin():
-                if self._store.backend == "postgresql":
-                    await conn.execute(
-                        select(governance_version.c.version)
-                        .where(governance_version.c.id == 1)
-                        .with_for_update()
-                    )
-                yield conn
+        async with self._store.serialized(_lock_version) as conn:
+            yield conn
 
 
 _NAMES: Mapping[Kind, str] = {
@@ -368,3 +359,10 @@ def _entry(row: Mapping[Any, Any]) -> Entry | None:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def _lock_version(conn: AsyncConnection) -> None:
+    """PostgreSQL's lock for a governance change: the version row every change moves on."""
+    await conn.execute(
+        select(governance_version.c.version).where(governance_version.c.id == 1).with_for_update()
+    )

@@ -226,32 +226,26 @@ class UsageRollups:
         async with self._store.engine.connect() as conn:
             for hour, _ in hours:
                 totals[hour] = _hour_totals(await conn.execute(_hour_groups(hour)))
-        async with self._store.engine.connect() as conn:
-            if self._store.backend == "sqlite":
-                await conn.execution_options(sqlite_begin="IMMEDIATE")
-            async with conn.begin():
-                if self._store.backend == "postgresql":
-                    await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY}
+        async with self._store.serialized(_lock_rollups) as conn:
+            for hour, found in totals.items():
+                await conn.execute(delete(usage_rollup).where(r.grain == "hour", r.start == hour))
+                if found:
+                    rows = [_rollup_row("hour", hour, where, sums) for where, sums in found.items()]
+                    await conn.execute(insert(usage_rollup), rows)
+            await conn.execute(delete(usage_rollup).where(r.grain == "day", r.start == day))
+            await conn.execute(_day_from_hours(day))
+            await _day_percentiles(conn, day)
+            for hour, marks in hours:
+                await conn.execute(
+                    delete(usage_dirty).where(
+                        usage_dirty.c.start == hour, usage_dirty.c.marks == marks
                     )
-                for hour, found in totals.items():
-                    await conn.execute(
-                        delete(usage_rollup).where(r.grain == "hour", r.start == hour)
-                    )
-                    if found:
-                        rows = [
-                            _rollup_row("hour", hour, where, sums) for where, sums in found.items()
-                        ]
-                        await conn.execute(insert(usage_rollup), rows)
-                await conn.execute(delete(usage_rollup).where(r.grain == "day", r.start == day))
-                await conn.execute(_day_from_hours(day))
-                await _day_percentiles(conn, day)
-                for hour, marks in hours:
-                    await conn.execute(
-                        delete(usage_dirty).where(
-                            usage_dirty.c.start == hour, usage_dirty.c.marks == marks
-                        )
-                    )
+                )
+
+
+async def _lock_rollups(conn: AsyncConnection) -> None:
+    """PostgreSQL's lock for a rollup: one replica rolls an hour up at a time."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
 
 
 def _hour(ms: int) -> int:
