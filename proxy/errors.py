@@ -129,6 +129,11 @@ class NotFoundError(ProxyError):
     is_bifrost_error = False
 
 
+def missing_field(name: str) -> InvalidRequestError:
+    """The 400 of a form without its required field ``name``."""
+    return InvalidRequestError(f"{name} is required", code="missing_required_field", param=name)
+
+
 class ConflictError(ProxyError):
     """The change conflicts with what is there: an id taken, an entry something else
     names, an entry the config file holds (409)."""

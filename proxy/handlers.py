@@ -29,7 +29,7 @@ from .app_state import (
     STATE_KEY,
 )
 from .dispatch import TranscriptionJob
-from .errors import InvalidRequestError
+from .errors import missing_field
 from .form import FormReader, repr_digest_sha256
 from .form.fields import fallbacks_of, first_value, parse_stream
 from .metrics import metrics_response
@@ -146,10 +146,10 @@ async def _transcribe(
             # Timed however it ends: a read cut short (a slow client's 408) shows in the trace.
             facts.phase("form.read", reading)
         if form.audio is None:
-            raise _missing("file")
+            raise missing_field("file")
         requested = deployment or first_value(form.fields, "model")
         if requested is None:
-            raise _missing("model")
+            raise missing_field("model")
         facts.model_requested = requested
         if parse_stream(first_value(form.fields, "stream") or "false"):
             facts.request_type = streamed(task)
@@ -171,7 +171,3 @@ async def _transcribe(
         )
         dispatch = await app[DISPATCHER_KEY].dispatch(job, request.content_length)
         return await writer.from_dispatch(request, facts, run, dispatch)
-
-
-def _missing(name: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{name} is required", code="missing_required_field", param=name)

@@ -278,6 +278,11 @@ class RequestFacts:
         return self.served.audio_chunks if self.served is not None else None
 
     @property
+    def streams(self) -> bool:
+        """Whether the answer is a stream of events (``stream=true``)."""
+        return self.request_type.endswith("_stream")
+
+    @property
     def cache_hit(self) -> bool:
         """Whether the answer came from the transcript cache (it cost no upstream audio)."""
         return bool(self.cache_debug and self.cache_debug.get("cache_hit"))

@@ -85,7 +85,7 @@ async def relay(
     stream = EventStream(request)
     await stream.open()
     tagged = _TaggedEvents(stream, facts, metrics)
-    keepalive = asyncio.create_task(_keep_alive(stream, keepalive_s))
+    keepalive = asyncio.create_task(keep_alive(stream, keepalive_s))
     metrics.open_streams.inc()
     task = asyncio.current_task()
     if streams is not None and task is not None:
@@ -166,7 +166,7 @@ def _bifrost_delta(event: dict[str, Any]) -> dict[str, Any]:
     return shaped
 
 
-async def _keep_alive(stream: EventStream, interval: float) -> None:
+async def keep_alive(stream: EventStream, interval: float) -> None:
     """Write a comment whenever nothing has been written for ``interval`` seconds."""
     while True:
         idle = time.monotonic() - stream.last_write

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from typing import Any
 
 from aiohttp import web
 
 from ..answers.responses import json_response
 from ..answers.sse import EventStream
+from ..answers.streaming import keep_alive
 from ..app_state import CONFIG_KEY, LOG_QUERIES_KEY, REQUEST_LOG_KEY, STATE_KEY
 from ..errors import NotFoundError, ServiceUnavailableError
 from ..store.log_filters import LogFilters, UsageQuery
@@ -84,30 +84,18 @@ async def stream_logs(request: web.Request) -> web.StreamResponse:
         try:
             await stream.open()
             with contextlib.suppress(ConnectionError):
-                await _relay(stream, rows, keepalive_s)
+                keepalive = asyncio.create_task(keep_alive(stream, keepalive_s))
+                try:
+                    async for row in rows:
+                        await stream.send(row)
+                finally:
+                    keepalive.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                        await keepalive
                 await stream.close()
         finally:
             tails.discard(rows)
     return stream.response
-
-
-async def _relay(stream: EventStream, rows: Any, keepalive_s: float) -> None:
-    """Each row as an event as it comes; a comment when none has for ``keepalive_s``."""
-    iterator = aiter(rows)
-    pending = asyncio.ensure_future(anext(iterator, None))
-    try:
-        while True:
-            done, _ = await asyncio.wait((pending,), timeout=keepalive_s)
-            if not done:
-                await stream.keepalive()
-                continue
-            row = pending.result()
-            if row is None:
-                return
-            await stream.send(row)
-            pending = asyncio.ensure_future(anext(iterator, None))
-    finally:
-        pending.cancel()
 
 
 def _filters(request: web.Request, reader: Reader) -> LogFilters:

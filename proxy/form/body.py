@@ -47,8 +47,7 @@ class ClientBody:
 
     def client_gone(self) -> bool:
         """Whether the client's connection is closed (a body cut short is its leaving)."""
-        transport = self._request.transport
-        return transport is None or transport.is_closing()
+        return client_gone(self._request)
 
     async def read(self) -> bytes:
         """The next bytes as aiohttp received them; ``b""`` at the end.
@@ -129,3 +128,9 @@ class ClientBody:
         if self._on_end is not None and self._content.is_eof():
             self._on_end()
             self._on_end = None
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether ``request``'s connection is closed, or closing: its client has left."""
+    transport = request.transport
+    return transport is None or transport.is_closing()

@@ -132,8 +132,7 @@ class Authenticator:
     def knows(self, token: str) -> bool:
         """Whether ``token`` is a credential here already (an admin key, a virtual key):
         a new key's value must not be one."""
-        known = self.keys.by_digest(key_digest(token))
-        return known is not None or self._admin_index(token) is not None
+        return self._known_key(token) is not None or self._admin_index(token) is not None
 
     def _admin_index(self, token: str) -> int | None:
         # By digest: a lookup takes the same time however much of a guess is right.

@@ -50,11 +50,6 @@ class KeyDirectory:
         self._shadowed: set[str] = set()
         self.replace_managed(())
 
-    @property
-    def configured_ids(self) -> frozenset[str]:
-        """The ids of the config file's keys (read-only at run time)."""
-        return self._configured_ids
-
     def by_digest(self, digest: bytes) -> KnownKey | None:
         """The key whose value has ``digest``."""
         return self._by_digest.get(digest)
@@ -81,7 +76,8 @@ class KeyDirectory:
     def refusal(self, key_id: str, digest: bytes | None) -> ProxyError | None:
         """Why the key ``key_id``, proven by a value of ``digest`` (None: proven otherwise,
         by a JWT naming it), may no longer be used; None while it may."""
-        usable = self.usable().get(key_id)
+        known = self._by_id.get(key_id)
+        usable = known.digest if known is not None and known.key.is_active else None
         if usable is None:
             return PermissionDeniedError(
                 f"virtual key {key_id} is no longer active (deactivated or deleted)",

@@ -31,12 +31,13 @@ from ..app_state import (
 )
 from ..audio.sources import SpooledAudio
 from ..audio.spool import Spool
-from ..errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from ..errors import InvalidRequestError, NotFoundError, PermissionDeniedError, missing_field
 from ..form import FormReader, TranscriptionForm, repr_digest_sha256
 from ..form.fields import fallbacks_of, first_value, parse_stream
 from ..governance.credentials import Caller
 from ..models import TASK_PATHS, AudioLength, FormField, RequestFacts, RequestKind, Task
 from ..plugins.base import PipelineRun
+from ..providers.http import PROPAGATED_HEADERS
 from .queue import ENDED, Job, now_ms
 from .service import JOBS_KEY, TTL_HEADER, Jobs, jobs_of
 from .webhooks import job_document
@@ -44,7 +45,6 @@ from .webhooks import job_document
 #: Fields for the job, never sent upstream.
 _JOB_FIELDS = frozenset({"webhook_url"})
 #: Headers kept for the run besides ``x-bf-`` ones, and ``x-bf-`` ones that are not.
-_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 _NOT_KEPT = frozenset({"x-bf-vk", TTL_HEADER})
 
 #: What the request log calls a submit (the job's run is ``async.<task>``, its child).
@@ -118,7 +118,7 @@ async def submit(request: web.Request, task: Task) -> web.Response:
         try:
             form = await reader.read()
             if form.audio is None:
-                raise _missing("file")
+                raise missing_field("file")
             # What is wrong with the fields before the file is said before it is stored:
             # a key that may not use the model writes nothing to the spool.
             _checked_webhook(form.fields, jobs, caller)
@@ -130,7 +130,7 @@ async def submit(request: web.Request, task: Task) -> web.Response:
             webhook_url = _checked_webhook(fields, jobs, caller)
             model = first_value(fields, "model")
             if model is None:
-                raise _missing("model")
+                raise missing_field("model")
             facts.model_requested = model
             routes = facts.routes = app[ROUTER_KEY].plan(model, fallbacks_of(fields))
             facts.caller = app[AUTH_KEY].on_routes(caller, routes)
@@ -247,13 +247,9 @@ def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {
         name.lower(): value
         for name, value in headers.items()
-        if name.lower() in _TRACE_HEADERS
+        if name.lower() in PROPAGATED_HEADERS
         or (name.lower().startswith("x-bf-") and name.lower() not in _NOT_KEPT)
     }
-
-
-def _missing(name: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{name} is required", code="missing_required_field", param=name)
 
 
 # --- one job: read, cancelled, its deliveries ---------------------------------------------------

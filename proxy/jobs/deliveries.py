@@ -20,11 +20,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from ..store.log_rows import rfc3339
 from ..store.tables import async_job_deliveries, async_jobs
 from .delivery import Attempted, WebhookSender
 from .queue import Job, now_ms
 from .store import JobStore
-from .webhooks import event_body, rfc3339, signed_headers
+from .webhooks import event_body, signed_headers
 
 log = logging.getLogger(__name__)
 

@@ -15,20 +15,14 @@ import binascii
 import hashlib
 import hmac
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from ..store.log_rows import rfc3339
 from .queue import Job
 
 SECRET_PREFIX = "whsec_"
-
-
-def rfc3339(epoch_ms: int) -> str:
-    """An epoch-milliseconds time as RFC 3339, in UTC."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def job_document(job: Job) -> dict[str, Any]:

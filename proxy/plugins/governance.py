@@ -32,11 +32,11 @@ from ..models import RequestFacts, RequestKind
 from .base import Answer, EarlyAnswer, RequestHooks
 
 #: An async job's submit (admitted and reserved for, the reservation kept with the job) and
-#: its run (which settles that reservation rather than making one).
+#: its run (which settles that reservation, in ``facts.reservation``, rather than
+#: making one).
 _JOB_SUBMITS: frozenset[RequestKind] = frozenset(
     {"async.transcription.submit", "async.translation.submit"}
 )
-_JOB_RUNS: frozenset[RequestKind] = frozenset({"async.transcription", "async.translation"})
 
 
 class GovernancePlugin:
@@ -160,7 +160,7 @@ class _GovernedUpload(_Governed):
         assert form is not None
         assert form.audio is not None
         assert length is not None, "the form reader measures every upload it reads"
-        held = facts.reservation if facts.kind in _JOB_RUNS else None
+        held = facts.reservation  # set only for an async job's run
         if held is not None:
             # An async job's run: its submit was admitted and reserved for it. Taken up
             # before anything may refuse the run, so that a refusal gives it back.

@@ -65,7 +65,7 @@ class RequestLogPlugin:
             first_event_latency=(
                 _ms(facts.first_event_at - facts.started) if facts.first_event_at else None
             ),
-            stream=facts.request_type.endswith("_stream"),
+            stream=facts.streams,
             response_format=(
                 first_value(form.all_fields(), "response_format") or "json"
                 if form is not None

@@ -159,10 +159,11 @@ class _Traced(RequestHooks):
             )
         else:
             # Any failure of a client's try is an error (OpenTelemetry's HTTP conventions).
+            error_type = _error_type(error)
             span.set_attributes(
-                {"http.response.status_code": ended.status, "error.type": _error_type(error)}
+                {"http.response.status_code": ended.status, "error.type": error_type}
             )
-            span.set_status(Status(StatusCode.ERROR, _error_type(error)))
+            span.set_status(Status(StatusCode.ERROR, error_type))
         span.end(self._clock.now())
 
     async def after(self, facts: RequestFacts) -> None:
@@ -182,8 +183,7 @@ class _Traced(RequestHooks):
             self._tracer.start_span(
                 phase.name, self._context, start_time=clock.at(phase.start)
             ).end(clock.at(phase.end))
-        streamed = facts.request_type.endswith("_stream")
-        if streamed and facts.first_event_at is not None:
+        if facts.streams and facts.first_event_at is not None:
             # When the client's stream began; a whole answer begins when its try ends.
             span.add_event("proxy.first_event", timestamp=clock.at(facts.first_event_at))
         span.set_attributes(self._attributes(facts))
@@ -215,7 +215,7 @@ class _Traced(RequestHooks):
         # Said only when there is something to say (see ``on_attempt``).
         if facts.cost:
             out["proxy.cost_usd"] = facts.cost
-        if facts.form is not None and facts.request_type.endswith("_stream"):
+        if facts.form is not None and facts.streams:
             out["proxy.stream"] = True
         caller = facts.caller
         if caller is not None and caller.virtual_key is not None:

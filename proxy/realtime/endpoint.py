@@ -37,6 +37,7 @@ from ..app_state import (
     STATE_KEY,
 )
 from ..errors import InvalidRequestError, ProxyError, ServiceUnavailableError
+from ..form.body import client_gone
 from ..form.json_body import read_json_object
 from ..governance.credentials import CLIENT_SECRET_PREFIX, Caller, credential_of
 from ..providers.base import RealtimeRelayProvider, relays_realtime
@@ -210,8 +211,7 @@ async def _session(
     offered = _offered(request)
     beta = "realtime" not in offered and "openai-beta.realtime-v1" in offered
     seat = SessionSeat()
-    seat.need(facts.routes)  # refused before the upgrade when the model is full
-    return SynthesizedSession(
+    session = SynthesizedSession(
         socket,
         services,
         caller=caller,
@@ -226,6 +226,8 @@ async def _session(
         dialect="beta" if beta else "ga",
         expires_at=expires_at,
     )
+    seat.need(facts.routes)  # refused before the upgrade when the model is full
+    return session
 
 
 def _routes(
@@ -295,8 +297,7 @@ async def _to_its_end(request: web.Request, session: RealtimeSession) -> None:
     try:
         await asyncio.shield(running)
     except asyncio.CancelledError:
-        transport = request.transport
-        if transport is not None and not transport.is_closing():
+        if not client_gone(request):
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
             raise

@@ -146,7 +146,14 @@ class RelayedSession:
     async def revoke(self, refusal: ProxyError) -> None:
         """The session's key may no longer be used: tell the client why, and close both
         sides (1008)."""
-        await self._socket.end_with(proxy_error_event(refusal), CLOSE_POLICY, spent(refusal))
+        await self._spent(refusal, None)
+
+    async def _spent(self, refusal: ProxyError, caused_by: str | None) -> None:
+        """End the session over ``refusal`` (a spent limit, a refused key): the client is
+        told why, both sides close (1008)."""
+        await self._socket.end_with(
+            proxy_error_event(refusal, caused_by), CLOSE_POLICY, spent(refusal)
+        )
         await self.aclose()
 
     async def _watch(self) -> None:
@@ -202,10 +209,7 @@ class RelayedSession:
         refused = await self._meter.add(seconds, size)
         if refused is None:
             return True
-        await self._socket.end_with(
-            proxy_error_event(refused, event_id_of(event)), CLOSE_POLICY, spent(refused)
-        )
-        await self._upstream.close()
+        await self._spent(refused, event_id_of(event))
         return False
 
     # --- the upstream's frames ------------------------------------------------------------

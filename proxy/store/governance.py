@@ -28,7 +28,6 @@ from .tables import governance_entries, governance_retired, governance_version
 log = logging.getLogger(__name__)
 
 Kind = Literal["virtual_key", "rate_limit", "budget"]
-KINDS: tuple[Kind, ...] = ("virtual_key", "rate_limit", "budget")
 
 RefusalReason = Literal["missing", "exists", "in_use", "no_reference", "value_taken", "id_retired"]
 

@@ -47,13 +47,19 @@ def percentile(histogram: Sequence[int], percent: int) -> int | None:
     count = sum(histogram)
     if not count:
         return None
-    rank = (count * percent + 99) // 100
+    rank = nearest_rank(count, percent)
     seen = 0
     for index, in_bin in enumerate(histogram):
         seen += in_bin
         if seen >= rank:
             return middle(index)
     return middle(BINS - 1)
+
+
+def nearest_rank(count: int, percent: int) -> int:
+    """The nearest rank of the ``percent``-th percentile among ``count`` values (1-based):
+    ``ceil(count * percent / 100)``, in integers as the SQL computes it."""
+    return (count * percent + 99) // 100
 
 
 def middle(index: int) -> int:

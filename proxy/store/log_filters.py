@@ -4,6 +4,7 @@ a 400 naming the parameter, so every filter that reaches SQL is a typed, bounded
 
 from __future__ import annotations
 
+import calendar
 import math
 import re
 from collections.abc import Mapping
@@ -290,7 +291,7 @@ def _epoch_ms(match: re.Match[str], *, up: bool) -> int | None:
         offset_s = (int(hours) * 3600 + int(minutes) * 60) * (1 if sign == "+" else -1)
     if not (1 <= month <= 12 and hour <= 23 and minute <= 59 and second <= 60 and year >= 1):
         return None
-    if not 1 <= day <= _days_in_month(year, month):
+    if not 1 <= day <= calendar.monthrange(year, month)[1]:
         return None
     # A leap second (:60) is the next minute's start, as most systems read it.
     naive = datetime(year, month, day, hour, minute, min(second, 59))
@@ -298,10 +299,3 @@ def _epoch_ms(match: re.Match[str], *, up: bool) -> int | None:
     nanos = int((match.group(7) or "0").ljust(9, "0"))
     millis = (seconds - offset_s) * 1000 + nanos // 1_000_000
     return millis + 1 if up and nanos % 1_000_000 else millis
-
-
-def _days_in_month(year: int, month: int) -> int:
-    if month == 2:
-        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-        return 29 if leap else 28
-    return 30 if month in (4, 6, 9, 11) else 31

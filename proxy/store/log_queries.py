@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, Select, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .engine import Store
+from .latency_bins import nearest_rank
 from .log_filters import LogFilters, UsageQuery
 from .log_rows import entry
 from .tables import request_log
@@ -155,7 +156,7 @@ async def _p95(
     the database keeps only the slowest 5% while it sorts."""
     if not timed:
         return None
-    from_top = timed - _rank(timed, 95)
+    from_top = timed - nearest_rank(timed, 95)
     slowest = (
         select(c.latency)
         .where(*where, c.latency.is_not(None))
@@ -181,9 +182,3 @@ def _page(filters: LogFilters, where: Sequence[ColumnElement[bool]]) -> Select[A
         .limit(filters.limit)
         .offset(filters.offset)
     )
-
-
-def _rank(count: int, percent: int) -> int:
-    """The nearest rank of the ``percent``-th percentile among ``count`` values (1-based):
-    ``ceil(count * percent / 100)``, in integers as the SQL computes it."""
-    return (count * percent + 99) // 100

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from itertools import islice
 from types import TracebackType
 from typing import Any, Literal
 
@@ -300,7 +301,7 @@ class RequestLog:
                     continue
             # Rows stay queued while they are written: an unreachable store keeps them,
             # and they count against the queue's bound meanwhile.
-            batch = [row for _, row in _first(self._queue, batch_max)]
+            batch = [row for _, row in islice(self._queue, batch_max)]
             outcome = await self._write(batch)
             if outcome == "unreachable":
                 # No sooner when closing: the close's own timeout decides when to give up.
@@ -422,13 +423,6 @@ def _upsert(store: Store) -> Insert:
         index_elements=[request_log.c.id],
         set_={name: statement.excluded[name] for name in COLUMNS if name != "id"},
     )
-
-
-def _first(queue: deque[tuple[float, LogRow]], count: int) -> Iterator[tuple[float, LogRow]]:
-    for index, item in enumerate(queue):
-        if index >= count:
-            return
-        yield item
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ const ctx = {
    * is said in the section's own status line.
    */
   failed(error, statusId) {
-    if (error.status === 401 || error.status === 403) refused(error);
+    if (error.isAuth) refused(error);
     else say(statusId, error.message, true);
   },
   refresh,

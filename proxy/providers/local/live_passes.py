@@ -100,18 +100,17 @@ class TurnPasses:
         await self._stop_passes()
         heard = self._heard_whole
         running = self._running
-        if running is not None and not running.done():
-            if self._running_whole:
-                # Waited for, not awaited: this task's own cancellation must not be
-                # taken for the pass's. It is what a pass begun now would decode.
-                await asyncio.wait((running,))
-                if not running.cancelled() and running.exception() is None:
-                    heard = running.result() or heard
-            else:
-                # A caption nobody will see: its model slot frees itself when the
-                # decode under way ends; the transcript does not wait for that.
-                running.cancel()
-                await asyncio.gather(running, return_exceptions=True)
+        if running is not None and self._running_whole:
+            # Waited for (or, if it ended as the passes were stopped, taken), not awaited:
+            # this task's own cancellation must not be taken for the pass's. It is what a
+            # pass begun now would decode.
+            await asyncio.wait((running,))
+            if not running.cancelled() and running.exception() is None:
+                heard = running.result() or heard
+        else:
+            # A caption nobody will see: its model slot frees itself when the decode
+            # under way ends; the transcript does not wait for that.
+            await self._cancel_running()
         if heard is None or not _covers(heard, speech_end):
             text = await self._model.transcribe_pcm(pcm, self._whole) or ""
         else:
@@ -123,6 +122,9 @@ class TurnPasses:
     async def aclose(self) -> None:
         """Stop every pass (the turn was dropped, or the session ended)."""
         await self._stop_passes()
+        await self._cancel_running()
+
+    async def _cancel_running(self) -> None:
         if self._running is not None:
             self._running.cancel()
             await asyncio.gather(self._running, return_exceptions=True)
