@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import socket
 import sys
@@ -307,3 +308,32 @@ async def test_cli_tracing_without_the_extra_is_one_line(tmp_path: Path) -> None
     returncode, stderr = await run_cli(env=environ)
     assert returncode == 2
     assert b"OTEL_EXPORTER_OTLP_ENDPOINT: OpenTelemetry is not installed" in stderr
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "c2VjcmV0IG9mIDMyIGJ5dGVzIGxlbmd0aCBhbmQgbW9yZQ==",  # no whsec_
+        "whsec_not base64!",
+        "whsec_" + base64.b64encode(b"short").decode(),  # 5 bytes: no secret
+        "whsec_",
+    ],
+)
+@pytest.mark.parametrize("where", ["proxy.jobs", "governance.virtual_keys[0]"])
+def test_a_webhook_secret_that_cannot_sign_stops_the_start(secret: str, where: str) -> None:
+    raw: dict[str, Any] = (
+        {"proxy": {"jobs": {"webhook_secret": secret}}}
+        if where == "proxy.jobs"
+        else {"governance": {"virtual_keys": [{"value": "sk-bf-x", "webhook_secret": secret}]}}
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_config(raw, {})
+    message = str(raised.value)
+    assert message.startswith(f"{where}.webhook_secret: expected whsec_ and a base64 key")
+    assert secret not in message or secret == "whsec_"  # a secret is not repeated in logs
+
+
+def test_a_webhook_secret_that_can_sign_is_taken() -> None:
+    secret = "whsec_" + base64.b64encode(b"sixteen bytes ok").decode()
+    config = parse_config({"proxy": {"jobs": {"webhook_secret": secret}}}, {})
+    assert config.proxy.jobs.webhook_secret == secret

@@ -18,6 +18,7 @@ import orjson
 from .schema import (
     DEFAULT_BASE_URLS,
     HOSTED_UPLOAD_LIMIT_MB,
+    MIN_WEBHOOK_KEY_BYTES,
     PROVIDER_KINDS,
     AzureKeyConfig,
     BudgetConfig,
@@ -42,6 +43,7 @@ from .schema import (
     TracingSettings,
     VirtualKeyConfig,
     default_data_dir,
+    webhook_key,
 )
 from .sections import Section, parse_duration
 
@@ -180,9 +182,21 @@ def virtual_key_of(
         allowed=allowed,
         rate_limit=rate_limits.get(key_limit or ""),
         budget=budgets.get(key_budget or ""),
-        webhook_secret=item.string("webhook_secret"),
+        webhook_secret=_webhook_secret(item),
         webhook_url=item.string("webhook_url"),
     )
+
+
+def _webhook_secret(section: Section) -> str | None:
+    """``webhook_secret``, refused at start unless it can sign: a typo found at the first
+    delivery would be a job's webhook lost."""
+    secret = section.string("webhook_secret")
+    if secret is not None and webhook_key(secret) is None:
+        raise section.error(
+            "webhook_secret",
+            f"expected whsec_ and a base64 key of at least {MIN_WEBHOOK_KEY_BYTES} bytes",
+        )
+    return secret
 
 
 def _model_price(prices: Section, name: str) -> ModelPrice:
@@ -269,9 +283,7 @@ def _jobs(section: Section) -> JobsSettings:
         raise ConfigError(
             f"{section.path}.webhook_retry_schedule: expected durations such as 5s, 2m, 0.01"
         ) from None
-    secret = section.string("webhook_secret")
-    if secret is not None and not secret.startswith("whsec_"):
-        raise ConfigError(f"{section.path}.webhook_secret: expected whsec_<base64>")
+    secret = _webhook_secret(section)
     settings = JobsSettings(
         workers=section.integer("workers", 2, minimum=0),
         spool_dir=section.string("spool_dir"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -249,6 +251,24 @@ class TracingSettings:
         if self.otlp_endpoint is None:
             return None
         return f"{self.otlp_endpoint.rstrip('/')}/v1/traces"
+
+
+#: What a Standard Webhooks secret starts with; its signing key follows in base64.
+WEBHOOK_SECRET_PREFIX = "whsec_"
+#: The shortest signing key taken: Standard Webhooks' own secrets are 24 to 64 bytes.
+MIN_WEBHOOK_KEY_BYTES = 16
+
+
+def webhook_key(secret: str) -> bytes | None:
+    """The HMAC key a ``whsec_<base64>`` secret stands for; None for anything else
+    (a key too short to be a secret included)."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return None
+    try:
+        key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+    except binascii.Error:
+        return None
+    return key if len(key) >= MIN_WEBHOOK_KEY_BYTES else None
 
 
 @dataclass(frozen=True)
