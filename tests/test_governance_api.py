@@ -13,7 +13,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -354,14 +354,30 @@ async def test_only_an_admin_credential_may_use_the_api(
     make_proxy: ProxyFactory, upstream: FakeUpstream, tmp_path: Any
 ) -> None:
     server = await make_proxy(governed(upstream, f"sqlite:///{tmp_path}/store.sqlite3"))
-    for method, path in (("GET", KEYS), ("POST", BUDGETS), ("DELETE", f"{LIMITS}/x")):
-        status, refused = await call(server, method, path, {"max_limit": 1}, key=None)
+    _, made = await call(server, "POST", KEYS, a_key(id="team"))
+    tenant = made["value"]
+    # A tenant raising its own key's reach, or taking its value over by rotating it.
+    raised = {"provider_configs": [{"provider": "openai", "allowed_models": ["*"]}]}
+    for method, path, body in (
+        ("GET", KEYS, None),
+        ("POST", BUDGETS, {"max_limit": 1}),
+        ("DELETE", f"{LIMITS}/x", None),
+        ("PUT", f"{KEYS}/team", raised),
+        ("POST", f"{KEYS}/team/rotate", None),
+    ):
+        status, refused = await call(server, method, path, body, key=None)
         assert status == 401
         assert_error(refused, status=401, code="invalid_api_key", error_type="authentication_error")
-        status, refused = await call(server, method, path, {"max_limit": 1}, key=FILE_KEY)
-        assert status == 403
-        assert_error(refused, status=403, code="admin_required", error_type="permission_error")
+        status, refused = await call(server, method, path, body, key="sk-bf-made-up-0123456789")
+        assert status == 401, (method, path)
+        for credential in (FILE_KEY, tenant):
+            status, refused = await call(server, method, path, body, key=credential)
+            assert status == 403, (method, path)
+            assert_error(refused, status=403, code="admin_required", error_type="permission_error")
     assert (await call(server, "GET", BUDGETS))[1]["budgets"][1:] == []
+    _, kept = await call(server, "GET", f"{KEYS}/team")
+    assert kept == {k: v for k, v in made.items() if k != "value"}  # neither widened nor rotated
+    assert await transcribe(server, tenant) == 200
 
 
 async def test_two_admins_updating_one_key_the_last_write_wins_whole(
@@ -925,6 +941,42 @@ async def test_a_body_is_read_under_the_cap(
     body = orjson.dumps({"max_limit": 1, "pad": "x" * 100_000})
     _, refused = await call(server, "POST", BUDGETS, raw=body)
     assert_error(refused, status=413, code=refused["error"]["code"])
+    assert (await call(server, "GET", BUDGETS))[1]["budgets"][1:] == []
+
+
+async def test_a_chunked_or_dripped_body_is_cut_and_changes_nothing(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tmp_path: Any
+) -> None:
+    config = governed(upstream, f"sqlite:///{tmp_path}/store.sqlite3")
+    config["proxy"] |= {"body_idle_timeout_s": 5, "body_deadline_s": 0.5}
+    server = await make_proxy(config)
+
+    async def chunked() -> AsyncIterator[bytes]:
+        # No Content-Length to refuse up front: the cap is kept while reading.
+        yield b'{"id": "big", "max_limit": 1, "pad": "'
+        for _ in range(40):
+            yield b"x" * 4096
+        yield b'"}'
+
+    async def dripped() -> AsyncIterator[bytes]:
+        yield b'{"id": "slow", "max_limit": 1'
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            yield b" "
+        yield b"}"
+
+    for body, status, code in ((chunked(), 413, None), (dripped(), 408, "request_body_too_slow")):
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{base_url(server)}{BUDGETS}",
+                data=body,
+                headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
+            ) as response,
+        ):
+            answer = await response.json()
+        assert response.status == status, answer
+        assert_error(answer, status=status, code=code or answer["error"]["code"])
     assert (await call(server, "GET", BUDGETS))[1]["budgets"][1:] == []
 
 

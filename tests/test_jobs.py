@@ -24,6 +24,7 @@ import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from sqlalchemy import select
 
 from proxy.app_state import REQUEST_LOG_KEY
 from proxy.jobs import JOBS_KEY
@@ -32,6 +33,7 @@ from proxy.jobs.queue import JobQueue, Outcome
 from proxy.jobs.store import JobStore
 from proxy.jobs.worker import MAX_CLAIMS
 from proxy.store.engine import open_store
+from proxy.store.tables import async_jobs
 from tests.helpers.client import ProxyFactory, audio_bytes, base_url, form, json_of, post
 from tests.helpers.declared_audio import wav_declaring
 from tests.helpers.errors import assert_error
@@ -737,6 +739,46 @@ async def test_the_openai_sdk_sees_the_job_errors_in_its_own_exceptions(
                 files=[("file", ("a.wav", b"x" * 100, "audio/wav"))],
                 options={"headers": {"Content-Type": "multipart/form-data"}},
             )
+
+
+async def test_a_job_keeps_the_options_it_runs_with_and_never_a_credential(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, sqlite_url: str, spool: Path
+) -> None:
+    server = await make_proxy(jobs_config(upstream, sqlite_url, spool, workers=0))
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    options = {"x-bf-cache-key": "episode-12", "traceparent": trace}
+    credentials = {
+        "cookie": "session=cookie-secret-0123456789",
+        "api-key": "azure-secret-0123456789",
+        "x-api-key": "anthropic-secret-0123456789",
+        "proxy-authorization": "Basic cHJveHktc2VjcmV0",
+    }
+    # The key as the bearer token, then as x-bf-vk (Bifrost's header for it).
+    submitted = [
+        await post(
+            server,
+            form(("model", "whisper-1"), ("file", audio_bytes(1000))),
+            {**options, **credentials, **credential},
+            JOBS,
+        )
+        for credential in (key(TEAM_A), {"x-bf-vk": TEAM_A})
+    ]
+    assert [status for status, _, _ in submitted] == [202, 202]
+    store = await open_store(sqlite_url)
+    try:
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(select(async_jobs))).mappings().all()
+        queue = JobQueue(JobStore(store), lease_s=5)
+        claims = [await queue.claim("reader") for _ in submitted]
+    finally:
+        await store.close()
+    assert len(rows) == 2
+    everything = repr([dict(row) for row in rows])
+    for secret in (TEAM_A, "cookie-secret", "azure-secret", "anthropic-secret", "cHJveHkt"):
+        assert secret not in everything
+    for claim in claims:
+        assert claim is not None
+        assert claim.job.headers == options  # what the run reads as its own, and no more
 
 
 async def test_a_job_counts_once_against_its_keys_request_limit(
