@@ -24,16 +24,17 @@ import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from proxy.app_state import REQUEST_LOG_KEY
 from proxy.jobs import JOBS_KEY
+from proxy.jobs.deliveries import MAX_ATTEMPTS
 from proxy.jobs.delivery import WebhookPolicy, WebhookSender, refused_address, webhook_session
 from proxy.jobs.queue import JobQueue, Outcome
 from proxy.jobs.store import JobStore
 from proxy.jobs.worker import MAX_CLAIMS
 from proxy.store.engine import open_store
-from proxy.store.tables import async_jobs
+from proxy.store.tables import async_job_deliveries, async_jobs
 from tests.helpers.client import ProxyFactory, audio_bytes, base_url, form, json_of, post
 from tests.helpers.declared_audio import wav_declaring
 from tests.helpers.errors import assert_error
@@ -433,6 +434,95 @@ async def test_a_slow_receiver_is_cut_off_then_given_up_then_redelivered(
         return bool(record[-1]["outcome"] == "delivered")
 
     await until(delivered)
+
+
+async def test_a_redelivery_waits_for_the_one_under_way(
+    make_proxy: ProxyFactory,
+    upstream: FakeUpstream,
+    receiver: WebhookReceiver,
+    sqlite_url: str,
+    spool: Path,
+) -> None:
+    server = await make_proxy(jobs_config(upstream, sqlite_url, spool, webhook_timeout_s=5))
+    receiver.delay_s = 1.0  # each delivery is under way this long
+    status, job = await submit(
+        server, ("model", "whisper-1"), ("file", audio_bytes(1000)), ("webhook_url", receiver.url)
+    )
+    assert status == 202
+    assert (await ended(server, job["id"]))["status"] == "completed"
+    redeliver = job["id"] + "/deliveries/redeliver"
+
+    async def redelivered_at_once() -> list[tuple[int, dict[str, Any]]]:
+        return await asyncio.gather(*(read(server, redeliver, method="POST") for _ in range(8)))
+
+    # The first delivery is under way: none starts another.
+    for status, body in await redelivered_at_once():
+        assert status == 409
+        assert_error(body, status=409, code="delivery_pending", param="job_id")
+    await receiver.wait_for(1)
+
+    async def delivered() -> bool:
+        record = (await read(server, job["id"] + "/deliveries"))[1]["data"]
+        return len(record) == 1 and bool(record[-1]["outcome"] == "delivered")
+
+    await until(delivered)
+    # Eight at once: one starts a delivery.
+    answers = await redelivered_at_once()
+    assert sorted(status for status, _ in answers) == [202] + [409] * 7
+    await receiver.wait_for(2)
+    await asyncio.sleep(0.3)
+    assert len(receiver.received) == 2
+
+
+async def test_a_jobs_redeliveries_are_bounded(
+    make_proxy: ProxyFactory,
+    upstream: FakeUpstream,
+    receiver: WebhookReceiver,
+    sqlite_url: str,
+    spool: Path,
+) -> None:
+    server = await make_proxy(jobs_config(upstream, sqlite_url, spool))
+    status, job = await submit(
+        server, ("model", "whisper-1"), ("file", audio_bytes(1000)), ("webhook_url", receiver.url)
+    )
+    assert status == 202
+    await receiver.wait_for(1)
+    deliveries = job["id"] + "/deliveries"
+
+    async def recorded(count: int) -> None:
+        async def check() -> bool:
+            return len((await read(server, deliveries))[1]["data"]) == count
+
+        await until(check)
+
+    await recorded(1)
+    # As if redelivered until one attempt short of the bound (each row is an attempt).
+    store = await open_store(sqlite_url)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                insert(async_job_deliveries),
+                [
+                    {
+                        "id": f"dlv_seeded_{n}",
+                        "job_id": job["id"],
+                        "message_id": "msg_seeded",
+                        "attempt": 1,
+                        "attempted_at": 0,
+                        "outcome": "delivered",
+                        "latency_ms": 1,
+                    }
+                    for n in range(MAX_ATTEMPTS - 2)
+                ],
+            )
+    finally:
+        await store.close()
+    assert (await read(server, deliveries + "/redeliver", method="POST"))[0] == 202
+    await recorded(MAX_ATTEMPTS)
+    status, body = await read(server, deliveries + "/redeliver", method="POST")
+    assert_error(body, status=409, code="deliveries_exhausted", param="job_id")
+    await asyncio.sleep(0.2)
+    assert len(receiver.received) == 2
 
 
 @pytest.mark.parametrize(

@@ -31,13 +31,20 @@ from ..app_state import (
 )
 from ..audio.sources import SpooledAudio
 from ..audio.spool import Spool
-from ..errors import InvalidRequestError, NotFoundError, PermissionDeniedError, missing_field
+from ..errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    missing_field,
+)
 from ..form import FormReader, TranscriptionForm, repr_digest_sha256
 from ..form.fields import fallbacks_of, first_value, parse_stream
 from ..governance.credentials import Caller
 from ..models import TASK_PATHS, AudioLength, FormField, RequestFacts, RequestKind, Task
 from ..plugins.base import PipelineRun
 from ..providers.http import PROPAGATED_HEADERS
+from .deliveries import MAX_ATTEMPTS
 from .queue import ENDED, Job, now_ms
 from .service import JOBS_KEY, TTL_HEADER, Jobs, jobs_of
 from .webhooks import job_document
@@ -323,7 +330,19 @@ async def redeliver(request: web.Request, jobs: Jobs, job: Job) -> web.Response:
             code="nothing_to_redeliver",
             param="job_id",
         )
-    await jobs.deliveries.redeliver(job.id)
+    redelivery = await jobs.deliveries.redeliver(job.id)
+    if redelivery == "under_way":
+        raise ConflictError(
+            "the webhook is being delivered: its attempts are at .../deliveries",
+            code="delivery_pending",
+            param="job_id",
+        )
+    if redelivery == "exhausted":
+        raise ConflictError(
+            f"the webhook has had its {MAX_ATTEMPTS} attempts: its result is at .../{job.id}",
+            code="deliveries_exhausted",
+            param="job_id",
+        )
     return json_response(
         {"id": job.id, "object": "async_job.redelivery", "status": "pending"}, status=202
     )

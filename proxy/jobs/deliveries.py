@@ -16,9 +16,9 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from ..store.log_rows import rfc3339
 from ..store.tables import async_job_deliveries, async_jobs
@@ -34,6 +34,13 @@ _deliveries = async_job_deliveries.c
 
 #: Deliveries taken at a time, and sent at once.
 _BATCH = 32
+#: Attempts recorded for one job, after which it is not redelivered: each is a
+#: request to the tenant's receiver and a row kept until the job expires.
+MAX_ATTEMPTS = 100
+
+#: What a redelivery did: started one, or not, as one is under way or the job has had
+#: its attempts.
+Redelivery = Literal["started", "under_way", "exhausted"]
 
 
 class Deliveries:
@@ -185,15 +192,32 @@ class Deliveries:
             for row in rows
         ]
 
-    async def redeliver(self, job_id: str) -> bool:
-        """Send the ended job's webhook again now, with a fresh schedule of retries;
-        whether there was one to send."""
+    async def redeliver(self, job_id: str) -> Redelivery:
+        """Send the ended job's webhook again now, with a fresh schedule of retries,
+        unless a delivery of it is under way or it has had its :data:`MAX_ATTEMPTS`."""
+        attempts = (
+            select(func.count())
+            .select_from(async_job_deliveries)
+            .where(_deliveries.job_id == job_id)
+            .scalar_subquery()
+        )
         async with self._store.begin() as conn:
+            # One conditional UPDATE: two redeliveries at once start one delivery.
             result = await conn.execute(
                 update(async_jobs)
-                .where(_jobs.id == job_id, _jobs.webhook_message_id.is_not(None))
+                .where(
+                    _jobs.id == job_id,
+                    _jobs.webhook_message_id.is_not(None),
+                    _jobs.webhook_state != "pending",
+                    attempts < MAX_ATTEMPTS,
+                )
                 .values(webhook_state="pending", webhook_attempts=0, webhook_next_at=now_ms())
             )
-        if result.rowcount:
+            if result.rowcount:
+                started: Redelivery = "started"
+            else:
+                state = await conn.scalar(select(_jobs.webhook_state).where(_jobs.id == job_id))
+                started = "under_way" if state == "pending" else "exhausted"
+        if started == "started":
             self.wake()
-        return bool(result.rowcount)
+        return started
