@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, case, func, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .engine import Store
@@ -117,6 +117,10 @@ def conditions(filters: LogFilters, virtual_key_id: str | None = None) -> list[C
         )
     if filters.statuses:
         where.append(c.status.in_(filters.statuses))
+        if "success" not in filters.statuses:
+            # The partial index of the rows that did not succeed applies only to a
+            # query that says so in its own words, not a bound parameter's.
+            where.append(c.status != literal_column("'success'"))
     if filters.objects:
         where.append(c.object.in_(filters.objects))
     if filters.virtual_key_ids:
@@ -175,10 +179,14 @@ def _page(filters: LogFilters, where: Sequence[ColumnElement[bool]]) -> Select[A
     if filters.sort_by != "timestamp":
         # Rows without the value last, either way (the backends' defaults differ).
         ordered = ordered.nulls_last()
-    return (
-        select(request_log)
+    # The page's ids are chosen from a covering index, then only its rows are read:
+    # sorting thousands of whole rows to keep fifty took a hundred milliseconds.
+    chosen = (
+        select(c.id)
         .where(*where)
         .order_by(ordered, tie)
         .limit(filters.limit)
         .offset(filters.offset)
+        .subquery()
     )
+    return select(request_log).where(c.id.in_(select(chosen.c.id))).order_by(ordered, tie)

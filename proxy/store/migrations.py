@@ -243,12 +243,66 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
+#: What the log API's filters, stats and pages read of a row (the id last: a page is
+#: chosen by id before its rows are read). An index that holds them all answers a
+#: filtered page's count, sums and p95 from the index alone (SQLite's covering index,
+#: PostgreSQL's index-only scan) instead of one table lookup per row selected.
+_LOG_FILTERED_COLUMNS = (
+    "timestamp",
+    "status",
+    "object",
+    "provider",
+    "virtual_key_id",
+    "model_requested",
+    "model_deployment",
+    "latency",
+    "cost",
+    "audio_seconds",
+    "id",
+)
+
+
+def _covering_log_indexes_v6(conn: Connection) -> None:
+    """The request log's indexes made covering: led by time, key and provider; by
+    status for the rows that did not succeed (few, and what an operator looks for); by
+    latency for the stats' p95 and that sort order. The narrow ones they replace sent
+    SQLite's planner, which keeps no statistics of its own, down one index while it
+    looked every row up in the table: stats over a million rows took hundreds of
+    milliseconds, and now take tens, with fewer indexes to write (README, "The request
+    log")."""
+    for old in (
+        "timestamp",
+        "key_time",
+        "provider_time",
+        "model_time",
+        "deployment_time",
+        "latency",
+        "cost",
+        "audio_seconds",
+    ):
+        conn.execute(text(f"DROP INDEX ix_request_log_{old}"))
+    for name, leading, only in (
+        ("time", ("timestamp",), ""),
+        ("key_time", ("virtual_key_id", "timestamp"), ""),
+        ("provider_time", ("provider", "timestamp"), ""),
+        # Its WHERE is the one log_queries.conditions writes out for such a filter.
+        ("unsuccessful", ("status", "timestamp"), " WHERE status <> 'success'"),
+        ("latency", ("latency",), ""),
+    ):
+        columns = leading + tuple(c for c in _LOG_FILTERED_COLUMNS if c not in leading)
+        listed = ", ".join(f'"{column}"' for column in columns)
+        conn.execute(
+            text(f"CREATE INDEX ix_request_log_{name}_cover ON request_log ({listed}){only}")
+        )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "request log", _request_log_v1),
     Migration(2, "usage rollups", _usage_rollups_v2),
     Migration(3, "governance at run time", _governance_v3),
     Migration(4, "async jobs and webhook deliveries", _async_jobs_v4),
     Migration(5, "who made an operator's change", _change_authors_v5),
+    Migration(6, "covering indexes for the log's filters", _covering_log_indexes_v6),
 )
 
 #: The schema version this code reads and writes (the highest: versions may land out of
