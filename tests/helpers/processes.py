@@ -40,25 +40,28 @@ async def start_proxy_process(
     """``python -m proxy`` with ``config`` on ``port`` (a free one by default), once it
     answers ``/health``.
 
-    Its stderr (the JSON log lines) is a pipe the caller may read. ``limits``
-    are resource limits (``resource.RLIMIT_*``: soft and hard) it starts with.
+    Its stderr (the JSON log lines) goes to ``<directory>/<name>.log``: a pipe nobody
+    reads would fill, block the proxy's next log line, and keep ``wait()`` waiting for
+    its end after the proxy has gone. ``limits`` are resource limits
+    (``resource.RLIMIT_*``: soft and hard) it starts with.
     """
     path = directory / f"{name}.json"
     await asyncio.to_thread(path.write_bytes, orjson.dumps(config))
     port = port or free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "--port",
-        str(port),
-        "--config",
-        str(path),
-        *extra,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-        preexec_fn=(lambda: _set_limits(limits)) if limits else None,
-    )
+    with (directory / f"{name}.log").open("ab") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "proxy",
+            "--port",
+            str(port),
+            "--config",
+            str(path),
+            *extra,
+            stderr=log,
+            env={**os.environ, **(env or {})},
+            preexec_fn=(lambda: _set_limits(limits)) if limits else None,
+        )
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
         for _ in range(200):
