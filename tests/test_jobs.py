@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -1194,3 +1195,41 @@ async def test_a_model_the_key_may_not_use_is_refused_before_its_upload_is_read(
     finally:
         finished.set()
     assert spool_files(spool) == []
+
+
+async def test_a_store_that_fails_is_logged_once_an_outage_not_once_a_poll(
+    make_proxy: ProxyFactory,
+    upstream: FakeUpstream,
+    sqlite_url: str,
+    spool: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Polled every 50 ms by two workers, the deliveries and the sweeper.
+    server = await make_proxy(jobs_config(upstream, sqlite_url, spool, sweep_interval_s=0.05))
+    store = await open_store(sqlite_url)
+    try:
+        with caplog.at_level(logging.WARNING, logger="proxy.jobs"):
+            # The jobs' table gone from under the proxy: every poll fails.
+            async with store.engine.begin() as conn:
+                await conn.exec_driver_sql("ALTER TABLE async_jobs RENAME TO async_jobs_away")
+            await asyncio.sleep(1.0)
+            async with store.engine.begin() as conn:
+                await conn.exec_driver_sql("ALTER TABLE async_jobs_away RENAME TO async_jobs")
+
+            async def recovered() -> bool:
+                return sum("works again" in r.getMessage() for r in caplog.records) == 3
+
+            await until(recovered)
+    finally:
+        await store.close()
+    failures = [r for r in caplog.records if "failed; tried again" in r.getMessage()]
+    assert sorted(r.getMessage().split(" failed")[0] for r in failures) == [
+        "claiming jobs",
+        "deleting expired jobs",
+        "sending due webhooks",
+    ]
+    assert all(r.exc_info is not None for r in failures)  # the first one's traceback
+    assert len(caplog.records) == 6  # not one a poll: about sixty in that second
+    status, job = await submit(server, ("model", "whisper-1"), ("file", audio_bytes(1000)))
+    assert status == 202
+    assert (await ended(server, job["id"]))["status"] == "completed"

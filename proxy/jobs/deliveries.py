@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from ..store.log_rows import rfc3339
 from ..store.tables import async_job_deliveries, async_jobs
 from .delivery import Attempted, WebhookSender
+from .outage import Outage
 from .queue import Job, now_ms
 from .store import JobStore
 from .webhooks import event_body, signed_headers
@@ -64,6 +65,7 @@ class Deliveries:
         self._hold_ms = int((timeout_s + 30) * 1000)
         self._poll_s = poll_interval_s
         self._wake = asyncio.Event()
+        self._outage = Outage(log, "sending due webhooks")
 
     def wake(self) -> None:
         """A delivery may be due now (a job just ended, or one was redelivered)."""
@@ -77,8 +79,10 @@ class Deliveries:
             try:
                 sent = await self.send_due()
             except Exception:  # a store that is down: tried again at the next poll
-                log.exception("could not send due webhooks")
+                self._outage.failed()
                 sent = 0
+            else:
+                self._outage.worked()
             if sent:
                 continue
             # The next retry may be due before anything wakes us: poll meanwhile.

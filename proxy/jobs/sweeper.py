@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .outage import Outage
 from .queue import JobQueue
 from .spool import JobSpool
 
@@ -36,6 +37,7 @@ class Sweeper:
         self._release = release
         self._spool = spool
         self._interval_s = interval_s
+        self._outage = Outage(log, "deleting expired jobs")
         self._max_ttl_s = max_ttl_s
 
     async def sweep(self) -> int:
@@ -52,8 +54,11 @@ class Sweeper:
         """Sweep, then wait, for as long as the app runs."""
         while True:
             try:
-                if swept := await self.sweep():
-                    log.info("deleted %d expired jobs", swept)
+                swept = await self.sweep()
             except Exception:  # a store that is down: swept at the next round
-                log.exception("could not delete expired jobs")
+                self._outage.failed()
+            else:
+                self._outage.worked()
+                if swept:
+                    log.info("deleted %d expired jobs", swept)
             await asyncio.sleep(self._interval_s)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import ProxyError, error_body
+from .outage import Outage
 from .queue import Claim, JobQueue, Outcome
 from .runner import JobRunner, SpoolMissingError
 
@@ -52,6 +53,8 @@ class Workers:
         self._release = release
         self._wake = asyncio.Event()
         self._claiming = True
+        #: Shared by the workers: one line when the store goes down, not one each.
+        self._claiming_outage = Outage(log, "claiming jobs")
         self._tasks: list[asyncio.Task[None]] = []
         #: The runs in progress, by job id (so that DELETE cancels one at once).
         self._running: dict[str, asyncio.Task[Outcome]] = {}
@@ -90,8 +93,10 @@ class Workers:
             try:
                 claim = await self._queue.claim(self._owner)
             except Exception:  # the store is down: tried again at the next poll
-                log.exception("could not claim a job")
+                self._claiming_outage.failed()
                 claim = None
+            else:
+                self._claiming_outage.worked()
             if claim is None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll_s):
