@@ -255,3 +255,31 @@ def test_the_turn_so_far_is_there_for_live_passes() -> None:
 
     assert segmenter.turn_so_far() == (quiet(0.3) + speech(0.7))
     assert segmenter.end == at(1.2)
+
+
+def test_pauses_are_listened_for_only_while_a_live_pass_may_use_them() -> None:
+    scorers: list[LoudnessScore] = []
+
+    def score() -> LoudnessScore:
+        scorers.append(LoudnessScore())
+        return scorers[-1]
+
+    wanted = False
+    segmenter = TurnSegmenter(None, score, wants_pauses=lambda: wanted)
+    # A provider that takes the turn whole at its commit: no speech is scored.
+    assert segmenter.append(speech(0.5) + quiet(1.0)) == [TurnOpened(0)]
+    (turn,) = segmenter.commit()
+    assert isinstance(turn, TurnCommitted)
+    assert turn.speech_end is None
+    assert scorers == []
+    # A model with live passes from now on: heard from where the audio is, in the
+    # session's positions.
+    wanted = True
+    assert segmenter.append(speech(0.5) + quiet(1.0)) == [
+        TurnOpened(at(1.5)),
+        SilenceBegan(at(2.0)),
+    ]
+    (turn,) = segmenter.commit()
+    assert isinstance(turn, TurnCommitted)
+    assert turn.speech_end == at(2.0)
+    assert len(scorers) == 1

@@ -130,18 +130,29 @@ class TurnSegmenter:
     turn detection off (the client commits), a detector still listens, with
     ``server_vad``'s defaults, for where speech pauses: it commits nothing, but a
     live pass over the whole turn can begin when the silence does, and the client's
-    commit says where the speech ended, so that pass is the turn's transcript.
+    commit says where the speech ended, so that pass is the turn's transcript. It
+    listens only while ``wants_pauses`` says a live pass may use them: scoring
+    speech is most of a session's CPU, and a turn sent whole to a provider at its
+    commit has no use for it.
     """
 
-    def __init__(self, turn_detection: ServerVad | None, score: Callable[[], SpeechScore]) -> None:
+    def __init__(
+        self,
+        turn_detection: ServerVad | None,
+        score: Callable[[], SpeechScore],
+        *,
+        wants_pauses: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._score = score
+        self._wants_pauses = wants_pauses
         self._turn_detection = turn_detection
         self._audio = TurnAudio(_keep_before(turn_detection))
         #: The server committed a turn and the client has not committed since: a client
         #: with turn detection of its own commits the same turn a moment later.
         self._server_committed = False
         self._detector = TurnDetector(turn_detection, score()) if turn_detection else None
-        self._listener = TurnDetector(ServerVad(), score()) if not turn_detection else None
+        #: Made when first wanted (at the audio's position then), dropped when not.
+        self._listener: TurnDetector | None = None
 
     @property
     def turn_open(self) -> bool:
@@ -168,11 +179,7 @@ class TurnSegmenter:
                 if turn_detection is not None
                 else None
             )
-            self._listener = (
-                TurnDetector(ServerVad(), self._score(), position=position)
-                if turn_detection is None
-                else None
-            )
+            self._listener = None
         self._audio.keep_before = _keep_before(turn_detection)
 
     def append(self, pcm: bytes) -> list[SegmentEvent]:
@@ -228,8 +235,12 @@ class TurnSegmenter:
 
     def _listen(self, pcm: bytes) -> list[SegmentEvent]:
         """Where the speech of a turn the client commits pauses (nothing else is acted on)."""
-        if self._listener is None:
+        if not self._wants_pauses():
+            self._listener = None
             return []
+        if self._listener is None:
+            start = self._audio.end - len(pcm) // SAMPLE_BYTES
+            self._listener = TurnDetector(ServerVad(), self._score(), position=start)
         return [
             SilenceBegan(found.sample)
             for found in self._listener.feed(pcm)

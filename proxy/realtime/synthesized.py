@@ -96,7 +96,7 @@ class SynthesizedSession:
         )
         score = functools.partial(speech_score, settings.vad != "loudness")
         self._turns = TurnTaking(
-            TurnSegmenter(config.turn_detection, score),
+            TurnSegmenter(config.turn_detection, score, wants_pauses=self._transcriber.live),
             self._reporter,
             self._transcriber,
             socket.send,

@@ -58,6 +58,11 @@ class TurnTranscriber:
         self._caught_up = asyncio.Event()
         self._caught_up.set()
 
+    def live(self) -> bool:
+        """Whether where speech pauses is of use: to the turn being spoken, when it has
+        live passes, or to a turn begun now (its provider has them)."""
+        return self._passes is not None or has_live_passes(self.request.routes[0].provider)
+
     def began(self, turn: Turn, spoken: SpokenTurn) -> None:
         """A turn began: its provider's live passes over it start, if it has them."""
         provider = self.request.routes[0].provider
