@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, event
+from sqlalchemy import URL, Connection, event
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -33,6 +33,8 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 #: Longest wait for a PostgreSQL connection to open, and for one statement.
 PG_CONNECT_TIMEOUT_S = 10.0
 PG_STATEMENT_TIMEOUT_S = 60.0
+#: SQLite's lock wait while migrating: as long as another replica's migration takes.
+MIGRATION_WAIT_MS = 3_600_000
 
 
 @dataclass
@@ -78,31 +80,65 @@ async def open_store(
     """
     backend, driver_url = check_store_url(url, where)
     shown = redacted(url)
-    if backend == "sqlite":
-        engine = _sqlite_engine(driver_url.database or "", sqlite_busy_timeout_ms, where, shown)
-    else:
-        engine = create_async_engine(
-            driver_url,
-            pool_size=pool_size,
-            max_overflow=0,
-            pool_pre_ping=True,
-            connect_args={
-                "timeout": PG_CONNECT_TIMEOUT_S,
-                "command_timeout": PG_STATEMENT_TIMEOUT_S,
-                "server_settings": {"application_name": "transcription-proxy"},
-            },
-        )
+    # Migrations run on an engine of their own whose waits have no limit: building an
+    # index over millions of rows (or waiting for another replica that is) takes longer
+    # than any statement of a request's may.
+    migrating = _engine(
+        backend, driver_url, where, shown, pool_size=1, busy_timeout_ms=MIGRATION_WAIT_MS
+    )
     try:
-        applied = await migrate(engine, backend, where)
+        applied = await migrate(migrating, backend, where)
+    except (SQLAlchemyError, OSError) as exc:
+        raise ConfigError(f"{where}: cannot open {shown}: {describe(exc)}") from None
+    finally:
+        await migrating.dispose()
+    if applied:
+        log.info("store %s: schema migrated to version %d", shown, applied[-1])
+    engine = _engine(
+        backend,
+        driver_url,
+        where,
+        shown,
+        pool_size=pool_size,
+        busy_timeout_ms=sqlite_busy_timeout_ms,
+        statement_timeout_s=PG_STATEMENT_TIMEOUT_S,
+    )
+    try:
+        # Its first connection now, kept by the pool: open from the start, as the files
+        # it holds (SQLite's WAL) are, rather than at the first request's row.
+        async with engine.connect():
+            pass
     except (SQLAlchemyError, OSError) as exc:
         await engine.dispose()
         raise ConfigError(f"{where}: cannot open {shown}: {describe(exc)}") from None
-    except ConfigError:
-        await engine.dispose()
-        raise
-    if applied:
-        log.info("store %s: schema migrated to version %d", shown, applied[-1])
     return Store(engine=engine, backend=backend, url=shown)
+
+
+def _engine(
+    backend: Backend,
+    driver_url: URL,
+    where: str,
+    shown: str,
+    *,
+    pool_size: int,
+    busy_timeout_ms: int,
+    statement_timeout_s: float | None = None,
+) -> AsyncEngine:
+    """A store's engine: SQLite's writers wait ``busy_timeout_ms`` for the file's lock;
+    PostgreSQL's statements run ``statement_timeout_s`` at most (None: no limit)."""
+    if backend == "sqlite":
+        return _sqlite_engine(driver_url.database or "", busy_timeout_ms, where, shown)
+    return create_async_engine(
+        driver_url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": PG_CONNECT_TIMEOUT_S,
+            "command_timeout": statement_timeout_s,
+            "server_settings": {"application_name": "transcription-proxy"},
+        },
+    )
 
 
 def _sqlite_engine(path: str, busy_timeout_ms: int, where: str, shown: str) -> AsyncEngine:
