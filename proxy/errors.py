@@ -214,6 +214,15 @@ class ServiceUnavailableError(ProxyError):
     default_code = "service_unavailable"
 
 
+class InsufficientStorageError(ProxyError):
+    """The job spool cannot take another upload (its disk is full, or its cap is
+    reached): 507, and the jobs it holds are kept."""
+
+    status = 507
+    error_type = "api_error"
+    default_code = "insufficient_storage"
+
+
 class AuthenticationError(ProxyError):
     """No usable credential (401)."""
 

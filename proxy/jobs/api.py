@@ -44,8 +44,9 @@ from ..governance.credentials import Caller
 from ..models import TASK_PATHS, AudioLength, FormField, RequestFacts, RequestKind, Task
 from ..plugins.base import PipelineRun
 from ..providers.http import PROPAGATED_HEADERS
+from ..store.log_rows import now_ms
 from .deliveries import MAX_ATTEMPTS
-from .queue import ENDED, Job, now_ms
+from .queue import ENDED, Job
 from .service import JOBS_KEY, TTL_HEADER, Jobs, jobs_of
 from .webhooks import job_document
 

@@ -20,11 +20,11 @@ from typing import Any, Literal
 
 from sqlalchemy import func, select, update
 
-from ..store.log_rows import rfc3339
+from ..store.log_rows import now_ms, rfc3339
 from ..store.tables import async_job_deliveries, async_jobs
 from .delivery import Attempted, WebhookSender
 from .outage import Outage
-from .queue import Job, now_ms
+from .queue import Job
 from .store import JobStore
 from .webhooks import event_body, signed_headers
 

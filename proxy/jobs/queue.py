@@ -19,7 +19,6 @@ and what the webhook reports, in the same transaction as its lease.
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ import orjson
 from sqlalchemy import and_, delete, or_, select, update
 
 from ..models import FormField, Task
+from ..store.log_rows import now_ms
 from ..store.tables import async_job_deliveries, async_jobs
 from .store import JobStore
 
@@ -36,11 +36,6 @@ JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 ENDED: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 _jobs = async_jobs.c
-
-
-def now_ms() -> int:
-    """The wall clock in epoch milliseconds, as the store keeps times."""
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

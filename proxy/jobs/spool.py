@@ -24,7 +24,7 @@ from typing import IO, TypeVar
 from prometheus_client import Counter
 
 from ..audio.spool import Spool
-from ..errors import ProxyError, ServiceUnavailableError
+from ..errors import InsufficientStorageError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,6 @@ SUFFIX = ".audio"
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 _T = TypeVar("_T")
-
-
-class InsufficientStorageError(ProxyError):
-    """The spool cannot take another upload (its disk is full, or its cap is reached)."""
-
-    status = 507
-    error_type = "api_error"
-    default_code = "insufficient_storage"
 
 
 class JobSpool:

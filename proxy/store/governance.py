@@ -11,7 +11,6 @@ never given to another key: logs, usage, counters and JWTs name keys by id.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .engine import Store
+from .log_rows import now_ms
 from .tables import governance_entries, governance_retired, governance_version
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class GovernanceStore:
                 "spec": orjson.dumps(spec).decode(),
                 "rate_limit_id": spec.get("rate_limit_id"),
                 "budget_id": spec.get("budget_id"),
-                "updated_at": _now_ms(),
+                "updated_at": now_ms(),
                 "actor": actor,
             }
             return await _changed(conn, kind, entry_id, changes, needs)
@@ -186,7 +186,7 @@ class GovernanceStore:
         changes = {
             "value_hash": value_hash,
             "value_last4": value_last4,
-            "updated_at": _now_ms(),
+            "updated_at": now_ms(),
             "actor": actor,
         }
         async with self._change() as conn:
@@ -223,7 +223,7 @@ class GovernanceStore:
                 return _missing_entry(kind, entry_id)
             if kind == "virtual_key":
                 await conn.execute(
-                    insert(governance_retired).values(kind=kind, id=entry_id, retired_at=_now_ms())
+                    insert(governance_retired).values(kind=kind, id=entry_id, retired_at=now_ms())
                 )
             await _moved_on(conn)
             return None
@@ -313,7 +313,7 @@ def new_entry(
     value_last4: str | None = None,
 ) -> Entry:
     """An entry made now by ``actor``."""
-    now = _now_ms()
+    now = now_ms()
     return Entry(kind, entry_id, spec, value_hash, value_last4, now, now, actor)
 
 
@@ -354,10 +354,6 @@ def _entry(row: Mapping[Any, Any]) -> Entry | None:
         updated_at=int(row["updated_at"]),
         actor=row["actor"],
     )
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def _lock_version(conn: AsyncConnection) -> None:

@@ -95,6 +95,11 @@ def entry(columns: Mapping[Any, Any]) -> dict[str, Any]:
     return shown
 
 
+def now_ms() -> int:
+    """The wall clock in epoch milliseconds, as the store keeps times."""
+    return int(time.time() * 1000)
+
+
 def rfc3339(epoch_ms: int) -> str:
     """Epoch milliseconds as RFC 3339 in UTC, to the millisecond (``...T12:00:00.250Z``)."""
     moment = EPOCH + timedelta(milliseconds=epoch_ms)  # exact, unlike a float's seconds

@@ -46,7 +46,7 @@ from sqlalchemy.sql.dml import Insert
 from .engine import Store
 from .latency_bins import BIN_COLUMNS, BINS, bin_of, percentile
 from .log_filters import INTERVAL_MS, UsageQuery
-from .log_rows import rfc3339
+from .log_rows import now_ms, rfc3339
 from .tables import request_log, usage_dirty, usage_rollup
 
 HOUR_MS = 3_600_000
@@ -197,7 +197,7 @@ class UsageRollups:
         column = {"virtual_key": c.virtual_key_id, "model": _MODEL, "provider": c.provider}[
             dimension
         ]
-        horizon = _hour(int(time.time() * 1000))
+        horizon = _hour(now_ms())
         rolled = select(r.value).distinct().where(r.grain == "day", r.dimension == dimension)
         rolled = rolled.where(*_rollup_key(dimension, virtual_key_id), r.value != NONE)
         async with self._store.engine.connect() as conn:
