@@ -437,40 +437,52 @@ async def test_a_slow_receiver_is_cut_off_then_given_up_then_redelivered(
     await until(delivered)
 
 
-async def test_a_redelivery_waits_for_the_one_under_way(
+async def test_a_redelivery_waits_for_the_attempt_under_way_not_for_a_retry(
     make_proxy: ProxyFactory,
     upstream: FakeUpstream,
     receiver: WebhookReceiver,
     sqlite_url: str,
     spool: Path,
 ) -> None:
-    server = await make_proxy(jobs_config(upstream, sqlite_url, spool, webhook_timeout_s=5))
-    receiver.delay_s = 1.0  # each delivery is under way this long
+    server = await make_proxy(
+        jobs_config(
+            upstream, sqlite_url, spool, webhook_timeout_s=30, webhook_retry_schedule=["1h"]
+        )
+    )
+    receiver.held = asyncio.Event()  # the first attempt is under way until it is set
     status, job = await submit(
         server, ("model", "whisper-1"), ("file", audio_bytes(1000)), ("webhook_url", receiver.url)
     )
     assert status == 202
-    assert (await ended(server, job["id"]))["status"] == "completed"
+    await receiver.wait_for(1)
     redeliver = job["id"] + "/deliveries/redeliver"
 
     async def redelivered_at_once() -> list[tuple[int, dict[str, Any]]]:
         return await asyncio.gather(*(read(server, redeliver, method="POST") for _ in range(8)))
 
-    # The first delivery is under way: none starts another.
+    # An attempt is under way: none starts another.
     for status, body in await redelivered_at_once():
         assert status == 409
         assert_error(body, status=409, code="delivery_pending", param="job_id")
-    await receiver.wait_for(1)
+    # It fails, and its retry is an hour away: a redelivery sends it now instead, once
+    # however many ask at once.
+    receiver.statuses = [500]
+    receiver.held.set()
+    deliveries = job["id"] + "/deliveries"
+
+    async def retry_waits() -> bool:
+        record = (await read(server, deliveries))[1]["data"]
+        return len(record) == 1 and record[0]["next_attempt_at"] is not None
+
+    await until(retry_waits)
+    assert {status for status, _ in await redelivered_at_once()} == {202}
+    await receiver.wait_for(2)
 
     async def delivered() -> bool:
-        record = (await read(server, job["id"] + "/deliveries"))[1]["data"]
-        return len(record) == 1 and bool(record[-1]["outcome"] == "delivered")
+        record = (await read(server, deliveries))[1]["data"]
+        return len(record) == 2 and bool(record[-1]["outcome"] == "delivered")
 
     await until(delivered)
-    # Eight at once: one starts a delivery.
-    answers = await redelivered_at_once()
-    assert sorted(status for status, _ in answers) == [202] + [409] * 7
-    await receiver.wait_for(2)
     await asyncio.sleep(0.3)
     assert len(receiver.received) == 2
 
@@ -1229,7 +1241,8 @@ async def test_a_store_that_fails_is_logged_once_an_outage_not_once_a_poll(
         "sending due webhooks",
     ]
     assert all(r.exc_info is not None for r in failures)  # the first one's traceback
-    assert len(caplog.records) == 6  # not one a poll: about sixty in that second
+    jobs_lines = [r for r in caplog.records if r.name.startswith("proxy.jobs")]
+    assert len(jobs_lines) == 6  # not one a poll: about sixty in that second
     status, job = await submit(server, ("model", "whisper-1"), ("file", audio_bytes(1000)))
     assert status == 202
     assert (await ended(server, job["id"]))["status"] == "completed"

@@ -332,9 +332,11 @@ async def redeliver(request: web.Request, jobs: Jobs, job: Job) -> web.Response:
             param="job_id",
         )
     redelivery = await jobs.deliveries.redeliver(job.id)
+    if redelivery == "gone":  # expired and swept meanwhile
+        raise NotFoundError("no such job", code="job_not_found", param="job_id")
     if redelivery == "under_way":
         raise ConflictError(
-            "the webhook is being delivered: its attempts are at .../deliveries",
+            "the webhook is being sent right now: its attempts are at .../deliveries",
             code="delivery_pending",
             param="job_id",
         )

@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from ..store.log_rows import now_ms, rfc3339
 from ..store.tables import async_job_deliveries, async_jobs
@@ -39,9 +39,13 @@ _BATCH = 32
 #: request to the tenant's receiver and a row kept until the job expires.
 MAX_ATTEMPTS = 100
 
-#: What a redelivery did: started one, or not, as one is under way or the job has had
-#: its attempts.
-Redelivery = Literal["started", "under_way", "exhausted"]
+#: A job's webhook waiting for its time (the first or a retry), or being sent: an
+#: attempt is under way while its hold lasts.
+_DUE_STATES = ("pending", "sending")
+
+#: What a redelivery did: started one; or not, as an attempt is under way, the job has
+#: had its attempts, or the job is gone (expired meanwhile).
+Redelivery = Literal["started", "under_way", "exhausted", "gone"]
 
 
 class Deliveries:
@@ -99,7 +103,9 @@ class Deliveries:
             due = (
                 await conn.execute(
                     select(async_jobs)
-                    .where(_jobs.webhook_state == "pending", _jobs.webhook_next_at <= now)
+                    # A "sending" one is due again once its hold lapses: its replica
+                    # died mid-attempt.
+                    .where(_jobs.webhook_state.in_(_DUE_STATES), _jobs.webhook_next_at <= now)
                     .order_by(_jobs.webhook_next_at)
                     .limit(_BATCH)
                 )
@@ -114,10 +120,10 @@ class Deliveries:
                 update(async_jobs)
                 .where(
                     _jobs.id == job_id,
-                    _jobs.webhook_state == "pending",
+                    _jobs.webhook_state.in_(_DUE_STATES),
                     _jobs.webhook_next_at == seen_due,
                 )
-                .values(webhook_next_at=now_ms() + self._hold_ms)
+                .values(webhook_state="sending", webhook_next_at=now_ms() + self._hold_ms)
             )
         return bool(result.rowcount)
 
@@ -197,14 +203,16 @@ class Deliveries:
         ]
 
     async def redeliver(self, job_id: str) -> Redelivery:
-        """Send the ended job's webhook again now, with a fresh schedule of retries,
-        unless a delivery of it is under way or it has had its :data:`MAX_ATTEMPTS`."""
+        """Send the ended job's webhook again now, with a fresh schedule of retries (a
+        retry waiting for its time included), unless an attempt to send it is under way
+        or it has had its :data:`MAX_ATTEMPTS`."""
         attempts = (
             select(func.count())
             .select_from(async_job_deliveries)
             .where(_deliveries.job_id == job_id)
             .scalar_subquery()
         )
+        now = now_ms()
         async with self._store.begin() as conn:
             # One conditional UPDATE: two redeliveries at once start one delivery.
             result = await conn.execute(
@@ -212,16 +220,21 @@ class Deliveries:
                 .where(
                     _jobs.id == job_id,
                     _jobs.webhook_message_id.is_not(None),
-                    _jobs.webhook_state != "pending",
+                    or_(_jobs.webhook_state != "sending", _jobs.webhook_next_at <= now),
                     attempts < MAX_ATTEMPTS,
                 )
-                .values(webhook_state="pending", webhook_attempts=0, webhook_next_at=now_ms())
+                .values(webhook_state="pending", webhook_attempts=0, webhook_next_at=now)
             )
-            if result.rowcount:
-                started: Redelivery = "started"
-            else:
-                state = await conn.scalar(select(_jobs.webhook_state).where(_jobs.id == job_id))
-                started = "under_way" if state == "pending" else "exhausted"
-        if started == "started":
-            self.wake()
-        return started
+            state = (
+                None
+                if result.rowcount
+                else (
+                    await conn.execute(select(_jobs.webhook_state).where(_jobs.id == job_id))
+                ).first()
+            )
+        if result.rowcount:
+            self.wake()  # once committed: a sender that looked sooner would not see it
+            return "started"
+        if state is None:
+            return "gone"
+        return "under_way" if state.webhook_state == "sending" else "exhausted"

@@ -29,7 +29,8 @@ class Received:
 
 @dataclass
 class WebhookReceiver:
-    """Records every delivery; answers ``statuses`` in turn (then 204), after ``delay_s``."""
+    """Records every delivery; answers ``statuses`` in turn (then 204), after ``delay_s``
+    and once ``held`` is set (when there is one)."""
 
     secret: str = SECRET
     statuses: list[int] = field(default_factory=list)
@@ -37,6 +38,7 @@ class WebhookReceiver:
     received: list[Received] = field(default_factory=list)
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     server: TestServer | None = None
+    held: asyncio.Event | None = None
 
     @property
     def app(self) -> web.Application:
@@ -62,6 +64,8 @@ class WebhookReceiver:
             self.arrived.notify_all()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.held is not None:
+            await self.held.wait()
         return web.Response(status=self.statuses.pop(0) if self.statuses else 204)
 
     async def wait_for(self, count: int, timeout_s: float = 10.0) -> list[Received]:
