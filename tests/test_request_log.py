@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sqlite3
+import string
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from proxy.config.schema import LogsSettings
 from proxy.store.engine import Store, open_store
 from proxy.store.log_filters import LogFilters
 from proxy.store.log_queries import LogQueries
-from proxy.store.log_rows import LogRow, as_params, entry
+from proxy.store.log_rows import MAX_MODEL_CHARS, LogRow, as_params, entry
 from proxy.store.request_log import DropReason, RequestLog
 from proxy.store.tables import request_log, usage_rollup
 from tests.helpers.log_rows import log_row
@@ -439,3 +441,24 @@ async def test_a_filtered_pages_stats_are_read_from_an_index_alone(
                     ), (sql, step)
     finally:
         await store.close()
+
+
+async def test_a_model_name_of_any_length_costs_no_row(
+    store: Store, request_log_: RequestLog, drops: Drops
+) -> None:
+    """A client's model name is in the log's indexes (PostgreSQL's entries hold 2704
+    bytes at most): one too long for them would have cost its whole batch."""
+    rng = random.Random(1)  # text that does not compress, as PostgreSQL would squeeze a repeat
+    noise = "".join(rng.choices(string.ascii_letters + string.digits, k=10_000))
+    accented = "".join(rng.choices("éèàüöñçß", k=3000))
+    for number, model in ((1, "openai/" + noise), (2, accented), (3, "whisper-1")):
+        request_log_.add(log_row(number, model_requested=model, model_deployment=model))
+    assert await request_log_.flush(5)
+    assert drops.counts == {}
+    queries = LogQueries(store)
+    rows = [await queries.log(f"req-{n:05d}") for n in (1, 2, 3)]
+    assert [row["model_requested"] if row else None for row in rows] == [
+        ("openai/" + noise)[:MAX_MODEL_CHARS],
+        accented[:MAX_MODEL_CHARS],
+        "whisper-1",
+    ]

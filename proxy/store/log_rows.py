@@ -68,12 +68,22 @@ class LogRow:
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LogRow))
 
 
+#: The longest model name a row keeps. The models are in the log's indexes, whose
+#: entries PostgreSQL caps at 2704 bytes, and a client may send a name of any length:
+#: one row too long for them would cost its whole batch.
+MAX_MODEL_CHARS = 256
+
+
 def as_params(row: LogRow) -> dict[str, Any]:
-    """``row`` as the store's columns: the time in epoch milliseconds, and no NUL
-    character in any text (PostgreSQL's text cannot hold one, and one such row must
-    not cost its whole batch)."""
+    """``row`` as the store's columns: the time in epoch milliseconds, a model name cut
+    to :data:`MAX_MODEL_CHARS`, and no NUL character in any text (PostgreSQL's text
+    cannot hold one, and one such row must not cost its whole batch)."""
     params = {name: getattr(row, name) for name in COLUMNS}
     params["timestamp"] = round(row.timestamp * 1000)
+    for name in ("model_requested", "model_deployment"):
+        value = params[name]
+        if value is not None and len(value) > MAX_MODEL_CHARS:
+            params[name] = value[:MAX_MODEL_CHARS]
     for name in _TEXT_COLUMNS:
         value = params[name]
         if value and "\x00" in value:
