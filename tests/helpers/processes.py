@@ -71,7 +71,9 @@ async def start_proxy_process(
                         return process, url
             await asyncio.sleep(0.05)
     process.kill()
-    raise AssertionError("the proxy did not start")
+    await process.wait()
+    told = (directory / f"{name}.log").read_text(errors="replace").splitlines()[-20:]
+    raise AssertionError("the proxy did not start; its last log lines:\n" + "\n".join(told))
 
 
 def without_module(directory: Path, name: str) -> dict[str, str]:
