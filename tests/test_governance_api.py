@@ -32,7 +32,7 @@ from proxy.store.engine import Store, open_store
 from proxy.store.governance import GovernanceStore, Reference, Refusal, new_entry
 from tests.helpers.client import ProxyFactory, base_url, form, post
 from tests.helpers.errors import assert_error
-from tests.helpers.postgres import FAST, PostgresServer, unavailable
+from tests.helpers.postgres import PostgresServer
 from tests.helpers.processes import RedisServer
 from tests.helpers.realtime import PATH, refused_upgrade, session
 from tests.helpers.upstream import FakeUpstream, provider_config
@@ -669,34 +669,27 @@ async def test_without_the_request_log_governance_keeps_a_store_of_its_own(
 
 
 async def test_with_the_store_down_changes_are_a_503_and_keys_go_on_working(
-    make_proxy: ProxyFactory, upstream: FakeUpstream
+    make_proxy: ProxyFactory, upstream: FakeUpstream, own_postgres: PostgresServer
 ) -> None:
-    reason = unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    server = PostgresServer(FAST)  # its own: this test stops it
+    server = own_postgres
+    url = await asyncio.to_thread(server.create_database, "governance")
+    proxy = await make_proxy(governed(upstream, url))
+    _, made = await call(proxy, "POST", KEYS, a_key(id="team"))
+    await asyncio.to_thread(server.stop)
+    status, refused = await call(proxy, "PUT", f"{KEYS}/team", {"is_active": False})
+    assert status == 503
+    assert_error(
+        refused,
+        status=503,
+        code="governance_store_unavailable",
+        error_type="api_error",
+        bifrost=True,
+    )
+    assert await transcribe(proxy, made["value"]) == 200  # as last read
     await asyncio.to_thread(server.start)
-    try:
-        url = await asyncio.to_thread(server.create_database, "governance")
-        proxy = await make_proxy(governed(upstream, url))
-        _, made = await call(proxy, "POST", KEYS, a_key(id="team"))
-        await asyncio.to_thread(server.stop)
-        status, refused = await call(proxy, "PUT", f"{KEYS}/team", {"is_active": False})
-        assert status == 503
-        assert_error(
-            refused,
-            status=503,
-            code="governance_store_unavailable",
-            error_type="api_error",
-            bifrost=True,
-        )
-        assert await transcribe(proxy, made["value"]) == 200  # as last read
-        await asyncio.to_thread(server.start)
-        status, _ = await call(proxy, "PUT", f"{KEYS}/team", {"is_active": False})
-        assert status == 200
-        assert await transcribe(proxy, made["value"]) == 403
-    finally:
-        await asyncio.to_thread(server.remove)
+    status, _ = await call(proxy, "PUT", f"{KEYS}/team", {"is_active": False})
+    assert status == 200
+    assert await transcribe(proxy, made["value"]) == 403
 
 
 # --- defects found in review --------------------------------------------------------------------

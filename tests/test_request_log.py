@@ -25,7 +25,7 @@ from proxy.store.log_rows import MAX_MODEL_CHARS, LogRow, as_params, entry
 from proxy.store.request_log import DropReason, RequestLog
 from proxy.store.tables import request_log, usage_rollup
 from tests.helpers.log_rows import log_row
-from tests.helpers.postgres import FAST, PostgresServer, unavailable
+from tests.helpers.postgres import PostgresServer
 
 LOGGER = "proxy.store.request_log"
 
@@ -233,38 +233,31 @@ async def test_a_full_disk_drops_batches_until_there_is_room(tmp_path: Path, dro
 
 
 async def test_while_postgresql_is_down_rows_wait_then_past_the_bound_are_dropped_exactly(
-    drops: Drops, caplog: pytest.LogCaptureFixture
+    drops: Drops, caplog: pytest.LogCaptureFixture, own_postgres: PostgresServer
 ) -> None:
-    reason = unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    server = PostgresServer(FAST)  # its own: this test stops it
+    server = own_postgres
+    url = await asyncio.to_thread(server.create_database, "outage")
+    store = await open_store(url)
+    log = _log(store, drops, queue_max_rows=200, batch_max_rows=50, flush_interval_ms=20)
+    caplog.set_level(logging.WARNING, LOGGER)
+    for number in range(100):
+        log.add(log_row(number))
+    assert await log.flush(10)
+    await asyncio.to_thread(server.stop)
+    # Mid-load: rows keep coming while the writer finds the store gone.
+    for number in range(100, 337):
+        log.add(log_row(number))
+        if number % 20 == 0:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)
+    assert log.pending == 200
+    assert drops.counts == {"queue_full": 37}
     await asyncio.to_thread(server.start)
-    try:
-        url = await asyncio.to_thread(server.create_database, "outage")
-        store = await open_store(url)
-        log = _log(store, drops, queue_max_rows=200, batch_max_rows=50, flush_interval_ms=20)
-        caplog.set_level(logging.WARNING, LOGGER)
-        for number in range(100):
-            log.add(log_row(number))
-        assert await log.flush(10)
-        await asyncio.to_thread(server.stop)
-        # Mid-load: rows keep coming while the writer finds the store gone.
-        for number in range(100, 337):
-            log.add(log_row(number))
-            if number % 20 == 0:
-                await asyncio.sleep(0.01)
-        await asyncio.sleep(0.5)
-        assert log.pending == 200
-        assert drops.counts == {"queue_full": 37}
-        await asyncio.to_thread(server.start)
-        assert await log.flush(20)
-        assert await _count(store) == 300
-        assert drops.counts == {"queue_full": 37}
-        await log.close()
-        await store.close()
-    finally:
-        await asyncio.to_thread(server.remove)
+    assert await log.flush(20)
+    assert await _count(store) == 300
+    assert drops.counts == {"queue_full": 37}
+    await log.close()
+    await store.close()
     messages = [r.message for r in caplog.records]
     assert sum("is unreachable" in m for m in messages) == 1
     assert sum("the most the queue holds" in m for m in messages) == 1
