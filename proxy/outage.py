@@ -1,4 +1,5 @@
-"""A background loop's failures logged once an outage, not once a poll."""
+"""A background loop's failures logged once an outage, not once a poll (the jobs'
+loops, governance's poll of the store)."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..app_state import AUTH_KEY, CONFIG_KEY, STATE_KEY
 from ..config import BudgetConfig, ConfigError, GovernanceConfig, RateLimitConfig
 from ..errors import ProxyError
+from ..outage import Outage
 from ..realtime.session import RealtimeSession
 from ..store.app_key import STORE_KEY
 from ..store.engine import Store, open_store
@@ -154,7 +155,7 @@ class ManagedGovernance:
         """Follow the store until cancelled: on each announcement, and at each poll."""
         redis = self._redis
         listening = asyncio.ensure_future(self._listen(redis)) if redis is not None else None
-        failing = False
+        outage = Outage(log, "governance: reading the store")
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -163,24 +164,15 @@ class ManagedGovernance:
                 self._nudged.clear()
                 try:
                     await self.refresh()
-                except (SQLAlchemyError, OSError) as exc:
-                    # Keys stay as last read: the store is needed to change them, not to
-                    # use them. One line an outage, not one a poll.
-                    if not failing:
-                        log.warning("governance: cannot read the store (%s); polling on", exc)
-                    failing = True
-                    continue
                 except Exception:
-                    # This loop is the one thing that carries other replicas' changes
-                    # here: whatever a refresh raises (a row no one foresaw), it must
-                    # not end it silently, or the keys stay as they are until a restart.
-                    if not failing:
-                        log.exception("governance: cannot apply the store; polling on")
-                    failing = True
-                    continue
-                if failing:
-                    log.warning("governance: the store is read again")
-                failing = False
+                    # Keys stay as last read: the store is needed to change them, not to
+                    # use them. And this loop is the one thing that carries other
+                    # replicas' changes here: whatever a refresh raises (a store down, a
+                    # row no one foresaw) must not end it, or keys stay as they are
+                    # until a restart.
+                    outage.failed()
+                else:
+                    outage.worked()
         finally:
             if listening is not None:
                 listening.cancel()

@@ -5,8 +5,7 @@ jobs and their leases in the store, :mod:`.worker` the workers that run them
 through :mod:`.runner` (the synchronous pipeline and dispatch),
 :mod:`.webhooks` what a webhook says and its signature, :mod:`.delivery` the
 SSRF-safe sender, :mod:`.deliveries` their schedule and record, :mod:`.sweeper`
-expiry, :mod:`.outage` what their polling loops log while the store is down,
-:mod:`.service` the parts' lifetime in the app.
+expiry, :mod:`.service` the parts' lifetime in the app.
 """
 
 from .api import add_job_routes

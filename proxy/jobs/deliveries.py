@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 from sqlalchemy import func, or_, select, update
 
+from ..outage import Outage
 from ..store.log_rows import now_ms, rfc3339
 from ..store.tables import async_job_deliveries, async_jobs
 from .delivery import Attempted, WebhookSender
-from .outage import Outage
 from .queue import Job
 from .store import JobStore
 from .webhooks import event_body, signed_headers

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .outage import Outage
+from ..outage import Outage
 from .queue import JobQueue
 from .spool import JobSpool
 

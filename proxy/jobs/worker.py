@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import ProxyError, error_body
-from .outage import Outage
+from ..outage import Outage
 from .queue import Claim, JobQueue, Outcome
 from .runner import JobRunner, SpoolMissingError
 
